@@ -1,0 +1,184 @@
+//! Configuration: YAML → node tree (`node.rs`) → checked decoding that collects every error
+//! (`decode.rs`, `sections.rs`, `plans.rs`, `routes.rs`) → validated model (`model.rs`).
+
+pub mod decode;
+pub mod model;
+pub mod node;
+mod plans;
+mod routes;
+mod sections;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+pub use model::*;
+use node::{Pos, Value};
+
+/// One configuration mistake, printed as `file:line:col: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, as given on the command line.
+    pub file: String,
+    /// Where in it.
+    pub pos: Pos,
+    /// What is wrong and, where it helps, what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.pos.line, self.pos.col, self.message
+        )
+    }
+}
+
+/// Every mistake found in one file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+/// Reads and validates a config file, expanding `${VAR}` from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.clone(),
+            pos: Pos { line: 0, col: 0 },
+            message: format!("cannot read the file: {e}"),
+        }])
+    })?;
+    let env = |name: &str| std::env::var(name).ok();
+    let mut config = load_str(&file, &text, &env)?;
+    config.source = path.to_path_buf();
+    Ok(config)
+}
+
+/// Validates config text. `file` names it in errors; `env` answers `${VAR}` look-ups.
+pub fn load_str(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let root = node::parse(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            file: file.to_string(),
+            pos: e.pos,
+            message: e.message,
+        }])
+    })?;
+    let mut d = decode::Decoder::new(file, env);
+    let config = decode_root(&mut d, &root);
+    match config {
+        Some(c) if d.errors.is_empty() => Ok(c),
+        _ => {
+            let mut errors = d.errors;
+            if errors.is_empty() {
+                errors.push(ConfigError {
+                    file: file.to_string(),
+                    pos: root.pos,
+                    message: "the configuration is incomplete".into(),
+                });
+            }
+            errors.sort_by_key(|e| (e.pos.line, e.pos.col));
+            Err(ConfigErrors(errors))
+        }
+    }
+}
+
+const TOP: &[&str] = &[
+    "server",
+    "admin",
+    "store",
+    "upstreams",
+    "tenants",
+    "auth",
+    "plans",
+    "routes",
+    "telemetry",
+    "onboarding",
+];
+
+/// Sections of the contract that later releases implement: rejected clearly, never ignored.
+const NOT_YET: &[&str] = &["telemetry", "onboarding"];
+
+fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
+    if matches!(root.value, Value::Null) {
+        d.err(
+            root.pos,
+            "the file is empty; see config/quickstart.yaml for a starting point",
+        );
+        return None;
+    }
+    let f = d.fields(root, "the top level", TOP)?;
+    for key in NOT_YET {
+        if let Some(n) = f.get(key) {
+            d.err(
+                n.pos,
+                format!("`{key}` is not supported yet by this version of tollgate; remove it"),
+            );
+        }
+    }
+    // Names first, so references can be checked wherever they appear.
+    let plan_names: BTreeSet<String> = f
+        .get("plans")
+        .map(|n| d.named(n, "plans").into_iter().map(|(k, _, _)| k).collect())
+        .unwrap_or_default();
+    let server = f.get("server").and_then(|n| sections::server(d, n));
+    if f.get("server").is_none() {
+        d.err(f.pos, "the configuration is missing `server`");
+    }
+    let admin = f.get("admin").and_then(|n| sections::admin(d, n));
+    let store = match f.get("store") {
+        Some(n) => sections::store(d, n),
+        None => {
+            d.err(
+                f.pos,
+                "the configuration is missing `store` (use `store: { kind: embedded }` to start)",
+            );
+            None
+        }
+    };
+    let upstreams = f
+        .get("upstreams")
+        .map(|n| sections::upstreams(d, n))
+        .unwrap_or_default();
+    let plans = match f.get("plans") {
+        Some(n) => plans::plans(d, n, &plan_names),
+        None => {
+            d.err(f.pos, "the configuration is missing `plans`");
+            Default::default()
+        }
+    };
+    let tenants = f
+        .get("tenants")
+        .map(|n| sections::tenants(d, n, &plan_names))
+        .unwrap_or_default();
+    let auth = match f.get("auth") {
+        Some(n) => sections::auth(d, n),
+        None => Some(Auth {
+            api_key_headers: sections::default_key_headers(),
+        }),
+    };
+    let routes = match f.get("routes") {
+        Some(n) => routes::routes(d, n, &upstreams, &plans),
+        None => {
+            d.err(f.pos, "the configuration is missing `routes`");
+            Vec::new()
+        }
+    };
+    Some(Config {
+        source: Default::default(),
+        server: server?,
+        admin,
+        store: store?,
+        upstreams,
+        tenants,
+        auth: auth?,
+        plans,
+        routes,
+    })
+}

@@ -1,0 +1,250 @@
+//! The validated configuration: plain types, no serde, no way to hold an invalid value.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, StatusCode};
+
+use crate::meter::period::Period;
+
+/// The whole gateway configuration, as loaded from one YAML file.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it came from (reloads read it again).
+    pub source: PathBuf,
+    /// The public listener.
+    pub server: Server,
+    /// The admin listener, if configured.
+    pub admin: Option<Admin>,
+    /// Where usage counters live.
+    pub store: Store,
+    /// Named upstream pools.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Tenants declared in the file.
+    pub tenants: BTreeMap<String, Arc<Tenant>>,
+    /// How callers are identified.
+    pub auth: Auth,
+    /// Named plans.
+    pub plans: BTreeMap<String, Arc<Plan>>,
+    /// Routes, in match order.
+    pub routes: Vec<Arc<Route>>,
+}
+
+/// `server:`
+#[derive(Debug)]
+pub struct Server {
+    /// Address of the public listener.
+    pub listen: SocketAddr,
+    /// Worker threads of the proxy runtime.
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight calls.
+    pub grace_period: Duration,
+    /// Downstream read timeout (per read).
+    pub read_timeout: Duration,
+}
+
+/// `admin:`
+#[derive(Debug)]
+pub struct Admin {
+    /// Address of the admin listener.
+    pub listen: SocketAddr,
+    /// Bearer token for the admin write routes; `None` turns them off.
+    pub token: Option<String>,
+}
+
+/// `store:`
+#[derive(Debug, Clone)]
+pub struct Store {
+    /// Which backend.
+    pub kind: StoreKind,
+    /// Upper bound on every store call.
+    pub timeout: Duration,
+    /// What to do with a call when the store cannot be reached.
+    pub on_outage: OnOutage,
+}
+
+/// The store backend and its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One local file; one instance only.
+    Embedded {
+        /// The file holding the counters.
+        path: PathBuf,
+    },
+    /// A Redis server shared by every instance.
+    Redis {
+        /// `redis://…` or `redis+unix://…`.
+        url: String,
+    },
+}
+
+/// Behaviour when the store is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnOutage {
+    /// Proxy the call unmetered (and say so in logs and metrics).
+    FailOpen,
+    /// Answer 503 `store-unavailable`.
+    FailClosed,
+}
+
+/// `upstreams.<name>`
+#[derive(Debug)]
+pub struct Upstream {
+    /// The name routes refer to.
+    pub name: String,
+    /// Targets, used round-robin.
+    pub targets: Vec<SocketAddr>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Timeout of each read from the upstream.
+    pub read_timeout: Duration,
+    /// Round-robin cursor over `targets` (runtime state, shared by every call).
+    pub next: std::sync::atomic::AtomicUsize,
+}
+
+/// `tenants.<name>`
+#[derive(Debug)]
+pub struct Tenant {
+    /// Tenant id.
+    pub name: String,
+    /// Plan name (validated to exist).
+    pub plan: String,
+    /// Day of month on which monthly periods start (1–31), if not the 1st.
+    pub billing_anchor: Option<u8>,
+    /// API keys, stored as SHA-256 digests.
+    pub keys: Vec<StaticKey>,
+}
+
+/// One API key of a static tenant.
+#[derive(Debug)]
+pub struct StaticKey {
+    /// The key's id (appears in events and logs; never the key itself).
+    pub id: String,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+}
+
+/// `auth:`
+#[derive(Debug)]
+pub struct Auth {
+    /// Headers searched for an API key, in order.
+    pub api_key_headers: Vec<HeaderName>,
+}
+
+/// `plans.<name>`
+#[derive(Debug)]
+pub struct Plan {
+    /// Plan name.
+    pub name: String,
+    /// Burst limit, if any.
+    pub rate_limit: Option<RateLimit>,
+    /// Metered quotas, by meter name.
+    pub meters: BTreeMap<String, MeterPolicy>,
+    /// Features this plan includes.
+    pub features: BTreeSet<String>,
+    /// Where callers on this plan are sent to upgrade.
+    pub upgrade: Option<Upgrade>,
+    /// Overrides `store.on_outage` for this plan.
+    pub on_outage: Option<OnOutage>,
+}
+
+/// `rate_limit: { requests, per, burst }`
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Sustained requests per `per`.
+    pub requests: NonZeroU32,
+    /// The window of `requests`.
+    pub per: Duration,
+    /// How many calls may arrive at once.
+    pub burst: NonZeroU32,
+}
+
+/// `meters.<meter>: { limit, period, warn_at, overage }`
+#[derive(Debug, Clone)]
+pub struct MeterPolicy {
+    /// Units allowed per period.
+    pub limit: NonZeroU64,
+    /// Billing period.
+    pub period: Period,
+    /// Fraction of the limit past which callers are warned.
+    pub warn_at: Option<f64>,
+    /// Past the limit, keep admitting and count overage instead of blocking.
+    pub overage: bool,
+}
+
+/// `upgrade: { plan, url }`
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    /// The plan to upgrade to.
+    pub plan: String,
+    /// Where to do it.
+    pub url: String,
+}
+
+/// `routes[]`
+#[derive(Debug)]
+pub struct Route {
+    /// Route name (metrics label, events).
+    pub name: String,
+    /// Which requests it takes.
+    pub matcher: RouteMatch,
+    /// Where they go.
+    pub target: RouteTarget,
+    /// Whether callers must be identified.
+    pub auth: RouteAuth,
+    /// Fixed units charged per call, by meter name, in a stable order.
+    pub meter: Vec<(String, NonZeroU64)>,
+    /// Feature a plan must include to use this route.
+    pub feature: Option<String>,
+}
+
+/// `match:`
+#[derive(Debug)]
+pub struct RouteMatch {
+    /// Exact path or prefix.
+    pub path: PathMatch,
+    /// Allowed methods; empty means any.
+    pub methods: Vec<Method>,
+}
+
+/// How a route matches the path.
+#[derive(Debug)]
+pub enum PathMatch {
+    /// `path:` — the whole path.
+    Exact(String),
+    /// `path_prefix:` — the path starts with it.
+    Prefix(String),
+}
+
+/// Where a route sends its calls.
+#[derive(Debug)]
+pub enum RouteTarget {
+    /// Proxy to a named upstream.
+    Upstream(Arc<Upstream>),
+    /// Answer with a fixed response.
+    Respond(FixedResponse),
+}
+
+/// `respond: { status, body, content_type }`
+#[derive(Debug)]
+pub struct FixedResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Body.
+    pub body: bytes::Bytes,
+    /// Content-Type.
+    pub content_type: String,
+}
+
+/// `auth:` of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// The caller must be identified; the route is metered.
+    Required,
+    /// Public: not authenticated, not metered.
+    None,
+}

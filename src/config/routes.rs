@@ -1,0 +1,253 @@
+//! Decoding of `routes`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU64;
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+
+use super::decode::Decoder;
+use super::model::*;
+use super::node::{Node, Value};
+
+pub(super) fn routes(
+    d: &mut Decoder,
+    n: &Node,
+    upstreams: &BTreeMap<String, Arc<Upstream>>,
+    plans: &BTreeMap<String, Arc<Plan>>,
+) -> Vec<Arc<Route>> {
+    let Some(items) = d.list(n, "`routes`") else {
+        return Vec::new();
+    };
+    if items.is_empty() {
+        d.err(n.pos, "`routes` must hold at least one route");
+    }
+    let meters: BTreeSet<&str> = plans
+        .values()
+        .flat_map(|p| p.meters.keys().map(String::as_str))
+        .collect();
+    let features: BTreeSet<&str> = plans
+        .values()
+        .flat_map(|p| p.features.iter().map(String::as_str))
+        .collect();
+    let known = Known {
+        upstreams,
+        meters,
+        features,
+    };
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(route) = route(d, item, i, &known) else {
+            continue;
+        };
+        if !names.insert(route.name.clone()) {
+            d.err(
+                item.pos,
+                format!(
+                    "two routes are named `{}`; route names must be unique",
+                    route.name
+                ),
+            );
+        }
+        out.push(Arc::new(route));
+    }
+    out
+}
+
+struct Known<'a> {
+    upstreams: &'a BTreeMap<String, Arc<Upstream>>,
+    meters: BTreeSet<&'a str>,
+    features: BTreeSet<&'a str>,
+}
+
+const ROUTE_KEYS: &[&str] = &[
+    "name", "match", "upstream", "respond", "auth", "meter", "feature",
+];
+
+fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route> {
+    let f = d.fields(n, &format!("route #{}", index + 1), ROUTE_KEYS)?;
+    let name = d
+        .require(&f, "name", &format!("route #{}", index + 1))
+        .and_then(|n| d.string(n, "`name`"));
+    let what = match &name {
+        Some(n) => format!("route `{n}`"),
+        None => format!("route #{}", index + 1),
+    };
+    let matcher = d
+        .require(&f, "match", &what)
+        .and_then(|m| matcher(d, m, &what));
+    let target = match (f.get("upstream"), f.get("respond")) {
+        (Some(u), None) => d
+            .string(u, "`upstream`")
+            .and_then(|s| match known.upstreams.get(&s) {
+                Some(up) => Some(RouteTarget::Upstream(up.clone())),
+                None => {
+                    let all: BTreeSet<String> = known.upstreams.keys().cloned().collect();
+                    d.err(
+                        u.pos,
+                        format!(
+                            "{what} names upstream `{s}`, which is not defined; upstreams: {}",
+                            super::sections::list(&all)
+                        ),
+                    );
+                    None
+                }
+            }),
+        (None, Some(r)) => respond(d, r).map(RouteTarget::Respond),
+        (Some(_), Some(r)) => {
+            d.err(
+                r.pos,
+                format!("{what} has both `upstream` and `respond`; choose one"),
+            );
+            None
+        }
+        (None, None) => {
+            d.err(
+                f.pos,
+                format!("{what} needs `upstream` (proxy) or `respond` (answer by itself)"),
+            );
+            None
+        }
+    };
+    let auth = match f.get("auth") {
+        Some(a) => d.word(
+            a,
+            "`auth`",
+            &[("none", RouteAuth::None), ("required", RouteAuth::Required)],
+        )?,
+        None => RouteAuth::Required,
+    };
+    let meter = match f.get("meter") {
+        Some(m) => meter(d, m, &what, known)?,
+        None => Vec::new(),
+    };
+    if auth == RouteAuth::None && !meter.is_empty() {
+        if let Some(m) = f.get("meter") {
+            d.err(
+                m.pos,
+                format!(
+                    "{what} is `auth: none`, so it cannot be metered; remove `meter` or `auth`"
+                ),
+            );
+        }
+    }
+    let feature = match f.get("feature") {
+        Some(ft) => {
+            let s = d.string(ft, "`feature`")?;
+            if !known.features.contains(s.as_str()) {
+                d.err(
+                    ft.pos,
+                    format!("{what} requires feature `{s}`, which no plan includes"),
+                );
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    Some(Route {
+        name: name?,
+        matcher: matcher?,
+        target: target?,
+        auth,
+        meter,
+        feature,
+    })
+}
+
+fn matcher(d: &mut Decoder, n: &Node, what: &str) -> Option<RouteMatch> {
+    let f = d.fields(n, "`match`", &["path", "path_prefix", "methods"])?;
+    let path = match (f.get("path"), f.get("path_prefix")) {
+        (Some(p), None) => path(d, p, "`path`").map(PathMatch::Exact),
+        (None, Some(p)) => path(d, p, "`path_prefix`").map(PathMatch::Prefix),
+        (Some(_), Some(p)) => {
+            d.err(
+                p.pos,
+                format!("{what}: `match` takes `path` or `path_prefix`, not both"),
+            );
+            None
+        }
+        (None, None) => {
+            d.err(
+                f.pos,
+                format!("{what}: `match` needs `path` or `path_prefix`"),
+            );
+            None
+        }
+    };
+    let mut methods = Vec::new();
+    if let Some(m) = f.get("methods") {
+        for (s, pos) in d.strings(m, "`methods`")? {
+            match Method::from_bytes(s.to_ascii_uppercase().as_bytes()) {
+                Ok(m) => methods.push(m),
+                Err(_) => d.err(pos, format!("`{s}` is not an HTTP method")),
+            }
+        }
+    }
+    Some(RouteMatch {
+        path: path?,
+        methods,
+    })
+}
+
+fn path(d: &mut Decoder, n: &Node, what: &str) -> Option<String> {
+    let s = d.string(n, what)?;
+    if !s.starts_with('/') {
+        d.err(n.pos, format!("{what} must start with `/`, found \"{s}\""));
+        return None;
+    }
+    Some(s)
+}
+
+fn respond(d: &mut Decoder, n: &Node) -> Option<FixedResponse> {
+    let f = d.fields(n, "`respond`", &["status", "body", "content_type"])?;
+    let status = match f.get("status") {
+        Some(s) => d
+            .int(s, "`status`", 200, 599)
+            .and_then(|c| StatusCode::from_u16(c as u16).ok()),
+        None => Some(StatusCode::OK),
+    };
+    let body = match f.get("body") {
+        Some(b) => d.string(b, "`body`")?,
+        None => String::new(),
+    };
+    let content_type = match f.get("content_type") {
+        Some(c) => d.string(c, "`content_type`")?,
+        None => "text/plain".to_string(),
+    };
+    Some(FixedResponse {
+        status: status?,
+        body: body.into(),
+        content_type,
+    })
+}
+
+fn meter(
+    d: &mut Decoder,
+    n: &Node,
+    what: &str,
+    known: &Known,
+) -> Option<Vec<(String, NonZeroU64)>> {
+    let mut out = Vec::new();
+    for (name, pos, v) in d.named(n, "`meter`") {
+        if !known.meters.contains(name.as_str()) {
+            let all: Vec<&str> = known.meters.iter().copied().collect();
+            d.err(
+                pos,
+                format!(
+                    "{what} charges meter `{name}`, which no plan defines; meters: {}",
+                    all.join(", ")
+                ),
+            );
+            continue;
+        }
+        if let Value::Map(_) = v.value {
+            d.err(v.pos, format!("{what}: response-measured meters (`from_response`) are not supported yet; give a fixed number of units"));
+            continue;
+        }
+        if let Some(units) = d.int(v, &format!("units of meter `{name}`"), 1, i64::MAX) {
+            out.extend(NonZeroU64::new(units as u64).map(|u| (name, u)));
+        }
+    }
+    Some(out)
+}

@@ -1,0 +1,352 @@
+//! Decoding of `server`, `admin`, `store`, `upstreams`, `tenants` and `auth`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+
+use super::decode::Decoder;
+use super::model::*;
+use super::node::Node;
+
+pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
+    let f = d.fields(
+        n,
+        "`server`",
+        &["listen", "threads", "grace_period", "read_timeout"],
+    )?;
+    let listen = d
+        .require(&f, "listen", "`server`")
+        .and_then(|n| addr(d, n, "`server.listen`"));
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let threads = match f.get("threads") {
+        Some(n) => d.int(n, "`server.threads`", 1, 1024).map(|t| t as usize),
+        None => Some(cores),
+    };
+    let grace_period = opt_duration(
+        d,
+        f.get("grace_period"),
+        "`server.grace_period`",
+        Duration::from_secs(5),
+    );
+    let read_timeout = opt_duration(
+        d,
+        f.get("read_timeout"),
+        "`server.read_timeout`",
+        Duration::from_secs(15),
+    );
+    Some(Server {
+        listen: listen?,
+        threads: threads?,
+        grace_period: grace_period?,
+        read_timeout: read_timeout?,
+    })
+}
+
+pub(super) fn admin(d: &mut Decoder, n: &Node) -> Option<Admin> {
+    let f = d.fields(n, "`admin`", &["listen", "token"])?;
+    let listen = d
+        .require(&f, "listen", "`admin`")
+        .and_then(|n| addr(d, n, "`admin.listen`"));
+    let token = match f.get("token") {
+        Some(n) => d.string(n, "`admin.token`").filter(|t| !t.is_empty()),
+        None => None,
+    };
+    Some(Admin {
+        listen: listen?,
+        token,
+    })
+}
+
+pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
+    let f = d.fields(
+        n,
+        "`store`",
+        &["kind", "url", "urls", "path", "timeout", "on_outage"],
+    )?;
+    #[derive(Clone, Copy)]
+    enum Kind {
+        Embedded,
+        Redis,
+        Cluster,
+    }
+    let kind_node = d.require(&f, "kind", "`store`")?;
+    let kind = d.word(
+        kind_node,
+        "`store.kind`",
+        &[
+            ("embedded", Kind::Embedded),
+            ("redis", Kind::Redis),
+            ("redis-cluster", Kind::Cluster),
+        ],
+    )?;
+    let kind = match kind {
+        Kind::Embedded => {
+            let path = match f.get("path") {
+                Some(n) => d.string(n, "`store.path`").map(PathBuf::from),
+                None => Some(PathBuf::from("./data/usage.db")),
+            };
+            if let Some(n) = f.get("url") {
+                d.err(
+                    n.pos,
+                    "`store.url` is for kind redis; the embedded store takes `path`",
+                );
+            }
+            StoreKind::Embedded { path: path? }
+        }
+        Kind::Redis => {
+            let url = d.require(&f, "url", "`store` of kind redis").and_then(|n| {
+                let url = d.string(n, "`store.url`")?;
+                let ok = ["redis://", "rediss://", "redis+unix://", "unix://"].iter().any(|p| url.starts_with(p));
+                if !ok {
+                    d.err(n.pos, format!("`store.url` must start with redis://, rediss:// or redis+unix://, found \"{url}\""));
+                    return None;
+                }
+                Some(url)
+            });
+            StoreKind::Redis { url: url? }
+        }
+        Kind::Cluster => {
+            d.err(
+                kind_node.pos,
+                "store kind `redis-cluster` is not supported yet; use `redis` or `embedded`",
+            );
+            return None;
+        }
+    };
+    let timeout = opt_duration(
+        d,
+        f.get("timeout"),
+        "`store.timeout`",
+        Duration::from_millis(50),
+    )?;
+    if timeout.is_zero() {
+        d.err(
+            f.get("timeout").map_or(f.pos, |n| n.pos),
+            "`store.timeout` must be more than 0",
+        );
+    }
+    let on_outage = match f.get("on_outage") {
+        Some(n) => on_outage(d, n, "`store.on_outage`")?,
+        None => OnOutage::FailOpen,
+    };
+    Some(Store {
+        kind,
+        timeout,
+        on_outage,
+    })
+}
+
+pub(super) fn on_outage(d: &mut Decoder, n: &Node, what: &str) -> Option<OnOutage> {
+    d.word(
+        n,
+        what,
+        &[
+            ("fail_open", OnOutage::FailOpen),
+            ("fail_closed", OnOutage::FailClosed),
+        ],
+    )
+}
+
+pub(super) fn upstreams(d: &mut Decoder, n: &Node) -> BTreeMap<String, Arc<Upstream>> {
+    let mut out = BTreeMap::new();
+    for (name, _, v) in d.named(n, "`upstreams`") {
+        let what = format!("upstream `{name}`");
+        let Some(f) = d.fields(v, &what, &["targets", "connect_timeout", "read_timeout"]) else {
+            continue;
+        };
+        let targets = d.require(&f, "targets", &what).and_then(|t| {
+            let list = d.list(t, "`targets`")?;
+            if list.is_empty() {
+                d.err(t.pos, format!("{what} needs at least one target"));
+                return None;
+            }
+            let addrs: Vec<_> = list.iter().filter_map(|a| addr(d, a, "a target")).collect();
+            (addrs.len() == list.len()).then_some(addrs)
+        });
+        let connect_timeout = opt_duration(
+            d,
+            f.get("connect_timeout"),
+            "`connect_timeout`",
+            Duration::from_secs(2),
+        );
+        let read_timeout = opt_duration(
+            d,
+            f.get("read_timeout"),
+            "`read_timeout`",
+            Duration::from_secs(30),
+        );
+        if let (Some(targets), Some(connect_timeout), Some(read_timeout)) =
+            (targets, connect_timeout, read_timeout)
+        {
+            out.insert(
+                name.clone(),
+                Arc::new(Upstream {
+                    name,
+                    targets,
+                    connect_timeout,
+                    read_timeout,
+                    next: Default::default(),
+                }),
+            );
+        }
+    }
+    out
+}
+
+pub(super) fn tenants(
+    d: &mut Decoder,
+    n: &Node,
+    plans: &BTreeSet<String>,
+) -> BTreeMap<String, Arc<Tenant>> {
+    let mut out = BTreeMap::new();
+    // A key digest may belong to one key only, across all tenants.
+    let mut seen: HashMap<[u8; 32], String> = HashMap::new();
+    for (name, _, v) in d.named(n, "`tenants`") {
+        let what = format!("tenant `{name}`");
+        let Some(f) = d.fields(v, &what, &["plan", "billing_anchor", "keys"]) else {
+            continue;
+        };
+        let plan = d.require(&f, "plan", &what).and_then(|p| {
+            let s = d.string(p, "`plan`")?;
+            if !plans.contains(&s) {
+                d.err(
+                    p.pos,
+                    format!(
+                        "{what} names plan `{s}`, which is not defined; plans: {}",
+                        list(plans)
+                    ),
+                );
+                return None;
+            }
+            Some(s)
+        });
+        let billing_anchor = f
+            .get("billing_anchor")
+            .and_then(|a| d.int(a, "`billing_anchor`", 1, 31))
+            .map(|a| a as u8);
+        let mut keys = Vec::new();
+        if let Some(items) = f.get("keys").and_then(|k| d.list(k, "`keys`")) {
+            for item in items {
+                let Some(kf) = d.fields(item, "a key", &["id", "sha256"]) else {
+                    continue;
+                };
+                let id = d
+                    .require(&kf, "id", "a key")
+                    .and_then(|i| d.string(i, "`id`"));
+                let digest = d.require(&kf, "sha256", "a key").and_then(|s| {
+                    let text = d.string(s, "`sha256`")?;
+                    let parsed = (text.len() == 64 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+                        .then(|| hex::decode(&text).ok().and_then(|v| <[u8; 32]>::try_from(v).ok()))
+                        .flatten();
+                    if parsed.is_none() {
+                        d.err(s.pos, "`sha256` must be 64 lowercase hex characters (the SHA-256 of the key; `tollgate keys new` prints it)");
+                    }
+                    parsed.map(|h| (h, s.pos))
+                });
+                let (Some(id), Some((sha256, pos))) = (id, digest) else {
+                    continue;
+                };
+                if keys.iter().any(|k: &StaticKey| k.id == id) {
+                    d.err(item.pos, format!("{what} has two keys with id `{id}`"));
+                }
+                if let Some(owner) = seen.insert(sha256, format!("{name}/{id}")) {
+                    d.err(
+                        pos,
+                        format!("this key hash is already used by key `{owner}`"),
+                    );
+                }
+                keys.push(StaticKey { id, sha256 });
+            }
+        }
+        if let Some(plan) = plan {
+            out.insert(
+                name.clone(),
+                Arc::new(Tenant {
+                    name,
+                    plan,
+                    billing_anchor,
+                    keys,
+                }),
+            );
+        }
+    }
+    out
+}
+
+/// The default API-key headers: `Authorization: Bearer <key>` and `X-Api-Key: <key>`.
+pub(super) fn default_key_headers() -> Vec<HeaderName> {
+    vec![
+        http::header::AUTHORIZATION,
+        HeaderName::from_static("x-api-key"),
+    ]
+}
+
+pub(super) fn auth(d: &mut Decoder, n: &Node) -> Option<Auth> {
+    let f = d.fields(n, "`auth`", &["api_key", "jwt", "anonymous"])?;
+    for key in ["jwt", "anonymous"] {
+        if let Some(v) = f.get(key) {
+            d.err(
+                v.pos,
+                format!("`auth.{key}` is not supported yet by this version of tollgate; remove it"),
+            );
+        }
+    }
+    let mut api_key_headers = default_key_headers();
+    if let Some(a) = f.get("api_key") {
+        let af = d.fields(a, "`auth.api_key`", &["headers"])?;
+        if let Some(h) = af.get("headers") {
+            let names = d.strings(h, "`auth.api_key.headers`")?;
+            if names.is_empty() {
+                d.err(h.pos, "`auth.api_key.headers` needs at least one header");
+            }
+            api_key_headers = Vec::new();
+            for (name, pos) in names {
+                match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                    Ok(h) => api_key_headers.push(h),
+                    Err(_) => d.err(pos, format!("`{name}` is not a valid header name")),
+                }
+            }
+        }
+    }
+    Some(Auth { api_key_headers })
+}
+
+fn addr(d: &mut Decoder, n: &Node, what: &str) -> Option<SocketAddr> {
+    let s = d.string(n, what)?;
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            d.err(n.pos, format!("{what} must be an IP address and port such as \"127.0.0.1:8080\", found \"{s}\""));
+            None
+        }
+    }
+}
+
+pub(super) fn opt_duration(
+    d: &mut Decoder,
+    n: Option<&Node>,
+    what: &str,
+    default: Duration,
+) -> Option<Duration> {
+    match n {
+        Some(n) => d.duration(n, what),
+        None => Some(default),
+    }
+}
+
+pub(super) fn list(names: &BTreeSet<String>) -> String {
+    if names.is_empty() {
+        return "(none)".into();
+    }
+    names
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

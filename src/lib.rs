@@ -1,0 +1,22 @@
+#![forbid(unsafe_code)]
+//! tollgate: a reverse-proxy metering gateway.
+//!
+//! The request path reads top to bottom in [`pipeline::Gateway::admit`]; [`proxy`] is the thin
+//! pingora edge around it, [`app`] wires everything together.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod keys;
+pub mod meter {
+    //! Metering primitives.
+    pub mod period;
+}
+pub mod pipeline;
+pub mod proxy;
+pub mod store;
+pub mod telemetry {
+    //! Metrics and call outcomes.
+    pub mod metrics;
+    pub mod outcome;
+}

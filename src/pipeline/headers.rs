@@ -1,0 +1,182 @@
+//! The usage headers of an answer (SPEC §4): IETF RateLimit fields plus tollgate's warnings.
+//!
+//! Values are Structured Fields lists (RFC 9651): `"name";param=value`, comma-separated.
+
+use jiff::Timestamp;
+
+use super::burst::BurstState;
+use super::meter::MeterUse;
+use crate::config::Upgrade;
+
+/// `RateLimit-Policy`
+pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+/// `RateLimit`
+pub const RATELIMIT: &str = "ratelimit";
+/// `Tollgate-Warning`
+pub const TOLLGATE_WARNING: &str = "tollgate-warning";
+/// `Tollgate-Upgrade`
+pub const TOLLGATE_UPGRADE: &str = "tollgate-upgrade";
+
+/// What the usage headers are built from.
+pub struct UsageView<'a> {
+    /// Burst state, if the plan has a rate limit.
+    pub burst: Option<&'a BurstState>,
+    /// Meters charged (values after this call, or unchanged on a 402).
+    pub meters: &'a [MeterUse],
+    /// The plan's upgrade offer.
+    pub upgrade: Option<&'a Upgrade>,
+    /// A meter that blocked the call: always warned about.
+    pub exhausted: Option<&'a str>,
+    /// Now, for the `t` parameters.
+    pub now: Timestamp,
+}
+
+/// Builds the headers; empty when no policy applied.
+pub fn usage_headers(v: &UsageView) -> Vec<(&'static str, String)> {
+    let mut policy = Vec::new();
+    let mut state = Vec::new();
+    if let Some(b) = v.burst {
+        policy.push(format!("\"burst\";q={};w={}", b.quota, b.window_secs));
+        state.push(format!("\"burst\";r={};t={}", b.remaining, b.window_secs));
+    }
+    let mut warnings = Vec::new();
+    for m in v.meters {
+        policy.push(format!(
+            "\"{}\";q={};w={}",
+            m.name,
+            m.limit,
+            m.window.length_secs()
+        ));
+        state.push(format!(
+            "\"{}\";r={};t={}",
+            m.name,
+            m.remaining(),
+            m.window.seconds_to_reset(v.now)
+        ));
+        if m.warns() || v.exhausted == Some(m.name.as_str()) {
+            let overage = if m.in_overage() { ";overage" } else { "" };
+            warnings.push(format!(
+                "\"{}\";used={};limit={}{overage}",
+                m.name, m.used, m.limit
+            ));
+        }
+    }
+    let mut out = Vec::with_capacity(4);
+    if !policy.is_empty() {
+        out.push((RATELIMIT_POLICY, policy.join(", ")));
+        out.push((RATELIMIT, state.join(", ")));
+    }
+    if !warnings.is_empty() {
+        out.push((TOLLGATE_WARNING, warnings.join(", ")));
+        if let Some(up) = v.upgrade {
+            out.push((TOLLGATE_UPGRADE, upgrade_value(up)));
+        }
+    }
+    out
+}
+
+/// `"pro";url="https://…"`
+pub fn upgrade_value(up: &Upgrade) -> String {
+    format!("{};url={}", sf_string(&up.plan), sf_string(&up.url))
+}
+
+/// A Structured Fields string: quoted, with `"` and `\` escaped and non-printable ASCII dropped.
+pub fn sf_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars().filter(|c| (' '..='~').contains(c)) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meter::period::{Period, Window};
+
+    #[test]
+    fn headers_follow_the_spec_shape() {
+        let now: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let window = Window::containing(Period::Month, None, now).unwrap();
+        let meters = vec![MeterUse {
+            name: "requests".into(),
+            units: 1,
+            limit: 1000,
+            used: 800,
+            overage: false,
+            warn_at: Some(0.8),
+            period: Period::Month,
+            window,
+        }];
+        let burst = BurstState {
+            quota: 20,
+            remaining: 19,
+            window_secs: 1,
+        };
+        let up = Upgrade {
+            plan: "pro".into(),
+            url: "https://example.com/billing?plan=pro".into(),
+        };
+        let h = usage_headers(&UsageView {
+            burst: Some(&burst),
+            meters: &meters,
+            upgrade: Some(&up),
+            exhausted: None,
+            now,
+        });
+        assert_eq!(
+            h[0],
+            (
+                RATELIMIT_POLICY,
+                "\"burst\";q=20;w=1, \"requests\";q=1000;w=2592000".into()
+            )
+        );
+        assert_eq!(
+            h[1],
+            (
+                RATELIMIT,
+                "\"burst\";r=19;t=1, \"requests\";r=200;t=388800".into()
+            )
+        );
+        assert_eq!(
+            h[2],
+            (TOLLGATE_WARNING, "\"requests\";used=800;limit=1000".into())
+        );
+        assert_eq!(
+            h[3],
+            (
+                TOLLGATE_UPGRADE,
+                "\"pro\";url=\"https://example.com/billing?plan=pro\"".into()
+            )
+        );
+    }
+
+    #[test]
+    fn no_warning_below_the_threshold() {
+        let now: Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let window = Window::containing(Period::Day, None, now).unwrap();
+        let m = MeterUse {
+            name: "r".into(),
+            units: 1,
+            limit: 10,
+            used: 7,
+            overage: false,
+            warn_at: Some(0.8),
+            period: Period::Day,
+            window,
+        };
+        let h = usage_headers(&UsageView {
+            burst: None,
+            meters: &[m],
+            upgrade: None,
+            exhausted: None,
+            now,
+        });
+        assert_eq!(h.len(), 2);
+    }
+}

@@ -1,0 +1,152 @@
+//! Step 2: who is calling. API keys now; JWT and anonymous callers join here later.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::Tenant;
+
+/// Issued keys by the SHA-256 of the key.
+pub type KeyIndex = HashMap<[u8; 32], KeyEntry>;
+
+/// One issued key.
+#[derive(Debug, Clone)]
+pub struct KeyEntry {
+    /// Whose key it is.
+    pub tenant: Arc<Tenant>,
+    /// The key's id.
+    pub id: String,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+}
+
+/// An identified caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The tenant the call is billed to.
+    pub tenant: Arc<Tenant>,
+    /// How they proved it.
+    pub identity: IdentityKind,
+    /// The id of the key used (never the key).
+    pub key_id: Option<String>,
+}
+
+/// How a caller was identified (`identity` in events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityKind {
+    /// An API key.
+    ApiKey,
+}
+
+/// Why a caller could not be identified. Messages never echo the credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    /// No credential at all.
+    #[error("No credentials were sent. Send an API key as `Authorization: Bearer <key>` or `X-Api-Key: <key>`.")]
+    Missing,
+    /// A credential header that cannot hold a key.
+    #[error("The {header} header is malformed: {why}.")]
+    Malformed {
+        /// Which header.
+        header: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A well-formed key nobody issued (or a revoked one).
+    #[error(
+        "The API key is not recognised. Check that it was copied whole and has not been revoked."
+    )]
+    UnknownKey,
+}
+
+/// API-key authentication against the static key index.
+pub struct ApiKeys {
+    headers: Vec<HeaderName>,
+    index: KeyIndex,
+}
+
+impl ApiKeys {
+    /// Looks for keys in `headers` (in order), checking them against `index`.
+    pub fn new(headers: Vec<HeaderName>, index: KeyIndex) -> ApiKeys {
+        ApiKeys { headers, index }
+    }
+
+    /// The headers keys are read from (`Authorization` among them by default).
+    pub fn headers(&self) -> &[HeaderName] {
+        &self.headers
+    }
+
+    /// Identifies the caller from the request headers.
+    pub fn authenticate(&self, req: &HeaderMap) -> Result<Caller, AuthFailure> {
+        let key = self.presented_key(req)?;
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        // The look-up is by digest, so its timing reveals nothing about any issued key; the
+        // constant-time comparison afterwards keeps that true even if the index changes shape.
+        match self.index.get(&digest) {
+            Some(entry) if bool::from(digest.ct_eq(&entry.sha256)) => Ok(Caller {
+                tenant: entry.tenant.clone(),
+                identity: IdentityKind::ApiKey,
+                key_id: Some(entry.id.clone()),
+            }),
+            _ => Err(AuthFailure::UnknownKey),
+        }
+    }
+
+    fn presented_key<'r>(&self, req: &'r HeaderMap) -> Result<&'r str, AuthFailure> {
+        for name in &self.headers {
+            let Some(value) = req.get(name) else { continue };
+            let malformed = |why| AuthFailure::Malformed {
+                header: header_title(name),
+                why,
+            };
+            let value = value
+                .to_str()
+                .map_err(|_| malformed("it holds characters an API key never has"))?;
+            let key = if name == http::header::AUTHORIZATION {
+                let (scheme, token) = value
+                    .split_once(' ')
+                    .ok_or(malformed("expected `Bearer <key>`"))?;
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return Err(malformed("expected the Bearer scheme"));
+                }
+                token.trim()
+            } else {
+                value.trim()
+            };
+            if key.is_empty() {
+                return Err(malformed("the key is empty"));
+            }
+            return Ok(key);
+        }
+        Err(AuthFailure::Missing)
+    }
+}
+
+fn header_title(name: &HeaderName) -> String {
+    match name.as_str() {
+        "authorization" => "Authorization".into(),
+        "x-api-key" => "X-Api-Key".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Builds the key index of the static tenants.
+pub fn static_index<'a>(tenants: impl Iterator<Item = &'a Arc<Tenant>>) -> KeyIndex {
+    let mut index = KeyIndex::new();
+    for t in tenants {
+        for k in &t.keys {
+            index.insert(
+                k.sha256,
+                KeyEntry {
+                    tenant: t.clone(),
+                    id: k.id.clone(),
+                    sha256: k.sha256,
+                },
+            );
+        }
+    }
+    index
+}

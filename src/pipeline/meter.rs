@@ -1,0 +1,187 @@
+//! Step 6: atomically check and reserve every meter the route charges; refund on failure.
+
+use jiff::Timestamp;
+
+use super::identity::Caller;
+use super::Rejection;
+use crate::config::{OnOutage, Plan, Route};
+use crate::meter::period::{Period, Window};
+use crate::store::{keys, Charge, Reserved, StoreError, StoreHandle};
+
+/// Counters are kept one day past their period, so that calls in flight across the boundary
+/// still settle into the period they were admitted in and reports can read the last period.
+const EXPIRY_GRACE_SECS: i64 = 86_400;
+
+/// One meter as it stands after this call's reservation.
+#[derive(Debug, Clone)]
+pub struct MeterUse {
+    /// Meter name.
+    pub name: String,
+    /// Units this call reserved.
+    pub units: u64,
+    /// The plan's limit.
+    pub limit: u64,
+    /// Units used in the period, including this call.
+    pub used: u64,
+    /// Whether the meter counts overage instead of blocking.
+    pub overage: bool,
+    /// Warning threshold (fraction of the limit).
+    pub warn_at: Option<f64>,
+    /// The period.
+    pub period: Period,
+    /// The period window the units went into.
+    pub window: Window,
+}
+
+impl MeterUse {
+    /// Units left before the limit.
+    pub fn remaining(&self) -> u64 {
+        self.limit.saturating_sub(self.used)
+    }
+
+    /// Whether the caller should be warned: past `warn_at`, or in overage.
+    pub fn warns(&self) -> bool {
+        self.used > self.limit
+            || self
+                .warn_at
+                .is_some_and(|w| self.used as f64 >= w * self.limit as f64)
+    }
+
+    /// Whether this call went past the limit of an overage meter.
+    pub fn in_overage(&self) -> bool {
+        self.overage && self.used > self.limit
+    }
+}
+
+/// What a call reserved.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Meters charged, in route order.
+    pub meters: Vec<MeterUse>,
+    /// The store charges, for refunds.
+    pub charges: Vec<Charge>,
+    /// False when the store was down and the call went through unmetered (fail_open).
+    pub metered: bool,
+}
+
+/// A call that would pass a blocking meter's limit.
+#[derive(Debug, Clone)]
+pub struct QuotaExceeded {
+    /// The meter that ran out.
+    pub meter: String,
+    /// Its limit.
+    pub limit: u64,
+    /// Units used so far (unchanged by this call).
+    pub used: u64,
+    /// When the period resets.
+    pub resets_at: Timestamp,
+    /// Seconds until then.
+    pub retry_after: u64,
+    /// Every meter the call would have charged, as they stand (for the RateLimit headers).
+    pub meters: Vec<MeterUse>,
+}
+
+/// Reserves the route's meters for `caller` on `plan`.
+pub async fn reserve(
+    store: &StoreHandle,
+    now: Timestamp,
+    caller: &Caller,
+    plan: &Plan,
+    route: &Route,
+    default_outage: OnOutage,
+) -> Result<Usage, Rejection> {
+    let mut meters = Vec::with_capacity(route.meter.len());
+    let mut charges = Vec::with_capacity(route.meter.len());
+    for (name, units) in &route.meter {
+        // A meter the plan does not define is not limited on this plan, so it is not counted.
+        let Some(policy) = plan.meters.get(name) else {
+            continue;
+        };
+        let window = Window::containing(policy.period, caller.tenant.billing_anchor, now)
+            .map_err(|_| Rejection::Internal("the billing period could not be computed"))?;
+        charges.push(Charge {
+            key: keys::counter(&caller.tenant.name, name, window.start_date),
+            units: units.get(),
+            limit: (!policy.overage).then_some(policy.limit.get()),
+            expire_at: window.end.as_second() + EXPIRY_GRACE_SECS,
+        });
+        meters.push(MeterUse {
+            name: name.clone(),
+            units: units.get(),
+            limit: policy.limit.get(),
+            used: 0,
+            overage: policy.overage,
+            warn_at: policy.warn_at,
+            period: policy.period,
+            window,
+        });
+    }
+    if charges.is_empty() {
+        return Ok(Usage {
+            meters,
+            charges,
+            metered: true,
+        });
+    }
+    match store.reserve(&charges).await {
+        Ok(Reserved::Admitted(after)) => {
+            for (m, used) in meters.iter_mut().zip(after) {
+                m.used = used;
+            }
+            Ok(Usage {
+                meters,
+                charges,
+                metered: true,
+            })
+        }
+        Ok(Reserved::Denied { index, used }) => {
+            for (m, u) in meters.iter_mut().zip(&used) {
+                m.used = *u;
+            }
+            let m = &meters[index.min(meters.len() - 1)];
+            Err(Rejection::QuotaExceeded(Box::new(QuotaExceeded {
+                meter: m.name.clone(),
+                limit: m.limit,
+                used: m.used,
+                resets_at: m.window.end,
+                retry_after: m.window.seconds_to_reset(now),
+                meters,
+            })))
+        }
+        Err(e) => outage(e, caller, plan, route, default_outage),
+    }
+}
+
+fn outage(
+    e: StoreError,
+    caller: &Caller,
+    plan: &Plan,
+    route: &Route,
+    default: OnOutage,
+) -> Result<Usage, Rejection> {
+    match plan.on_outage.unwrap_or(default) {
+        OnOutage::FailOpen => {
+            tracing::warn!(tenant = %caller.tenant.name, route = %route.name, error = %e, "Store unavailable; admitting the call unmetered (fail_open).");
+            Ok(Usage {
+                meters: Vec::new(),
+                charges: Vec::new(),
+                metered: false,
+            })
+        }
+        OnOutage::FailClosed => {
+            tracing::warn!(tenant = %caller.tenant.name, route = %route.name, error = %e, "Store unavailable; refusing the call (fail_closed).");
+            Err(Rejection::StoreUnavailable)
+        }
+    }
+}
+
+/// Takes back what `usage` reserved. A failed refund is logged: the tenant was charged for a call
+/// that failed, and the log line is what support needs to correct it.
+pub async fn refund(store: &StoreHandle, tenant: &str, usage: &Usage) {
+    if usage.charges.is_empty() {
+        return;
+    }
+    if let Err(e) = store.refund(&usage.charges).await {
+        tracing::warn!(tenant = %tenant, error = %e, charges = ?usage.charges, "Refund failed; the tenant stays charged for a failed call.");
+    }
+}

@@ -1,0 +1,211 @@
+//! The request path, in the order it happens (SPEC §3). One file per step:
+//! `route` → `identity` → `plan` (plan and feature) → `burst` → `meter`; `headers` builds the
+//! usage headers of the answer.
+
+pub mod burst;
+pub mod headers;
+pub mod identity;
+pub mod meter;
+pub mod plan;
+pub mod route;
+
+use std::sync::Arc;
+
+use http::{HeaderMap, Method};
+
+use crate::config::{Config, OnOutage, Plan, Route, RouteAuth};
+use crate::meter::period::Clock;
+use crate::store::StoreHandle;
+use crate::telemetry::metrics::Metrics;
+use burst::{BurstExceeded, BurstState};
+use identity::{ApiKeys, AuthFailure, Caller};
+use meter::{QuotaExceeded, Usage};
+use plan::{FeatureDenied, Plans};
+use route::RouteTable;
+
+/// The compiled configuration and the parts every call uses.
+pub struct Gateway {
+    routes: RouteTable,
+    keys: ApiKeys,
+    /// Plans and their burst limiters.
+    pub plans: Plans,
+    /// The counter store.
+    pub store: StoreHandle,
+    clock: Arc<dyn Clock>,
+    on_outage: OnOutage,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why a call is refused before it reaches the upstream. `proxy::respond` turns each into its
+/// HTTP answer; nothing else writes error bodies.
+#[derive(Debug)]
+pub enum Rejection {
+    /// The path is spelled in a way routes are not matched against.
+    BadPath,
+    /// No route matches.
+    NoRoute,
+    /// The caller could not be identified.
+    Unauthenticated(AuthFailure),
+    /// The route needs a feature the plan lacks.
+    FeatureNotInPlan(FeatureDenied),
+    /// Too many calls at once.
+    RateLimited(BurstExceeded),
+    /// A blocking meter would pass its limit.
+    QuotaExceeded(Box<QuotaExceeded>),
+    /// The store is down and the plan fails closed.
+    StoreUnavailable,
+    /// A state the config should have ruled out.
+    Internal(&'static str),
+}
+
+/// A call allowed through to its route's target.
+pub enum Admission {
+    /// An `auth: none` route: not identified, not metered.
+    Public(Arc<Route>),
+    /// An identified, metered call.
+    Admitted(Box<Admitted>),
+}
+
+/// Everything the rest of the call needs to know about an admitted caller.
+pub struct Admitted {
+    /// The route.
+    pub route: Arc<Route>,
+    /// Who.
+    pub caller: Caller,
+    /// On which plan.
+    pub plan: Arc<Plan>,
+    /// Burst allowance after this call, if the plan has a rate limit.
+    pub burst: Option<BurstState>,
+    /// What was reserved.
+    pub usage: Usage,
+}
+
+/// Who was refused, when they got far enough to be known (for the answer and the metrics).
+pub struct Refused {
+    /// Why.
+    pub rejection: Rejection,
+    /// The matched route, if any.
+    pub route: Option<Arc<Route>>,
+    /// The identified caller, if any.
+    pub caller: Option<Caller>,
+    /// Their plan, if resolved.
+    pub plan: Option<Arc<Plan>>,
+    /// Burst state, when the burst step passed.
+    pub burst: Option<BurstState>,
+}
+
+impl Gateway {
+    /// Builds the request path from a validated config.
+    pub fn new(
+        config: &Config,
+        store: StoreHandle,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Gateway {
+        Gateway {
+            routes: RouteTable::new(config.routes.clone()),
+            keys: ApiKeys::new(
+                config.auth.api_key_headers.clone(),
+                identity::static_index(config.tenants.values()),
+            ),
+            plans: Plans::new(config.plans.values()),
+            store,
+            clock,
+            on_outage: config.store.on_outage,
+            metrics,
+        }
+    }
+
+    /// Decides whether a call may go through, reserving its usage if so (SPEC §3, steps 1–6).
+    pub async fn admit(
+        &self,
+        method: &Method,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Result<Admission, Box<Refused>> {
+        let mut refused = Refused {
+            rejection: Rejection::NoRoute,
+            route: None,
+            caller: None,
+            plan: None,
+            burst: None,
+        };
+        macro_rules! step {
+            ($e:expr) => {
+                match $e {
+                    Ok(v) => v,
+                    Err(rejection) => {
+                        refused.rejection = rejection;
+                        return Err(Box::new(refused));
+                    }
+                }
+            };
+        }
+        step!(if route::path_is_normal(path) {
+            Ok(())
+        } else {
+            Err(Rejection::BadPath)
+        });
+        let route = step!(self.routes.pick(method, path).ok_or(Rejection::NoRoute)).clone(); // 1. where
+        refused.route = Some(route.clone());
+        if route.auth == RouteAuth::None {
+            return Ok(Admission::Public(route));
+        }
+        let caller = step!(self
+            .keys
+            .authenticate(headers)
+            .map_err(Rejection::Unauthenticated)); // 2. who
+        refused.caller = Some(caller.clone());
+        let plan = step!(self.plans.resolve(&caller)); // 3. what they bought
+        refused.plan = Some(plan.plan.clone());
+        step!(self.plans.check_feature(&plan.plan, &route)); // 4. may they
+        let burst = match &plan.burst {
+            Some(b) => Some(step!(b
+                .check(&caller.tenant.name)
+                .map_err(Rejection::RateLimited))), // 5. not too fast
+            None => None,
+        };
+        refused.burst = burst;
+        let now = self.clock.now();
+        let usage = step!(
+            meter::reserve(
+                &self.store,
+                now,
+                &caller,
+                &plan.plan,
+                &route,
+                self.on_outage
+            )
+            .await
+        ); // 6. not too much
+        if !usage.metered {
+            self.metrics
+                .unmetered
+                .with_label_values(&[&route.name, "store_unavailable"])
+                .inc();
+        }
+        Ok(Admission::Admitted(Box::new(Admitted {
+            route,
+            caller,
+            plan: plan.plan.clone(),
+            burst,
+            usage,
+        })))
+    }
+
+    /// Takes back an admitted call's reservation (upstream failed).
+    pub async fn refund(&self, admitted: &Admitted) {
+        meter::refund(&self.store, &admitted.caller.tenant.name, &admitted.usage).await;
+    }
+
+    /// Headers that carry credentials: never forwarded upstream.
+    pub fn credential_headers(&self) -> &[http::HeaderName] {
+        self.keys.headers()
+    }
+
+    /// The current time, from the injected clock.
+    pub fn now(&self) -> jiff::Timestamp {
+        self.clock.now()
+    }
+}

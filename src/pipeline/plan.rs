@@ -1,0 +1,104 @@
+//! Steps 3 and 4: the caller's plan, and whether it includes the route's feature.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::burst::BurstLimiter;
+use super::identity::Caller;
+use super::Rejection;
+use crate::config::{Plan, Route, Upgrade};
+
+/// A plan and its runtime state.
+pub struct PlanState {
+    /// The plan as configured.
+    pub plan: Arc<Plan>,
+    /// Its burst limiter, if it has a rate limit.
+    pub burst: Option<BurstLimiter>,
+}
+
+/// Every plan, by name.
+pub struct Plans {
+    plans: HashMap<String, PlanState>,
+}
+
+/// A call to a route whose feature the plan lacks.
+#[derive(Debug, Clone)]
+pub struct FeatureDenied {
+    /// The feature.
+    pub feature: String,
+    /// Where to get it.
+    pub upgrade: Option<Upgrade>,
+}
+
+impl Plans {
+    /// Runtime state for the configured plans.
+    pub fn new<'a>(plans: impl Iterator<Item = &'a Arc<Plan>>) -> Plans {
+        let plans = plans
+            .map(|p| {
+                let burst = p.rate_limit.as_ref().map(BurstLimiter::new);
+                (
+                    p.name.clone(),
+                    PlanState {
+                        plan: p.clone(),
+                        burst,
+                    },
+                )
+            })
+            .collect();
+        Plans { plans }
+    }
+
+    /// The caller's plan: the tenant's configured plan. (Admin overrides and token claims come
+    /// first once they exist.)
+    pub fn resolve(&self, caller: &Caller) -> Result<&PlanState, Rejection> {
+        self.plans
+            .get(&caller.tenant.plan)
+            .ok_or(Rejection::Internal("the tenant's plan is not configured"))
+    }
+
+    /// Refuses the call when the route needs a feature the plan lacks.
+    pub fn check_feature(&self, plan: &Plan, route: &Route) -> Result<(), Rejection> {
+        let Some(feature) = &route.feature else {
+            return Ok(());
+        };
+        if plan.features.contains(feature) {
+            return Ok(());
+        }
+        Err(Rejection::FeatureNotInPlan(FeatureDenied {
+            feature: feature.clone(),
+            upgrade: self.upgrade_for(plan, feature),
+        }))
+    }
+
+    /// The first plan up the upgrade chain that includes `feature`, offered with the URL of the
+    /// step the caller can take now (their own plan's upgrade link).
+    fn upgrade_for(&self, plan: &Plan, feature: &str) -> Option<Upgrade> {
+        let first = plan.upgrade.as_ref()?;
+        let mut next = Some(first);
+        let mut hops = 0;
+        while let Some(up) = next {
+            let candidate = &self.plans.get(&up.plan)?.plan;
+            if candidate.features.contains(feature) {
+                return Some(Upgrade {
+                    plan: candidate.name.clone(),
+                    url: first.url.clone(),
+                });
+            }
+            next = candidate.upgrade.as_ref();
+            hops += 1;
+            if hops > self.plans.len() {
+                break; // a cycle in the upgrade chain
+            }
+        }
+        Some(first.clone())
+    }
+
+    /// Forgets idle tenants in every burst limiter; returns how many are still tracked.
+    pub fn retain_recent(&self) -> usize {
+        self.plans
+            .values()
+            .filter_map(|p| p.burst.as_ref())
+            .map(|b| b.retain_recent())
+            .sum()
+    }
+}

@@ -1,0 +1,99 @@
+//! Step 1: which route takes the call. First match wins.
+
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::{PathMatch, Route};
+
+/// Routes in match order.
+pub struct RouteTable {
+    routes: Vec<Arc<Route>>,
+}
+
+impl RouteTable {
+    /// A table over the config's routes.
+    pub fn new(routes: Vec<Arc<Route>>) -> RouteTable {
+        RouteTable { routes }
+    }
+
+    /// The first route matching `method` and `path` (the path without its query).
+    pub fn pick(&self, method: &Method, path: &str) -> Option<&Arc<Route>> {
+        self.routes.iter().find(|r| {
+            let path_ok = match &r.matcher.path {
+                PathMatch::Exact(p) => path == p,
+                PathMatch::Prefix(p) => prefix_matches(p, path),
+            };
+            path_ok && (r.matcher.methods.is_empty() || r.matcher.methods.contains(method))
+        })
+    }
+}
+
+/// Prefixes match whole segments: `/v1/chat` takes `/v1/chat` and `/v1/chat/x`, not `/v1/chatty`.
+fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Whether a path is in the one spelling routes are matched against.
+///
+/// Routes gate features and prices by path, so a path the upstream would read differently from
+/// the gateway (`/v1/./export`, `/v1//export`, `/v1/%65xport`) could slip past a gate. Such
+/// paths are refused rather than rewritten: a client has no reason to send them.
+pub fn path_is_normal(path: &str) -> bool {
+    if !path.starts_with('/') {
+        return false;
+    }
+    let bytes = path.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                // Encoded unreserved characters and encoded slashes change what the path says.
+                Some(c) if c.is_ascii_alphanumeric() || b"-._~/".contains(&c) => return false,
+                Some(_) => {}
+                None => return false,
+            }
+        }
+    }
+    path[1..].split('/').enumerate().all(|(i, seg)| {
+        let last = i == path[1..].split('/').count() - 1;
+        seg != "." && seg != ".." && (!seg.is_empty() || last)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert!(prefix_matches("/v1/chat", "/v1/chat"));
+        assert!(prefix_matches("/v1/chat", "/v1/chat/completions"));
+        assert!(!prefix_matches("/v1/chat", "/v1/chatty"));
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/v1/", "/v1/x"));
+    }
+
+    #[test]
+    fn odd_spellings_are_not_normal() {
+        for p in [
+            "/v1/./export",
+            "/v1/../x",
+            "/v1//export",
+            "/v1/%65xport",
+            "/a%2Fb",
+            "/a%zz",
+            "x",
+        ] {
+            assert!(!path_is_normal(p), "{p}");
+        }
+        for p in ["/", "/v1/export", "/v1/export/", "/search%20x", "/a%3Fb"] {
+            assert!(path_is_normal(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,339 @@
+//! The pingora edge. Each `ProxyHttp` phase is one call into our own pipeline, so pingora's
+//! types stop here.
+
+pub mod hygiene;
+pub mod respond;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::config::RouteTarget;
+use crate::pipeline::headers::{usage_headers, UsageView};
+use crate::pipeline::{Admission, Gateway};
+use crate::telemetry::outcome::{Labels, Outcome};
+
+/// The proxy service: reads the current gateway (swapped atomically on reload) per call.
+pub struct Proxy {
+    gateway: Arc<ArcSwap<Gateway>>,
+    read_timeout: Duration,
+}
+
+/// Per-call state shared by the phases.
+pub struct Ctx {
+    started: Instant,
+    gateway: Option<Arc<Gateway>>,
+    admission: Option<Admission>,
+    /// Route and plan of the call as far as they are known, for the metrics' labels.
+    labels: Labels,
+    outcome: Outcome,
+    upstream_started: Option<Instant>,
+    connect_tries: usize,
+    refunded: bool,
+}
+
+impl Proxy {
+    /// A proxy over `gateway`; `read_timeout` bounds each read from a client.
+    pub fn new(gateway: Arc<ArcSwap<Gateway>>, read_timeout: Duration) -> Proxy {
+        Proxy {
+            gateway,
+            read_timeout,
+        }
+    }
+}
+
+impl Ctx {
+    fn admitted(&self) -> Option<&crate::pipeline::Admitted> {
+        match &self.admission {
+            Some(Admission::Admitted(a)) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Refunds once; later failures of the same call do nothing.
+    async fn refund(&mut self) {
+        if self.refunded {
+            return;
+        }
+        self.refunded = true;
+        if let (Some(gw), Some(Admission::Admitted(a))) = (&self.gateway, &mut self.admission) {
+            gw.refund(a).await;
+            for m in &mut a.usage.meters {
+                m.used = m.used.saturating_sub(m.units);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            started: Instant::now(),
+            gateway: None,
+            admission: None,
+            labels: Labels::default(),
+            outcome: Outcome::NoRoute,
+            upstream_started: None,
+            connect_tries: 0,
+            refunded: false,
+        }
+    }
+
+    /// Steps 1–6 of SPEC §3; answers refusals and `respond:` routes here.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        session.set_read_timeout(Some(self.read_timeout));
+        let gw = self.gateway.load_full();
+        ctx.gateway = Some(gw.clone());
+        let req = session.req_header();
+        let path = req.uri.path().to_string();
+        if hygiene::ambiguous_framing(&req.headers) {
+            ctx.outcome = Outcome::BadRequest;
+            respond::write_problem(session, respond::bad_framing(&path)).await?;
+            return Ok(true);
+        }
+        let admission = match gw.admit(&req.method, &path, &req.headers).await {
+            Ok(a) => a,
+            Err(refused) => {
+                ctx.outcome = Outcome::of_rejection(&refused);
+                ctx.labels = Labels {
+                    route: refused.route.clone(),
+                    plan: refused.plan.clone(),
+                };
+                let method = req.method.to_string();
+                let problem = respond::rejection(&refused, &path, &method, gw.now());
+                respond::write_problem(session, problem).await?;
+                return Ok(true);
+            }
+        };
+        ctx.outcome = Outcome::of_admission(&admission);
+        let route = match &admission {
+            Admission::Public(r) => r.clone(),
+            Admission::Admitted(a) => a.route.clone(),
+        };
+        ctx.labels = Labels {
+            route: Some(route.clone()),
+            plan: match &admission {
+                Admission::Admitted(a) => Some(a.plan.clone()),
+                Admission::Public(_) => None,
+            },
+        };
+        ctx.admission = Some(admission);
+        if let RouteTarget::Respond(fixed) = &route.target {
+            let headers = self.usage_headers(ctx);
+            respond::write_fixed(session, fixed, headers).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Step 7: the next target of the route's upstream, round-robin.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let route = match &ctx.admission {
+            Some(Admission::Public(r)) => r,
+            Some(Admission::Admitted(a)) => &a.route,
+            None => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "no admitted route",
+                ))
+            }
+        };
+        let RouteTarget::Upstream(up) = &route.target else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "route answers by itself",
+            ));
+        };
+        let i = up.next.fetch_add(1, Ordering::Relaxed) % up.targets.len();
+        let mut peer = HttpPeer::new(up.targets[i], false, String::new());
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        ctx.connect_tries += 1;
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    /// A connection that never opened is safe to try on the next target, once per target.
+    fn fail_to_connect(
+        &self,
+        _s: &mut Session,
+        _p: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let targets = match &ctx.admission {
+            Some(Admission::Public(r)) => target_count(r),
+            Some(Admission::Admitted(a)) => target_count(&a.route),
+            None => 1,
+        };
+        if ctx.connect_tries < targets {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    /// Strips hop-by-hop headers and credentials; tells the upstream who is calling.
+    async fn upstream_request_filter(
+        &self,
+        _s: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        for name in hygiene::hop_by_hop(&up.headers) {
+            up.remove_header(&name);
+        }
+        if let Some(gw) = &ctx.gateway {
+            for name in gw.credential_headers() {
+                up.remove_header(name);
+            }
+        }
+        up.remove_header("x-tollgate-tenant");
+        up.remove_header("x-tollgate-plan");
+        if let Some(a) = ctx.admitted() {
+            up.insert_header("x-tollgate-tenant", a.caller.tenant.name.as_str())?;
+            up.insert_header("x-tollgate-plan", a.plan.name.as_str())?;
+        }
+        Ok(())
+    }
+
+    /// Step 8: a 5xx from the upstream refunds the reservation before the answer goes out.
+    async fn upstream_response_filter(
+        &self,
+        _s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        self.observe_upstream(ctx);
+        if resp.status.is_server_error() {
+            ctx.outcome = Outcome::UpstreamError;
+            ctx.refund().await;
+        }
+        for name in hygiene::hop_by_hop(&resp.headers) {
+            resp.remove_header(&name);
+        }
+        Ok(())
+    }
+
+    /// Step 9: usage headers.
+    async fn response_filter(
+        &self,
+        _s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        for (name, value) in self.usage_headers(ctx) {
+            resp.insert_header(name, value)?;
+        }
+        Ok(())
+    }
+
+    /// Upstream failures: refund, then answer 502/504 with a problem body if nothing was sent yet.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.esource() {
+            ErrorSource::Upstream => {
+                ctx.outcome = Outcome::UpstreamError;
+                ctx.refund().await;
+                let timed_out = matches!(
+                    e.etype(),
+                    ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                );
+                let path = session.req_header().uri.path().to_string();
+                let problem = respond::upstream_unavailable(timed_out, &path);
+                let code = problem.status.as_u16();
+                if session.response_written().is_none() {
+                    if let Err(err) = respond::write_problem(session, problem).await {
+                        tracing::debug!(error = %err, "Could not send the upstream error to the client.");
+                    }
+                }
+                code
+            }
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => {
+                    let _ = session.respond_error(400).await;
+                    400
+                }
+            },
+            ErrorSource::Internal | ErrorSource::Unset => {
+                let _ = session.respond_error(500).await;
+                500
+            }
+        };
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    /// Counts the call.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let Some(gw) = &ctx.gateway else { return };
+        let call = crate::telemetry::outcome::Finished {
+            started: ctx.started,
+            outcome: ctx.outcome,
+            route: ctx.labels.route.as_deref(),
+            plan: ctx.labels.plan.as_deref(),
+            admission: ctx.admission.as_ref(),
+            refunded: ctx.refunded,
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+        };
+        call.record(gw);
+    }
+}
+
+impl Proxy {
+    fn usage_headers(&self, ctx: &Ctx) -> Vec<(&'static str, String)> {
+        let (Some(a), Some(gw)) = (ctx.admitted(), &ctx.gateway) else {
+            return Vec::new();
+        };
+        if !a.usage.metered {
+            return Vec::new();
+        }
+        usage_headers(&UsageView {
+            burst: a.burst.as_ref(),
+            meters: &a.usage.meters,
+            upgrade: a.plan.upgrade.as_ref(),
+            exhausted: None,
+            now: gw.now(),
+        })
+    }
+
+    fn observe_upstream(&self, ctx: &Ctx) {
+        let (Some(started), Some(gw)) = (ctx.upstream_started, &ctx.gateway) else {
+            return;
+        };
+        let name = match &ctx.admission {
+            Some(Admission::Public(r)) => upstream_name(r),
+            Some(Admission::Admitted(a)) => upstream_name(&a.route),
+            None => return,
+        };
+        gw.metrics
+            .upstream_duration
+            .with_label_values(&[name])
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+fn target_count(route: &crate::config::Route) -> usize {
+    match &route.target {
+        RouteTarget::Upstream(u) => u.targets.len(),
+        RouteTarget::Respond(_) => 1,
+    }
+}
+
+fn upstream_name(route: &crate::config::Route) -> &str {
+    match &route.target {
+        RouteTarget::Upstream(u) => &u.name,
+        RouteTarget::Respond(_) => "",
+    }
+}

@@ -1,0 +1,37 @@
+//! The store's key schema (SPEC §9). Other tools read these keys: never change them.
+//!
+//! The tenant sits in a `{hash tag}` so that all of one tenant's keys land in one Redis Cluster
+//! slot, which is what lets one Lua script touch several of its meters atomically.
+
+use jiff::civil::Date;
+
+/// `tg:{<tenant>}:m:<meter>:<period start>` — a usage counter.
+pub fn counter(tenant: &str, meter: &str, period_start: Date) -> String {
+    format!("tg:{{{tenant}}}:m:{meter}:{period_start}")
+}
+
+/// `tg:{<tenant>}:tenant` — a tenant's overrides (hash).
+pub fn tenant(tenant: &str) -> String {
+    format!("tg:{{{tenant}}}:tenant")
+}
+
+/// `tg:key:<sha256 hex>` — a runtime API key (hash).
+pub fn api_key(sha256_hex: &str) -> String {
+    format!("tg:key:{sha256_hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_match_the_spec() {
+        let d: Date = "2026-11-15".parse().unwrap();
+        assert_eq!(
+            counter("acme", "requests", d),
+            "tg:{acme}:m:requests:2026-11-15"
+        );
+        assert_eq!(tenant("acme"), "tg:{acme}:tenant");
+        assert_eq!(api_key("9f86"), "tg:key:9f86");
+    }
+}

@@ -1,0 +1,157 @@
+//! Where usage counters live: a narrow interface with a Redis and an embedded backend.
+//!
+//! Every call goes through [`StoreHandle`], which bounds it by `store.timeout` and times it, so
+//! no request waits longer than the timeout whatever the backend is doing.
+
+pub mod embedded;
+pub mod keys;
+pub mod redis;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::config::{Store as StoreConfig, StoreKind};
+use crate::telemetry::metrics::Metrics;
+
+/// One meter's part of a reservation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// The counter key (see [`keys::counter`]).
+    pub key: String,
+    /// Units to add.
+    pub units: u64,
+    /// Units allowed in the period; `None` never blocks (overage meters).
+    pub limit: Option<u64>,
+    /// When the counter expires, in Unix seconds.
+    pub expire_at: i64,
+}
+
+/// The answer to an atomic check-and-reserve of several charges.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// Every charge fitted and was added; counter values after the reservation, in order.
+    Admitted(Vec<u64>),
+    /// Charge `index` would pass its limit; nothing was added. `used` holds the counters' values.
+    Denied {
+        /// Which charge did not fit.
+        index: usize,
+        /// Counter values, unchanged, in order.
+        used: Vec<u64>,
+    },
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The call did not finish within `store.timeout`.
+    #[error("the store did not answer within {0:?}")]
+    Timeout(Duration),
+    /// The backend refused or failed the call.
+    #[error("the store failed: {0}")]
+    Backend(String),
+    /// The embedded store's file could not be written.
+    #[error("the store file could not be written: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StoreError {
+    /// A short label for `tollgate_store_errors_total{kind}`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "timeout",
+            StoreError::Backend(_) => "backend",
+            StoreError::Io(_) => "io",
+        }
+    }
+}
+
+/// A counter store. Implementations must make `reserve` atomic across all its charges and across
+/// every gateway instance that shares the store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Adds every charge if each stays within its limit; otherwise adds nothing.
+    async fn reserve(&self, charges: &[Charge]) -> Result<Reserved, StoreError>;
+    /// Takes back units added by `reserve` (never below zero; a vanished counter stays vanished).
+    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError>;
+    /// Reads counters (0 when absent).
+    async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
+    /// Checks the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// The store as the request path uses it: bounded by the timeout, timed, errors counted.
+#[derive(Clone)]
+pub struct StoreHandle {
+    inner: Arc<dyn Store>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl StoreHandle {
+    /// Opens the configured backend. Redis connects lazily on first use.
+    pub fn open(config: &StoreConfig, metrics: Arc<Metrics>) -> Result<StoreHandle, StoreError> {
+        let inner: Arc<dyn Store> = match &config.kind {
+            StoreKind::Redis { url } => Arc::new(redis::RedisStore::new(url, config.timeout)?),
+            StoreKind::Embedded { path } => Arc::new(embedded::EmbeddedStore::open(path)?),
+        };
+        Ok(StoreHandle {
+            inner,
+            timeout: config.timeout,
+            metrics,
+        })
+    }
+
+    /// Wraps an existing backend (tests, benches).
+    pub fn new(inner: Arc<dyn Store>, timeout: Duration, metrics: Arc<Metrics>) -> StoreHandle {
+        StoreHandle {
+            inner,
+            timeout,
+            metrics,
+        }
+    }
+
+    /// See [`Store::reserve`].
+    pub async fn reserve(&self, charges: &[Charge]) -> Result<Reserved, StoreError> {
+        self.bounded("reserve", self.inner.reserve(charges)).await
+    }
+
+    /// See [`Store::refund`].
+    pub async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError> {
+        self.bounded("refund", self.inner.refund(charges)).await
+    }
+
+    /// See [`Store::get`].
+    pub async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
+        self.bounded("get", self.inner.get(keys)).await
+    }
+
+    /// See [`Store::ping`].
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.bounded("ping", self.inner.ping()).await
+    }
+
+    async fn bounded<T>(
+        &self,
+        op: &'static str,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+        };
+        self.metrics
+            .store_duration
+            .with_label_values(&[op])
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = &result {
+            self.metrics
+                .store_errors
+                .with_label_values(&[e.kind()])
+                .inc();
+        }
+        result
+    }
+}

@@ -1,0 +1,138 @@
+//! Prometheus metrics. Names are part of the contract (SPEC §8); no tenant ids as labels, so the
+//! series count stays bounded by the config (routes × plans × outcomes).
+
+use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// `tollgate_requests_total{route,plan,outcome}`
+pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
+/// `tollgate_request_duration_seconds{route}`
+pub const REQUEST_DURATION: &str = "tollgate_request_duration_seconds";
+/// `tollgate_upstream_duration_seconds{upstream}`
+pub const UPSTREAM_DURATION: &str = "tollgate_upstream_duration_seconds";
+/// `tollgate_store_duration_seconds{op}`
+pub const STORE_DURATION: &str = "tollgate_store_duration_seconds";
+/// `tollgate_store_errors_total{kind}`
+pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
+/// `tollgate_meter_units_total{plan,meter}`
+pub const METER_UNITS: &str = "tollgate_meter_units_total";
+/// `tollgate_unmetered_total{route,reason}`: calls let through without metering (fail-open).
+pub const UNMETERED: &str = "tollgate_unmetered_total";
+/// `tollgate_burst_keys`: tenants currently tracked by the burst limiters.
+pub const BURST_KEYS: &str = "tollgate_burst_keys";
+/// `tollgate_config_reloads_total{result}`
+pub const CONFIG_RELOADS: &str = "tollgate_config_reloads_total";
+
+/// Buckets for gateway-side latencies: sub-millisecond to a few seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Buckets for store calls, which should take well under a millisecond.
+const STORE_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+
+/// Every metric the gateway exports.
+pub struct Metrics {
+    /// Calls by route, plan and outcome.
+    pub requests: IntCounterVec,
+    /// Whole-call latency by route.
+    pub request_duration: HistogramVec,
+    /// Upstream latency by upstream.
+    pub upstream_duration: HistogramVec,
+    /// Store call latency by operation.
+    pub store_duration: HistogramVec,
+    /// Store failures by kind.
+    pub store_errors: IntCounterVec,
+    /// Settled units by plan and meter.
+    pub meter_units: IntCounterVec,
+    /// Calls proxied without metering, by route and reason.
+    pub unmetered: IntCounterVec,
+    /// Tenants tracked by burst limiters.
+    pub burst_keys: IntGauge,
+    /// Config reloads by result.
+    pub config_reloads: IntCounterVec,
+    /// Process-wide: one histogram kept for the admission step.
+    pub admission_duration: Histogram,
+}
+
+impl Metrics {
+    /// Creates and registers every metric in `registry`.
+    pub fn new(registry: &Registry) -> prometheus::Result<Metrics> {
+        let m = Metrics {
+            requests: IntCounterVec::new(
+                Opts::new(REQUESTS_TOTAL, "Calls by route, plan and outcome."),
+                &["route", "plan", "outcome"],
+            )?,
+            request_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    REQUEST_DURATION,
+                    "Time from request to response end, by route.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"],
+            )?,
+            upstream_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    UPSTREAM_DURATION,
+                    "Time waiting for the upstream's response header.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["upstream"],
+            )?,
+            store_duration: HistogramVec::new(
+                HistogramOpts::new(STORE_DURATION, "Store call latency by operation.")
+                    .buckets(STORE_BUCKETS.to_vec()),
+                &["op"],
+            )?,
+            store_errors: IntCounterVec::new(
+                Opts::new(STORE_ERRORS, "Failed store calls by kind."),
+                &["kind"],
+            )?,
+            meter_units: IntCounterVec::new(
+                Opts::new(
+                    METER_UNITS,
+                    "Units charged (after refunds) by plan and meter.",
+                ),
+                &["plan", "meter"],
+            )?,
+            unmetered: IntCounterVec::new(
+                Opts::new(
+                    UNMETERED,
+                    "Calls proxied without metering because the store was unavailable (fail_open).",
+                ),
+                &["route", "reason"],
+            )?,
+            burst_keys: IntGauge::new(
+                BURST_KEYS,
+                "Tenants currently tracked by the burst limiters.",
+            )?,
+            config_reloads: IntCounterVec::new(
+                Opts::new(CONFIG_RELOADS, "Config reloads by result."),
+                &["result"],
+            )?,
+            admission_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tollgate_admission_duration_seconds",
+                    "Time spent deciding whether to admit a call.",
+                )
+                .buckets(STORE_BUCKETS.to_vec()),
+            )?,
+        };
+        registry.register(Box::new(m.requests.clone()))?;
+        registry.register(Box::new(m.request_duration.clone()))?;
+        registry.register(Box::new(m.upstream_duration.clone()))?;
+        registry.register(Box::new(m.store_duration.clone()))?;
+        registry.register(Box::new(m.store_errors.clone()))?;
+        registry.register(Box::new(m.meter_units.clone()))?;
+        registry.register(Box::new(m.unmetered.clone()))?;
+        registry.register(Box::new(m.burst_keys.clone()))?;
+        registry.register(Box::new(m.config_reloads.clone()))?;
+        registry.register(Box::new(m.admission_duration.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics in a private registry (tests and benches).
+    pub fn unregistered() -> prometheus::Result<Metrics> {
+        Metrics::new(&Registry::new())
+    }
+}
