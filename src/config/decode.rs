@@ -61,13 +61,14 @@ impl<'e> Decoder<'e> {
         for (k, _) in entries {
             let Value::Str(name) = &k.value else { continue };
             if !allowed.contains(&name.as_str()) {
-                self.err(
-                    k.pos,
-                    format!(
+                let message = match allowed.iter().find(|a| edit_distance(a, name) <= 2) {
+                    Some(near) => format!("unknown key `{name}` in {what}; did you mean `{near}`?"),
+                    None => format!(
                         "unknown key `{name}` in {what}; expected one of: {}",
                         allowed.join(", ")
                     ),
-                );
+                };
+                self.err(k.pos, message);
             }
         }
         Some(Fields {
@@ -286,6 +287,22 @@ impl<'e> Decoder<'e> {
         out.push_str(rest);
         Some(out)
     }
+}
+
+/// Levenshtein distance, for "did you mean" hints on short key names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.

@@ -182,3 +182,76 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
         routes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    /// Each file in tests/fixtures/config holds one mistake (or, in `many_errors`, several);
+    /// the `.expect` file beside it holds the exact lines `tollgate check` must print.
+    #[test]
+    fn every_broken_fixture_reports_its_exact_errors() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+            .collect();
+        files.sort();
+        assert!(
+            files.len() >= 20,
+            "expected the fixture set, found {} files",
+            files.len()
+        );
+        let mut failures = Vec::new();
+        for path in &files {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let text = std::fs::read_to_string(path).unwrap();
+            let expected = std::fs::read_to_string(path.with_extension("expect")).unwrap();
+            let got = match load_str(&name, &text, &no_env) {
+                Ok(_) => "ok\n".to_string(),
+                Err(e) => format!("{e}\n"),
+            };
+            if got != expected {
+                failures.push(format!("{name}:\n  expected: {expected}  got:      {got}"));
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    #[test]
+    fn defaults_and_env_expansion() {
+        let text = "server: { listen: \"${ADDR}\" }\nstore: { kind: redis, url: \"${URL:-redis://127.0.0.1:6379/0}\" }\nplans: { free: {} }\nroutes: [{ name: r, match: { path: / }, respond: { body: hi } }]\n";
+        let env = |k: &str| (k == "ADDR").then(|| "127.0.0.1:9999".to_string());
+        let c = load_str("t.yaml", text, &env).unwrap();
+        assert_eq!(c.server.listen.port(), 9999);
+        assert_eq!(
+            c.store.kind,
+            StoreKind::Redis {
+                url: "redis://127.0.0.1:6379/0".into()
+            }
+        );
+        assert_eq!(c.store.timeout, std::time::Duration::from_millis(50));
+        assert_eq!(c.store.on_outage, OnOutage::FailOpen);
+        assert_eq!(c.auth.api_key_headers.len(), 2);
+        assert_eq!(c.routes[0].auth, RouteAuth::Required);
+    }
+
+    #[test]
+    fn the_bundled_configs_load() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                if let Err(e) = load(&path) {
+                    panic!("{e}");
+                }
+            }
+        }
+    }
+}

@@ -97,10 +97,16 @@ pub fn parse(text: &str) -> Result<Node, ParseError> {
 fn first_line(s: &str) -> String {
     // serde-saphyr appends " at line X column Y" to some messages; our prefix already says it.
     let line = s.lines().next().unwrap_or("invalid YAML").trim();
-    match line.find(" at line ") {
-        Some(i) => line[..i].to_string(),
-        None => line.to_string(),
+    let line = match line.find(" at line ") {
+        Some(i) => &line[..i],
+        None => line,
+    };
+    // Speak of the user's file, not of the parser's options.
+    if let Some(rest) = line.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return format!("duplicate key `{key}`; each key may appear once in a mapping");
     }
+    format!("invalid YAML: {line}")
 }
 
 fn pos_of<T>(s: &Spanned<T>) -> Pos {
