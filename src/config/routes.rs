@@ -14,7 +14,7 @@ pub(super) fn routes(
     d: &mut Decoder,
     n: &Node,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
-    plans: &BTreeMap<String, Arc<Plan>>,
+    declared: &Declared,
 ) -> Vec<Arc<Route>> {
     let Some(items) = d.list(n, "`routes`") else {
         return Vec::new();
@@ -22,18 +22,9 @@ pub(super) fn routes(
     if items.is_empty() {
         d.err(n.pos, "`routes` must hold at least one route");
     }
-    let meters: BTreeSet<&str> = plans
-        .values()
-        .flat_map(|p| p.meters.keys().map(String::as_str))
-        .collect();
-    let features: BTreeSet<&str> = plans
-        .values()
-        .flat_map(|p| p.features.iter().map(String::as_str))
-        .collect();
     let known = Known {
         upstreams,
-        meters,
-        features,
+        declared,
     };
     let mut names = BTreeSet::new();
     let mut out = Vec::new();
@@ -57,8 +48,57 @@ pub(super) fn routes(
 
 struct Known<'a> {
     upstreams: &'a BTreeMap<String, Arc<Upstream>>,
-    meters: BTreeSet<&'a str>,
-    features: BTreeSet<&'a str>,
+    declared: &'a Declared,
+}
+
+/// Names declared anywhere in the file, valid or not. References are checked against these, so
+/// that one broken plan or upstream yields one error, not one more for every route naming it.
+#[derive(Default)]
+pub(super) struct Declared {
+    /// Upstream names.
+    pub upstreams: BTreeSet<String>,
+    /// Meter names of every plan.
+    pub meters: BTreeSet<String>,
+    /// Feature names of every plan.
+    pub features: BTreeSet<String>,
+}
+
+impl Declared {
+    /// Collects names leniently from the raw `upstreams` and `plans` nodes.
+    pub fn scan(upstreams: Option<&Node>, plans: Option<&Node>) -> Declared {
+        let mut out = Declared::default();
+        out.upstreams = keys(upstreams).map(|(k, _)| k.to_string()).collect();
+        for (_, plan) in keys(plans) {
+            let field = |name: &str| match &plan.value {
+                Value::Map(e) => e
+                    .iter()
+                    .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == name))
+                    .map(|(_, v)| v),
+                _ => None,
+            };
+            out.meters
+                .extend(keys(field("meters")).map(|(k, _)| k.to_string()));
+            if let Some(Value::Seq(items)) = field("features").map(|f| &f.value) {
+                out.features
+                    .extend(items.iter().filter_map(|i| match &i.value {
+                        Value::Str(s) => Some(s.clone()),
+                        _ => None,
+                    }));
+            }
+        }
+        out
+    }
+}
+
+fn keys(n: Option<&Node>) -> impl Iterator<Item = (&str, &Node)> {
+    let entries = match n.map(|n| &n.value) {
+        Some(Value::Map(e)) => e.as_slice(),
+        _ => &[],
+    };
+    entries.iter().filter_map(|(k, v)| match &k.value {
+        Value::Str(s) => Some((s.as_str(), v)),
+        _ => None,
+    })
 }
 
 const ROUTE_KEYS: &[&str] = &[
@@ -82,13 +122,14 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
             .string(u, "`upstream`")
             .and_then(|s| match known.upstreams.get(&s) {
                 Some(up) => Some(RouteTarget::Upstream(up.clone())),
+                // Declared but broken: its own error says why.
+                None if known.declared.upstreams.contains(&s) => None,
                 None => {
-                    let all: BTreeSet<String> = known.upstreams.keys().cloned().collect();
                     d.err(
                         u.pos,
                         format!(
                             "{what} names upstream `{s}`, which is not defined; upstreams: {}",
-                            super::sections::list(&all)
+                            super::sections::list(&known.declared.upstreams)
                         ),
                     );
                     None
@@ -135,7 +176,7 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
     let feature = match f.get("feature") {
         Some(ft) => {
             let s = d.string(ft, "`feature`")?;
-            if !known.features.contains(s.as_str()) {
+            if !known.declared.features.contains(&s) {
                 d.err(
                     ft.pos,
                     format!("{what} requires feature `{s}`, which no plan includes"),
@@ -230,8 +271,8 @@ fn meter(
 ) -> Option<Vec<(String, NonZeroU64)>> {
     let mut out = Vec::new();
     for (name, pos, v) in d.named(n, "`meter`") {
-        if !known.meters.contains(name.as_str()) {
-            let all: Vec<&str> = known.meters.iter().copied().collect();
+        if !known.declared.meters.contains(&name) {
+            let all: Vec<&str> = known.declared.meters.iter().map(String::as_str).collect();
             d.err(
                 pos,
                 format!(

@@ -1,0 +1,399 @@
+#!/usr/bin/env bash
+# Load benchmark of the gateway, on loopback, in one command:
+#
+#   benches/load.sh                      # DURATION=10s ROUNDS=3 by default
+#   DURATION=30s ROUNDS=5 benches/load.sh
+#
+# It builds the release binary, starts its own origin (nginx answering 200 "ok"), its own Redis
+# and its own gateway on free 127.0.0.1 ports, drives them with wrk, prints a table and stops
+# everything it started (also on Ctrl-C or error). Nothing outside loopback is touched.
+#
+# Scenarios, each run preceded by a WARMUP run whose numbers are discarded:
+#   (a) origin        wrk -> nginx directly: the ceiling of this machine
+#   (b) unmetered     wrk -> tollgate /open (auth: none) -> nginx: the proxy alone
+#   (c) metered       wrk -> tollgate / with an API key -> nginx: identify the tenant, check and
+#                     reserve the `requests` meter in Redis (one round trip), then proxy
+# (a) runs once; the (b)/(c) pair runs ROUNDS times, interleaved, and the table shows medians.
+# "metered/unmetered" is the median of the per-round ratios of req/s.
+#
+# CPU pinning (with 2+ cores; PIN=0 turns it off): the gateway runs alone on CPU 0 with
+# server.threads: 1; nginx, Redis and wrk share CPU 1. The gateway gets one whole core and the
+# load generator cannot steal it, so the numbers are per-core throughput of the gateway; (a)
+# is nginx + wrk sharing one core, so it is a reference point, not a like-for-like rival.
+#
+# After every metered run the Redis counter is compared with the 2xx answers wrk counted: they
+# must agree, except for at most CONNECTIONS calls that were still in flight when wrk stopped
+# (admitted and charged by the gateway, their answers never read by wrk).
+#
+# Knobs (environment): DURATION (10s), ROUNDS (3), CONNECTIONS (32), WARMUP (2s), PIN (1),
+# RESULTS_DIR (target/load/<UTC time>), SKIP_BUILD (0), RUST_LOG (warn),
+# TOLLGATE_BIN (target/release/tollgate; with SKIP_BUILD=1, to measure another build).
+# Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset; missing Debian packages are
+# installed with apt-get when running as root.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-32}
+WARMUP=${WARMUP:-2s}
+PIN=${PIN:-1}
+SKIP_BUILD=${SKIP_BUILD:-0}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS_DIR=${RESULTS_DIR:-target/load/${STAMP}}
+mkdir -p "$RESULTS_DIR"
+RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- prerequisites
+ensure_tools() {
+  local -A pkg=([nginx]=nginx-light [wrk]=wrk [redis-server]=redis-server [redis-cli]=redis-tools
+                [curl]=curl [taskset]=util-linux)
+  local missing=() cmd
+  for cmd in nginx wrk redis-server redis-cli curl taskset; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${pkg[$cmd]}")
+  done
+  ((${#missing[@]} == 0)) && return 0
+  if [[ $(id -u) -ne 0 ]]; then
+    die "missing: ${missing[*]} (install them: apt-get install -y ${missing[*]})"
+  fi
+  log "installing ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+ensure_tools
+command -v cargo >/dev/null 2>&1 || die "cargo not found"
+
+# "10s" / "2m" / "500ms" -> whole seconds (rounded up), for time bounds.
+to_secs() {
+  local v=$1
+  case $v in
+    *ms) echo $(((${v%ms} + 999) / 1000)) ;;
+    *s) echo "${v%s}" ;;
+    *m) echo $((${v%m} * 60)) ;;
+    *h) echo $((${v%h} * 3600)) ;;
+    *) echo "$v" ;;
+  esac
+}
+DURATION_S=$(to_secs "$DURATION")
+WARMUP_S=$(to_secs "$WARMUP")
+[[ $DURATION_S =~ ^[0-9]+$ && $DURATION_S -ge 1 ]] || die "DURATION must look like 10s, 1m"
+[[ $WARMUP_S =~ ^[0-9]+$ ]] || die "WARMUP must look like 2s"
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
+
+if [[ $PIN != 0 && $(nproc) -ge 2 ]]; then
+  GW_PIN=(taskset -c 0)
+  LOAD_PIN=(taskset -c 1)
+  PIN_NOTE="tollgate on CPU 0; nginx, redis, wrk on CPU 1"
+else
+  GW_PIN=()
+  LOAD_PIN=()
+  PIN_NOTE="no CPU pinning"
+fi
+
+# ---------------------------------------------------------------- build
+if [[ $SKIP_BUILD != 1 ]]; then
+  log "cargo build --release"
+  cargo build --release --bin tollgate
+fi
+BIN=${TOLLGATE_BIN:-$ROOT/target/release/tollgate}
+[[ -x $BIN ]] || die "$BIN not found (build it with cargo build --release)"
+
+# ---------------------------------------------------------------- processes and cleanup
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-load.XXXXXX")
+PIDS=()
+
+cleanup() {
+  local rc=$? pid i
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for ((i = 0; i < 100; i++)); do   # up to 10 s each
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+USED_PORTS=" "
+# free_port VAR: a TCP port on 127.0.0.1 that nothing listens on (and that we did not pick yet).
+free_port() {
+  local p _
+  for _ in $(seq 1 500); do
+    p=$((20000 + RANDOM % 40000))
+    [[ $USED_PORTS == *" $p "* ]] && continue
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+      USED_PORTS+="$p "
+      printf -v "$1" '%s' "$p"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# wait_until SECONDS PID WHAT CMD...: retries CMD until it succeeds; fails if PID died.
+wait_until() {
+  local secs=$1 pid=$2 what=$3 i
+  shift 3
+  for ((i = 0; i < secs * 10; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    kill -0 "$pid" 2>/dev/null || die "$what exited while starting (logs in $RESULTS_DIR)"
+    sleep 0.1
+  done
+  die "$what did not come up within ${secs}s (logs in $RESULTS_DIR)"
+}
+
+free_port ORIGIN_PORT
+free_port REDIS_PORT
+free_port GW_PORT
+
+# ---------------------------------------------------------------- origin: nginx
+mkdir -p "$TMP/nginx"
+temp_paths="    client_body_temp_path $TMP/nginx/client_body;"
+nginx_build=$(nginx -V 2>&1)
+for m in proxy fastcgi uwsgi scgi; do
+  [[ $nginx_build == *"--without-http_${m}_module"* ]] ||
+    temp_paths+=$'\n'"    ${m}_temp_path $TMP/nginx/${m};"
+done
+cat >"$TMP/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+$temp_paths
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT;
+        location / {
+            default_type text/plain;
+            return 200 'ok';
+        }
+    }
+}
+CONF
+"${LOAD_PIN[@]}" nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" \
+  >"$RESULTS_DIR/nginx.log" 2>&1 &
+PIDS+=($!)
+wait_until 10 "${PIDS[-1]}" nginx curl -fsS --max-time 1 "http://127.0.0.1:$ORIGIN_PORT/"
+
+# ---------------------------------------------------------------- store: redis
+"${LOAD_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+  --dir "$TMP" --daemonize no --logfile "$RESULTS_DIR/redis.log" &
+PIDS+=($!)
+wait_until 10 "${PIDS[-1]}" redis redis-cli -p "$REDIS_PORT" ping
+
+# ---------------------------------------------------------------- gateway: tollgate
+TENANT=bench
+KEY="tg_bench_$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+KEY_SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+cat >"$TMP/tollgate.yaml" <<CONF
+# written by benches/load.sh
+server:
+  listen: "127.0.0.1:$GW_PORT"
+  threads: 1
+  grace_period: 1s
+store:
+  kind: redis
+  url: "redis://127.0.0.1:$REDIS_PORT/0"
+upstreams:
+  origin:
+    targets: ["127.0.0.1:$ORIGIN_PORT"]
+tenants:
+  $TENANT:
+    plan: bench
+    keys:
+      - id: bench-key
+        sha256: "$KEY_SHA"
+plans:
+  bench:
+    meters:
+      requests: { limit: 1000000000, period: month }
+routes:
+  - name: open
+    match: { path: /open }
+    upstream: origin
+    auth: none
+  - name: metered
+    match: { path_prefix: / }
+    upstream: origin
+    meter: { requests: 1 }
+CONF
+sed "s/$KEY_SHA/<sha256 of a random key>/" "$TMP/tollgate.yaml" >"$RESULTS_DIR/tollgate.yaml"
+"$BIN" check --config "$TMP/tollgate.yaml" >"$RESULTS_DIR/check.txt" 2>&1 ||
+  { cat "$RESULTS_DIR/check.txt" >&2; die "tollgate check rejected the generated config"; }
+
+RUST_LOG=${RUST_LOG:-warn} "${GW_PIN[@]}" "$BIN" serve --config "$TMP/tollgate.yaml" \
+  >"$RESULTS_DIR/tollgate.log" 2>&1 &
+PIDS+=($!)
+GW=http://127.0.0.1:$GW_PORT
+wait_until 30 "${PIDS[-1]}" tollgate curl -fsS --max-time 1 "$GW/open"
+
+# Sum of the tenant's `requests` counters (there is one per period; a run may cross midnight).
+counter() {
+  redis-cli -p "$REDIS_PORT" --scan --pattern "tg:{$TENANT}:m:requests:*" |
+    while read -r k; do redis-cli -p "$REDIS_PORT" get "$k"; done |
+    awk '{ s += $1 } END { printf "%d\n", s }'
+}
+
+# ---------------------------------------------------------------- sanity checks
+status_of() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
+s=$(status_of "$GW/open"); [[ $s == 200 ]] || die "GET /open answered $s, expected 200"
+s=$(status_of "$GW/"); [[ $s == 401 ]] || die "GET / without a key answered $s, expected 401"
+c0=$(counter)
+s=$(status_of -H "Authorization: Bearer $KEY" "$GW/"); [[ $s == 200 ]] ||
+  die "GET / with the key answered $s, expected 200"
+c1=$(counter)
+((c1 == c0 + 1)) || die "one metered call moved the Redis counter from $c0 to $c1"
+((c0 == 0)) || die "the 401 call changed the counter ($c0)"
+log "sanity ok: /open 200, / without key 401, / with key 200 and counted once"
+
+# ---------------------------------------------------------------- wrk
+# parse FILE -> "rps p50_ms p99_ms requests non2xx socket_errors"
+parse_wrk() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+      return v + 0
+    }
+    $1 == "50%" && NF == 2 { p50 = ms($2) }
+    $1 == "99%" && NF == 2 { p99 = ms($2) }
+    / requests in /        { reqs = $1 }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ {
+      for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { gsub(",", "", $i); errs += $i }
+    }
+    /^Requests\/sec:/      { rps = $2 }
+    END {
+      if (rps == "") exit 1
+      printf "%.1f %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, non2xx, errs
+    }' "$1"
+}
+
+WRK_BOUND=$((DURATION_S + 30))
+WARM_BOUND=$((WARMUP_S + 30))
+# bench NAME URL [wrk args...]: warmup, then the measured run; writes NAME.txt and NAME.parsed.
+bench() {
+  local name=$1 url=$2
+  shift 2
+  if ((WARMUP_S > 0)); then
+    timeout "$WARM_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "$@" "$url" \
+      >"$RESULTS_DIR/$name.warmup.txt" 2>&1 || die "wrk warmup failed: $name"
+  fi
+  timeout "$WRK_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" \
+    >"$RESULTS_DIR/$name.txt" 2>&1 || die "wrk failed: $name"
+  parse_wrk "$RESULTS_DIR/$name.txt" >"$RESULTS_DIR/$name.parsed" ||
+    die "could not read wrk output $RESULTS_DIR/$name.txt"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+log "pinning: $PIN_NOTE"
+log "wrk -t1 -c$CONNECTIONS -d$DURATION --latency (warmup $WARMUP each), $ROUNDS rounds"
+{
+  echo "date: $STAMP"
+  echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+  echo "cpus: $(nproc); $PIN_NOTE"
+  echo "kernel: $(uname -r)"
+  echo "nginx: $(nginx -v 2>&1)"
+  echo "redis: $(redis-server --version)"
+  echo "wrk: $(wrk -v 2>&1 | head -1)"
+  echo "duration: $DURATION, warmup: $WARMUP, rounds: $ROUNDS, connections: $CONNECTIONS"
+} >"$RESULTS_DIR/env.txt"
+
+log "(a) origin"
+bench origin "http://127.0.0.1:$ORIGIN_PORT/"
+read -r o_rps o_p50 o_p99 o_reqs o_non o_err <"$RESULTS_DIR/origin.parsed"
+
+: >"$RESULTS_DIR/rounds.txt"
+mismatch=0
+for ((r = 1; r <= ROUNDS; r++)); do
+  log "round $r/$ROUNDS: (b) unmetered"
+  bench "unmetered.$r" "$GW/open"
+  read -r u_rps u_p50 u_p99 u_reqs u_non u_err <"$RESULTS_DIR/unmetered.$r.parsed"
+
+  log "round $r/$ROUNDS: (c) metered"
+  if ((WARMUP_S > 0)); then
+    timeout "$WARM_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" \
+      -H "Authorization: Bearer $KEY" "$GW/" >"$RESULTS_DIR/metered.$r.warmup.txt" 2>&1 ||
+      die "wrk warmup failed: metered.$r"
+  fi
+  sleep 0.5
+  before=$(counter)
+  timeout "$WRK_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
+    -H "Authorization: Bearer $KEY" "$GW/" >"$RESULTS_DIR/metered.$r.txt" 2>&1 ||
+    die "wrk failed: metered.$r"
+  sleep 0.5   # let calls that were in flight when wrk stopped finish
+  after=$(counter)
+  parse_wrk "$RESULTS_DIR/metered.$r.txt" >"$RESULTS_DIR/metered.$r.parsed" ||
+    die "could not read wrk output $RESULTS_DIR/metered.$r.txt"
+  read -r m_rps m_p50 m_p99 m_reqs m_non m_err <"$RESULTS_DIR/metered.$r.parsed"
+
+  ok2xx=$((m_reqs - m_non))
+  counted=$((after - before))
+  extra=$((counted - ok2xx))
+  if ((extra >= 0 && extra <= CONNECTIONS)); then verdict=ok; else verdict=MISMATCH; mismatch=1; fi
+  printf '%d %s %s %s %s %s %s %s %s %d %d %d %d %d %s\n' "$r" \
+    "$u_rps" "$u_p50" "$u_p99" "$m_rps" "$m_p50" "$m_p99" \
+    "$(awk -v m="$m_rps" -v u="$u_rps" 'BEGIN { printf "%.4f", m / u }')" \
+    "$u_err" "$m_err" "$m_non" "$ok2xx" "$counted" "$extra" "$verdict" >>"$RESULTS_DIR/rounds.txt"
+  log "round $r: unmetered $u_rps req/s, metered $m_rps req/s; redis +$counted, wrk 2xx $ok2xx ($verdict)"
+done
+
+# ---------------------------------------------------------------- report
+col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
+u_rps=$(col 2); u_p50=$(col 3); u_p99=$(col 4)
+m_rps=$(col 5); m_p50=$(col 6); m_p99=$(col 7)
+ratio=$(col 8)
+ratios=$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $8 }' "$RESULTS_DIR/rounds.txt")
+
+{
+  echo
+  echo "tollgate load benchmark — $STAMP"
+  echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; $PIN_NOTE; tollgate server.threads=1"
+  echo
+  printf '%-34s %12s %10s %10s\n' "scenario" "req/s" "p50 ms" "p99 ms"
+  printf '%-34s %12s %10s %10s\n' "----------------------------------" "------------" "----------" "----------"
+  printf '%-34s %12.0f %10.3f %10.3f\n' "(a) origin: nginx direct" "$o_rps" "$o_p50" "$o_p99"
+  printf '%-34s %12.0f %10.3f %10.3f\n' "(b) tollgate /open, unmetered *" "$u_rps" "$u_p50" "$u_p99"
+  printf '%-34s %12.0f %10.3f %10.3f\n' "(c) tollgate /, metered (redis) *" "$m_rps" "$m_p50" "$m_p99"
+  echo
+  printf 'metered/unmetered req/s: %.3f  (median of per-round ratios: %s)\n' "$ratio" "$ratios"
+  printf '* median of %d rounds\n' "$ROUNDS"
+  echo
+  echo "metered counting check (per round: redis counter delta vs 2xx answers wrk read):"
+  awk '{ printf "  round %d: redis +%d, wrk 2xx %d, non-2xx %d, socket errors %d, difference %+d  %s\n", $1, $13, $12, $11, $10, $14, $15 }' \
+    "$RESULTS_DIR/rounds.txt"
+  echo "  (a difference of 0..$CONNECTIONS is calls in flight when wrk stopped: admitted and counted,"
+  echo "   their answers never read)"
+  echo
+  echo "raw wrk outputs: $RESULTS_DIR"
+} | tee "$RESULTS_DIR/summary.txt"
+
+((o_err + 0 == 0)) || log "warning: wrk saw socket errors against the origin"
+if ((mismatch)); then
+  die "the Redis counter disagrees with wrk's 2xx count (see above)"
+fi

@@ -1,0 +1,198 @@
+//! The real `tollgate` binary, run as a child process on free ports.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// The gateway binary Cargo built for these tests.
+pub const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
+
+/// One `tollgate serve` process and the directory holding its config and logs.
+///
+/// The YAML given to [`Gateway::start`] is a template: `{listen}` and `{admin}` become free
+/// `127.0.0.1` ports and `{dir}` the gateway's temporary directory. (Tests fill in `{redis}` and
+/// `{upstream}` themselves; see `common::render`.)
+pub struct Gateway {
+    dir: TempDir,
+    template: String,
+    child: Option<Child>,
+    listen: String,
+    admin: String,
+    starts: usize,
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    /// Writes the config, spawns `tollgate serve` and waits until `/healthz` answers 200.
+    pub async fn start(yaml: &str) -> Gateway {
+        let dir = tempfile::Builder::new().prefix("tg-gw-").tempdir().unwrap();
+        let mut gateway = Gateway {
+            dir,
+            template: yaml.to_owned(),
+            child: None,
+            listen: String::new(),
+            admin: String::new(),
+            starts: 0,
+        };
+        gateway.spawn().await;
+        gateway
+    }
+
+    /// `http://127.0.0.1:<port>` of the proxy listener.
+    pub fn base(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// The proxy listener's `host:port`.
+    pub fn listen_addr(&self) -> &str {
+        &self.listen
+    }
+
+    /// A URL on the proxy listener.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Everything the gateway wrote to stderr so far (all runs), for failure messages.
+    pub fn stderr(&self) -> String {
+        let mut text = String::new();
+        for run in 1..=self.starts {
+            let path = self.dir.path().join(format!("stderr.{run}.log"));
+            text.push_str(&std::fs::read_to_string(path).unwrap_or_default());
+        }
+        text
+    }
+
+    /// Stops the process: SIGTERM, then SIGKILL if it has not exited after 10 s.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Kills the process with SIGKILL: a crash, with no chance to flush anything.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the gateway again in the same directory (same files), on fresh ports.
+    pub async fn start_again(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "stop or kill the gateway before starting it again"
+        );
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        self.starts += 1;
+        self.listen = free_addr();
+        self.admin = free_addr();
+        let dir = self.dir.path().display().to_string();
+        let yaml = self
+            .template
+            .replace("{listen}", &self.listen)
+            .replace("{admin}", &self.admin)
+            .replace("{dir}", &dir);
+        let config = self.dir.path().join("tollgate.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let stdout = File::create(self.dir.path().join(format!("stdout.{}.log", self.starts)));
+        let stderr = File::create(self.dir.path().join(format!("stderr.{}.log", self.starts)));
+        let child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .current_dir(self.dir.path())
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(stdout.unwrap())
+            .stderr(stderr.unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not spawn {BIN}: {e}"));
+        self.child = Some(child);
+        self.wait_healthy().await;
+    }
+
+    async fn wait_healthy(&mut self) {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(1))
+            .build()
+            .unwrap();
+        let url = self.admin_url("/healthz");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                panic!(
+                    "tollgate serve exited with {status} before it was healthy:\n{}",
+                    self.stderr()
+                );
+            }
+            if let Ok(response) = client.get(&url).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "GET {url} did not answer 200 within 20 s; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `tollgate check --config <path>`: (exit code, stdout, stderr).
+pub fn run_check(path: &Path) -> (i32, String, String) {
+    let output = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not spawn {BIN}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.code().unwrap_or(-1), stdout, stderr)
+}
+
+/// A `127.0.0.1:<port>` that was free a moment ago (bound, then released).
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}

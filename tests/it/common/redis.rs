@@ -1,0 +1,195 @@
+//! A real `redis-server`, private to one test, listening on a unix socket only.
+
+use std::fs::{File, OpenOptions};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use tempfile::TempDir;
+
+/// One `redis-server` child process; killed when dropped.
+pub struct RedisServer {
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+// === impl RedisServer ===
+
+impl RedisServer {
+    /// Starts a fresh server and waits until it answers `PING`.
+    ///
+    /// Fails (never skips) when `redis-server` is not installed, because a skipped test would
+    /// hide exactly the failure modes these tests exist to show.
+    pub async fn start() -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("tg-redis-")
+            .tempdir()
+            .unwrap();
+        let mut server = RedisServer { dir, child: None };
+        server.spawn().await;
+        server
+    }
+
+    /// The unix socket path; the same across restarts.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("redis.sock")
+    }
+
+    /// The URL the gateway is configured with.
+    pub fn url(&self) -> String {
+        format!("redis+unix://{}", self.socket().display())
+    }
+
+    /// A fresh multiplexed connection for the test's own reads and writes.
+    pub async fn conn(&self) -> MultiplexedConnection {
+        let client = redis::Client::open(self.url()).unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get_multiplexed_async_connection(),
+        )
+        .await
+        .expect("connecting to the test redis-server timed out")
+        .expect("connecting to the test redis-server failed")
+    }
+
+    /// Reads an integer key; an absent key reads as 0 (nothing was ever counted).
+    pub async fn get_int(&self, key: &str) -> i64 {
+        let mut conn = self.conn().await;
+        let value: Option<i64> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        value.unwrap_or(0)
+    }
+
+    /// Whether a key exists at all.
+    pub async fn exists(&self, key: &str) -> bool {
+        let mut conn = self.conn().await;
+        redis::cmd("EXISTS")
+            .arg(key)
+            .query_async::<i64>(&mut conn)
+            .await
+            .unwrap()
+            == 1
+    }
+
+    /// The key's TTL in seconds (`-1`: no expiry, `-2`: no key).
+    pub async fn ttl(&self, key: &str) -> i64 {
+        let mut conn = self.conn().await;
+        redis::cmd("TTL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    /// Runs one command and ignores its answer.
+    pub async fn command(&self, args: &[&str]) {
+        let mut conn = self.conn().await;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        let _: redis::Value = cmd.query_async(&mut conn).await.unwrap();
+    }
+
+    /// Kills the server with SIGKILL: an outage, not a shutdown.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same socket path (with an empty dataset).
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+
+    async fn spawn(&mut self) {
+        let log_path = self.dir.path().join("redis.log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        let socket = self.socket();
+        let spawned = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--daemonize", "no", "--dir"])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "redis-server is not on PATH; these tests need a real Redis: \
+                 apt-get install redis-server ({e})"
+            ),
+            Err(e) => panic!("could not start redis-server: {e}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("redis-server exited with {status}:\n{}", read(&log_path));
+            }
+            if self.ping().await {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "redis-server did not answer PING within 10 s:\n{}",
+                    read(&log_path)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.child = Some(child);
+    }
+
+    async fn ping(&self) -> bool {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return false;
+        };
+        let attempt = async {
+            let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), attempt).await,
+            Ok(Some(pong)) if pong == "PONG"
+        )
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read(path: &std::path::Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut file) = File::open(path) {
+        let _ = std::io::Read::read_to_string(&mut file, &mut text);
+    }
+    text
+}

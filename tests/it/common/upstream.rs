@@ -1,0 +1,127 @@
+//! Real upstream HTTP/1 servers that echo what they received.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// An HTTP/1 server on `127.0.0.1:<free port>`.
+///
+/// `/status/<code>` answers that status; every other path answers 200 with a JSON echo of the
+/// request: `{"method", "path", "headers": {name: [values]}}`. Every answer also carries the
+/// hop-by-hop headers `Connection: x-hop`, `X-Hop: 1` and `Keep-Alive: timeout=5`, which the
+/// gateway must not pass down to its client.
+pub struct Upstream {
+    addr: SocketAddr,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    /// Binds a free port and serves in a background task of the test's runtime.
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counter = hits.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        answer(req)
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+
+    /// `127.0.0.1:<port>`, as written in `upstreams.*.targets`.
+    pub fn addr(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// How many requests reached this server.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A `127.0.0.1` address where nothing listens: bound once, then released.
+pub fn refused_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let (status, content_type, body) = match path.strip_prefix("/status/") {
+        Some(code) => {
+            let status = code
+                .parse::<u16>()
+                .ok()
+                .and_then(|c| StatusCode::from_u16(c).ok());
+            let status = status.unwrap_or(StatusCode::BAD_REQUEST);
+            (
+                status,
+                "text/plain",
+                format!("upstream answered {}", status.as_u16()),
+            )
+        }
+        None => (StatusCode::OK, "application/json", echo(&req, &path)),
+    };
+    let response = Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header("keep-alive", "timeout=5")
+        .header("x-upstream", "echo")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    Ok(response)
+}
+
+fn echo(req: &Request<Incoming>, path: &str) -> String {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in req.headers() {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        headers
+            .entry(name.as_str().to_owned())
+            .or_default()
+            .push(value);
+    }
+    serde_json::json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "headers": headers,
+    })
+    .to_string()
+}

@@ -1,0 +1,237 @@
+//! Proxy hygiene: hop-by-hop headers stripped both ways, credentials kept from the upstream,
+//! identity headers set by the gateway only, public and self-answering routes, load balancing.
+
+use crate::common::{get, raw, Stack, Upstream, ACME_KEY};
+
+/// `/health` is public; `/hello` is answered by the gateway; `/pair` spreads over two targets.
+const YAML: &str = r#"
+server:
+  listen: "{listen}"
+  threads: 2
+admin:
+  listen: "{admin}"
+store:
+  kind: redis
+  url: "{redis}"
+  timeout: 2s
+  on_outage: fail_closed
+upstreams:
+  product:
+    targets: ["{upstream}"]
+  pair:
+    targets: ["{upstream}", "{second}"]
+tenants:
+  acme:
+    plan: free
+    keys:
+      - id: acme-1
+        sha256: "{acme_sha}"
+plans:
+  free:
+    meters:
+      requests: { limit: 1000, period: month }
+routes:
+  - name: health
+    match: { path: /health }
+    upstream: product
+    auth: none
+  - name: hello
+    match: { path: /hello }
+    auth: none
+    respond: { status: 200, body: "hello from tollgate", content_type: "text/plain" }
+  - name: pair
+    match: { path_prefix: /pair }
+    upstream: pair
+    meter: { requests: 1 }
+  - name: api
+    match: { path_prefix: / }
+    upstream: product
+    meter: { requests: 1 }
+"#;
+
+/// A stack plus the second target of upstream `pair`.
+async fn stack() -> (Stack, Upstream) {
+    let second = Upstream::start().await;
+    let stack = Stack::start(&YAML.replace("{second}", &second.addr())).await;
+    (stack, second)
+}
+
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "te",
+    "upgrade",
+    "proxy-connection",
+    "x-hop-req",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_request_headers_are_not_forwarded() {
+    let (stack, _second) = stack().await;
+
+    // Written by hand: a client library might drop or rewrite some of these itself.
+    let answer = raw(
+        stack.gateway.listen_addr(),
+        &format!(
+            "GET /v1/items HTTP/1.1\n\
+             Host: api.example.com\n\
+             Authorization: Bearer {ACME_KEY}\n\
+             Connection: close, X-Hop-Req\n\
+             X-Hop-Req: 1\n\
+             Keep-Alive: timeout=5\n\
+             TE: trailers\n\
+             Upgrade: h2c\n\
+             Proxy-Connection: keep-alive\n\
+             X-End-To-End: kept"
+        ),
+    )
+    .await;
+
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let echo: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    let headers = echo["headers"].as_object().unwrap();
+    for name in HOP_BY_HOP {
+        assert!(
+            !headers.contains_key(name),
+            "upstream received {name}: {echo}"
+        );
+    }
+    assert_eq!(
+        echo["headers"]["x-end-to-end"],
+        serde_json::json!(["kept"]),
+        "{echo}"
+    );
+    // And on the way back, the upstream's `X-Hop` (named in its `Connection`) is dropped.
+    assert!(answer
+        .headers
+        .iter()
+        .all(|(name, _)| name != "x-hop" && name != "keep-alive"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hop_by_hop_response_headers_are_not_passed_down() {
+    let (stack, _second) = stack().await;
+
+    let answer = stack.get("/v1/items", Some(ACME_KEY)).await;
+
+    assert_eq!(answer.status, 200);
+    // The upstream sent `Connection: x-hop`, `X-Hop: 1` and `Keep-Alive: timeout=5`.
+    assert_eq!(answer.header("x-hop"), None, "{:?}", answer.headers);
+    assert_eq!(answer.header("keep-alive"), None, "{:?}", answer.headers);
+    for value in answer.headers.get_all("connection") {
+        let value = value.to_str().unwrap().to_ascii_lowercase();
+        assert!(!value.contains("x-hop"), "Connection passed down: {value}");
+    }
+    assert_eq!(
+        answer.header("x-upstream"),
+        Some("echo"),
+        "end-to-end headers pass"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_are_not_forwarded() {
+    let (stack, _second) = stack().await;
+
+    let bearer = stack
+        .get("/v1/items", Some(ACME_KEY))
+        .await
+        .echoed_headers();
+    let request = stack
+        .client
+        .get(stack.gateway.url("/v1/items"))
+        .header("x-api-key", ACME_KEY);
+    let api_key = crate::common::http::read(request.send().await.unwrap())
+        .await
+        .echoed_headers();
+
+    assert!(!bearer.contains_key("authorization"), "{bearer:?}");
+    assert!(!api_key.contains_key("x-api-key"), "{api_key:?}");
+    assert_eq!(
+        api_key["x-tollgate-tenant"],
+        ["acme"],
+        "X-Api-Key authenticates too"
+    );
+    assert_eq!(stack.month_counter("acme", "requests").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tollgate_headers_overwrite_client_copies() {
+    let (stack, _second) = stack().await;
+
+    let request = stack
+        .client
+        .get(stack.gateway.url("/v1/items"))
+        .header("authorization", format!("Bearer {ACME_KEY}"))
+        .header("x-tollgate-tenant", "mallory")
+        .header("x-tollgate-tenant", "eve")
+        .header("x-tollgate-plan", "enterprise");
+    let echoed = crate::common::http::read(request.send().await.unwrap())
+        .await
+        .echoed_headers();
+
+    assert_eq!(echoed["x-tollgate-tenant"], ["acme"], "{echoed:?}");
+    assert_eq!(echoed["x-tollgate-plan"], ["free"], "{echoed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_none_route_needs_no_key_and_counts_nothing() {
+    let (stack, _second) = stack().await;
+
+    let anonymous = stack.get("/health", None).await;
+    let with_key = stack.get("/health", Some(ACME_KEY)).await;
+
+    for answer in [anonymous, with_key] {
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(answer.json()["path"], "/health");
+    }
+    assert_eq!(stack.upstream.hits(), 2);
+    let key = crate::common::month_key("acme", "requests");
+    assert!(
+        !stack.redis.exists(&key).await,
+        "a public route must not meter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn respond_route_answers_its_body_without_an_upstream() {
+    let (stack, second) = stack().await;
+
+    let answer = get(&stack.client, &stack.gateway.url("/hello"), None).await;
+
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "hello from tollgate");
+    assert!(
+        answer
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/plain")),
+        "{answer:?}"
+    );
+    assert_eq!(
+        stack.upstream.hits() + second.hits(),
+        0,
+        "no upstream is involved"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_targets_are_used_round_robin() {
+    let (stack, second) = stack().await;
+
+    for call in 0..20 {
+        let answer = stack.get(&format!("/pair/{call}"), Some(ACME_KEY)).await;
+        assert_eq!(answer.status, 200, "call {call}: {}", answer.body);
+    }
+
+    assert_eq!(
+        (stack.upstream.hits(), second.hits()),
+        (10, 10),
+        "round-robin splits evenly"
+    );
+    assert_eq!(stack.month_counter("acme", "requests").await, 20);
+}

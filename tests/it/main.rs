@@ -1,0 +1,20 @@
+//! Black-box integration tests for the `tollgate` binary.
+//!
+//! Every test starts its own `redis-server` (on a unix socket in a temporary directory), its own
+//! upstream HTTP servers on `127.0.0.1:0` and its own gateway process, so tests can run in
+//! parallel under `cargo nextest run`. Nothing is mocked: calls travel through real sockets.
+
+// Tests may panic freely: a panic is how a test reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+mod check;
+mod embedded;
+mod harness;
+mod hygiene;
+mod limits;
+mod outage;
+mod periods;
+mod problems;
+mod refunds;

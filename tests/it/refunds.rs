@@ -1,0 +1,113 @@
+//! An upstream failure (5xx, refused connection) refunds the call's reservation before the
+//! answer leaves the gateway; a 4xx is the product's answer and stays charged.
+
+use crate::common::{refused_addr, Stack, ACME_KEY};
+
+/// `/dead/...` goes to an address where nothing listens; everything else to the echo server.
+const YAML: &str = r#"
+server:
+  listen: "{listen}"
+  threads: 2
+admin:
+  listen: "{admin}"
+store:
+  kind: redis
+  url: "{redis}"
+  timeout: 2s
+  on_outage: fail_closed
+upstreams:
+  product:
+    targets: ["{upstream}"]
+  dead:
+    targets: ["{dead}"]
+    connect_timeout: 1s
+tenants:
+  acme:
+    plan: free
+    keys:
+      - id: acme-1
+        sha256: "{acme_sha}"
+plans:
+  free:
+    meters:
+      requests: { limit: 100, period: month }
+routes:
+  - name: dead
+    match: { path_prefix: /dead }
+    upstream: dead
+    meter: { requests: 1 }
+  - name: api
+    match: { path_prefix: / }
+    upstream: product
+    meter: { requests: 1 }
+"#;
+
+async fn stack() -> Stack {
+    Stack::start(&YAML.replace("{dead}", &refused_addr())).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_5xx_is_passed_through_and_refunded() {
+    let stack = stack().await;
+    assert_eq!(stack.get("/v1/items", Some(ACME_KEY)).await.status, 200);
+    assert_eq!(stack.month_counter("acme", "requests").await, 1);
+
+    for code in [502, 500, 503] {
+        let answer = stack.get(&format!("/status/{code}"), Some(ACME_KEY)).await;
+
+        assert_eq!(answer.status, code, "{}", answer.body);
+        assert_eq!(
+            answer.body,
+            format!("upstream answered {code}"),
+            "the upstream's own body"
+        );
+        // The refund happens before the answer is sent, so the counter is already back.
+        assert_eq!(
+            stack.month_counter("acme", "requests").await,
+            1,
+            "after a {code}"
+        );
+    }
+    assert_eq!(stack.upstream.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_4xx_is_charged() {
+    let stack = stack().await;
+
+    let answer = stack.get("/status/404", Some(ACME_KEY)).await;
+
+    assert_eq!(answer.status, 404);
+    assert_eq!(
+        answer.body, "upstream answered 404",
+        "the upstream's own 404, not a no-route problem"
+    );
+    assert_eq!(stack.month_counter("acme", "requests").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refused_connection_is_502_upstream_unavailable_and_refunded() {
+    let stack = stack().await;
+    assert_eq!(stack.get("/v1/items", Some(ACME_KEY)).await.status, 200);
+
+    let answer = stack.get("/dead/items", Some(ACME_KEY)).await;
+
+    let problem = answer.problem(502);
+    assert_eq!(problem["type"], "urn:tollgate:upstream-unavailable");
+    assert_eq!(problem["instance"], "/dead/items");
+    assert!(
+        problem["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{problem}"
+    );
+    let detail = problem["detail"].as_str().unwrap_or_default();
+    assert!(!detail.is_empty(), "{problem}");
+    assert!(
+        !detail.contains("127.0.0.1"),
+        "detail leaks the upstream address: {detail}"
+    );
+    assert_eq!(
+        stack.month_counter("acme", "requests").await,
+        1,
+        "the failed call is refunded"
+    );
+}
