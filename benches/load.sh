@@ -26,7 +26,7 @@
 # (admitted and charged by the gateway, their answers never read by wrk).
 #
 # Knobs (environment): DURATION (10s), ROUNDS (3), CONNECTIONS (32), WARMUP (2s), PIN (1),
-# RESULTS_DIR (target/load/<UTC time>), SKIP_BUILD (0), RUST_LOG (warn),
+# RESULTS_DIR (target/load/<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn),
 # TOLLGATE_BIN (target/release/tollgate; with SKIP_BUILD=1, to measure another build).
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset; missing Debian packages are
 # installed with apt-get when running as root.
@@ -244,7 +244,7 @@ sed "s/$KEY_SHA/<sha256 of a random key>/" "$TMP/tollgate.yaml" >"$RESULTS_DIR/t
 "$BIN" check --config "$TMP/tollgate.yaml" >"$RESULTS_DIR/check.txt" 2>&1 ||
   { cat "$RESULTS_DIR/check.txt" >&2; die "tollgate check rejected the generated config"; }
 
-RUST_LOG=${RUST_LOG:-warn} "${GW_PIN[@]}" "$BIN" serve --config "$TMP/tollgate.yaml" \
+TOLLGATE_LOG=${TOLLGATE_LOG:-warn} "${GW_PIN[@]}" "$BIN" serve --config "$TMP/tollgate.yaml" \
   >"$RESULTS_DIR/tollgate.log" 2>&1 &
 PIDS+=($!)
 GW=http://127.0.0.1:$GW_PORT

@@ -1,4 +1,8 @@
 //! HTTP/1 hygiene pingora leaves to us: hop-by-hop headers never cross the gateway.
+//!
+//! (A request with both `Content-Length` and `Transfer-Encoding` is handled by pingora itself as
+//! RFC 9112 §6.3 asks: `Content-Length` is dropped before forwarding and the connection is not
+//! kept alive, so the upstream cannot frame the body differently from us.)
 
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::HeaderMap;
@@ -28,12 +32,6 @@ pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
         }
     }
     out
-}
-
-/// A request with both `Content-Length` and `Transfer-Encoding` is ambiguous (a smuggling
-/// vector): it is refused rather than guessed at.
-pub fn ambiguous_framing(headers: &HeaderMap) -> bool {
-    headers.contains_key(http::header::CONTENT_LENGTH) && headers.contains_key(TRANSFER_ENCODING)
 }
 
 #[cfg(test)]

@@ -96,11 +96,6 @@ impl ProxyHttp for Proxy {
         ctx.gateway = Some(gw.clone());
         let req = session.req_header();
         let path = req.uri.path().to_string();
-        if hygiene::ambiguous_framing(&req.headers) {
-            ctx.outcome = Outcome::BadRequest;
-            respond::write_problem(session, respond::bad_framing(&path)).await?;
-            return Ok(true);
-        }
         let admission = match gw.admit(&req.method, &path, &req.headers).await {
             Ok(a) => a,
             Err(refused) => {

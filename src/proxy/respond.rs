@@ -209,17 +209,6 @@ pub fn upstream_unavailable(timed_out: bool, path: &str) -> Problem {
     )
 }
 
-/// 400 for a request whose framing is ambiguous.
-pub fn bad_framing(path: &str) -> Problem {
-    Problem::new(
-        StatusCode::BAD_REQUEST,
-        "urn:tollgate:bad-request",
-        "Bad request",
-        "The request has both Content-Length and Transfer-Encoding; send one.".into(),
-        path,
-    )
-}
-
 /// Writes a problem answer; the connection stays open for the next call.
 pub async fn write_problem(session: &mut Session, p: Problem) -> Result<()> {
     let body = Bytes::from(serde_json::to_vec(&Value::Object(p.body)).unwrap_or_default());

@@ -113,8 +113,43 @@ impl StoreHandle {
     }
 
     /// See [`Store::reserve`].
+    ///
+    /// A reservation that times out may still run: the command was sent, and a store that was
+    /// only slow (not gone) executes it later. Dropping the reply would charge the tenant for a
+    /// call that was refused, so a timed-out reservation keeps waiting for its reply in the
+    /// background and refunds itself if it turns out to have been admitted.
     pub async fn reserve(&self, charges: &[Charge]) -> Result<Reserved, StoreError> {
-        self.bounded("reserve", self.inner.reserve(charges)).await
+        let started = Instant::now();
+        let inner = self.inner.clone();
+        let owned = charges.to_vec();
+        let mut call = Box::pin(async move {
+            let result = inner.reserve(&owned).await;
+            (result, inner, owned)
+        });
+        let result = match tokio::time::timeout(self.timeout, &mut call).await {
+            Ok((result, _, _)) => result,
+            Err(_) => {
+                let metrics = self.metrics.clone();
+                tokio::spawn(async move {
+                    match call.await {
+                        (Ok(Reserved::Admitted(_)), inner, owned) => {
+                            metrics.late_refunds.with_label_values(&["refunded"]).inc();
+                            if let Err(e) = inner.refund(&owned).await {
+                                tracing::warn!(error = %e, charges = ?owned, "A late reservation could not be refunded.");
+                            }
+                        }
+                        (Ok(Reserved::Denied { .. }), _, _) => {}
+                        (Err(e), _, owned) => {
+                            metrics.late_refunds.with_label_values(&["unknown"]).inc();
+                            tracing::warn!(error = %e, charges = ?owned, "A timed-out reservation's outcome is unknown.");
+                        }
+                    }
+                });
+                Err(StoreError::Timeout(self.timeout))
+            }
+        };
+        self.observe("reserve", started, &result);
+        result
     }
 
     /// See [`Store::refund`].
@@ -142,16 +177,20 @@ impl StoreHandle {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(self.timeout)),
         };
+        self.observe(op, started, &result);
+        result
+    }
+
+    fn observe<T>(&self, op: &'static str, started: Instant, result: &Result<T, StoreError>) {
         self.metrics
             .store_duration
             .with_label_values(&[op])
             .observe(started.elapsed().as_secs_f64());
-        if let Err(e) = &result {
+        if let Err(e) = result {
             self.metrics
                 .store_errors
                 .with_label_values(&[e.kind()])
                 .inc();
         }
-        result
     }
 }

@@ -9,6 +9,9 @@ use tokio::sync::OnceCell;
 
 use super::{Charge, Reserved, Store, StoreError};
 
+/// How long a reply may take before redis-rs gives up on it.
+const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
+
 /// Counters in Redis, shared by every gateway instance.
 ///
 /// The connection is made on first use, inside the runtime that serves requests: a redis-rs
@@ -27,10 +30,12 @@ impl RedisStore {
     pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
         let client = redis::Client::open(url).map_err(|e| StoreError::Backend(e.to_string()))?;
         // Retrying is our caller's business (bounded by `store.timeout`); the manager's defaults
-        // would keep a call waiting for seconds while Redis is away.
+        // would keep a call waiting for seconds while Redis is away. The response timeout is
+        // longer than `store.timeout` on purpose: a reservation the caller gave up on keeps
+        // waiting for its reply so it can refund itself (see `StoreHandle::reserve`).
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
+            .set_response_timeout(Some(LATE_REPLY_WAIT.max(timeout)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         Ok(RedisStore {

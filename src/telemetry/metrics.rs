@@ -17,6 +17,8 @@ pub const STORE_ERRORS: &str = "tollgate_store_errors_total";
 pub const METER_UNITS: &str = "tollgate_meter_units_total";
 /// `tollgate_unmetered_total{route,reason}`: calls let through without metering (fail-open).
 pub const UNMETERED: &str = "tollgate_unmetered_total";
+/// `tollgate_store_late_replies_total{result}`: reservations that timed out and answered later.
+pub const LATE_REPLIES: &str = "tollgate_store_late_replies_total";
 /// `tollgate_burst_keys`: tenants currently tracked by the burst limiters.
 pub const BURST_KEYS: &str = "tollgate_burst_keys";
 /// `tollgate_config_reloads_total{result}`
@@ -47,6 +49,8 @@ pub struct Metrics {
     pub meter_units: IntCounterVec,
     /// Calls proxied without metering, by route and reason.
     pub unmetered: IntCounterVec,
+    /// Timed-out reservations whose reply came later: `refunded` or `unknown`.
+    pub late_refunds: IntCounterVec,
     /// Tenants tracked by burst limiters.
     pub burst_keys: IntGauge,
     /// Config reloads by result.
@@ -102,6 +106,13 @@ impl Metrics {
                 ),
                 &["route", "reason"],
             )?,
+            late_refunds: IntCounterVec::new(
+                Opts::new(
+                    LATE_REPLIES,
+                    "Reservations that timed out but ran later: refunded, or outcome unknown.",
+                ),
+                &["result"],
+            )?,
             burst_keys: IntGauge::new(
                 BURST_KEYS,
                 "Tenants currently tracked by the burst limiters.",
@@ -125,6 +136,7 @@ impl Metrics {
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.meter_units.clone()))?;
         registry.register(Box::new(m.unmetered.clone()))?;
+        registry.register(Box::new(m.late_refunds.clone()))?;
         registry.register(Box::new(m.burst_keys.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
         registry.register(Box::new(m.admission_duration.clone()))?;

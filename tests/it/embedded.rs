@@ -6,6 +6,7 @@ const YAML: &str = r#"
 server:
   listen: "{listen}"
   threads: 2
+  grace_period: 1s
 admin:
   listen: "{admin}"
 store:

@@ -39,6 +39,10 @@ routes:
     match: { path: /hello }
     auth: none
     respond: { status: 200, body: "hello from tollgate", content_type: "text/plain" }
+  - name: post-only
+    match: { path: /v1/created, methods: [POST] }
+    auth: none
+    respond: { status: 201, body: "created", content_type: "text/plain" }
   - name: pair
     match: { path_prefix: /pair }
     upstream: pair
@@ -234,4 +238,111 @@ async fn two_targets_are_used_round_robin() {
         "round-robin splits evenly"
     );
     assert_eq!(stack.month_counter("acme", "requests").await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn public_route_drops_client_sent_tollgate_headers() {
+    let (stack, _second) = stack().await;
+
+    // No tenant is known on a public route, so the upstream must not see a client's claim.
+    let request = stack
+        .client
+        .get(stack.gateway.url("/health"))
+        .header("x-tollgate-tenant", "acme")
+        .header("x-tollgate-plan", "enterprise");
+    let echoed = crate::common::http::read(request.send().await.unwrap())
+        .await
+        .echoed_headers();
+
+    assert!(!echoed.contains_key("x-tollgate-tenant"), "{echoed:?}");
+    assert!(!echoed.contains_key("x-tollgate-plan"), "{echoed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_match_exact_paths_and_methods() {
+    let (stack, _second) = stack().await;
+    let url = stack.gateway.url("/v1/created");
+
+    let post = crate::common::send(&stack.client, reqwest::Method::POST, &url, None).await;
+    let get_same_path = stack.get("/v1/created", None).await;
+    let longer_path = stack.get("/hello/world", None).await;
+
+    assert_eq!((post.status, post.body.as_str()), (201, "created"));
+    // Neither matches its specific route, so both fall through to `api`, which wants a key.
+    assert_eq!(
+        get_same_path.problem(401)["type"],
+        "urn:tollgate:unauthenticated"
+    );
+    assert_eq!(
+        longer_path.problem(401)["type"],
+        "urn:tollgate:unauthenticated"
+    );
+    assert_eq!(stack.upstream.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conflicting_framing_is_forwarded_by_transfer_encoding_alone() {
+    let (stack, _second) = stack().await;
+
+    // A request-smuggling shape: the gateway and the upstream could disagree on where it ends.
+    // RFC 9112 §6.3: Transfer-Encoding wins, and an intermediary must drop Content-Length before
+    // forwarding, so the upstream cannot read the body differently from the gateway.
+    let answer = raw(
+        stack.gateway.listen_addr(),
+        &format!(
+            "POST /v1/items HTTP/1.1\n\
+             Host: api.example.com\n\
+             Authorization: Bearer {ACME_KEY}\n\
+             Connection: close\n\
+             Content-Length: 4\n\
+             Transfer-Encoding: chunked\n\
+             \n\
+             0\n"
+        ),
+    )
+    .await;
+
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    let echo: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+    let headers = echo["headers"].as_object().unwrap();
+    assert!(
+        !headers.contains_key("content-length"),
+        "upstream saw {headers:?}"
+    );
+    assert_eq!(stack.upstream.hits(), 1);
+    assert_eq!(stack.month_counter("acme", "requests").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn custom_api_key_header_replaces_the_defaults() {
+    let yaml = YAML.replace(
+        "plans:",
+        "auth:\n  api_key:\n    headers: [\"x-tenant-key\"]\nplans:",
+    );
+    let second = Upstream::start().await;
+    let stack = Stack::start(&yaml.replace("{second}", &second.addr())).await;
+
+    let bearer = stack.get("/v1/items", Some(ACME_KEY)).await;
+    let request = stack
+        .client
+        .get(stack.gateway.url("/v1/items"))
+        .header("x-tenant-key", ACME_KEY);
+    let custom = crate::common::http::read(request.send().await.unwrap()).await;
+
+    assert_eq!(
+        bearer.problem(401)["type"],
+        "urn:tollgate:unauthenticated",
+        "Authorization is off"
+    );
+    let echoed = custom.echoed_headers();
+    assert_eq!(echoed["x-tollgate-tenant"], ["acme"]);
+    assert!(
+        !echoed.contains_key("x-tenant-key"),
+        "the credential is not forwarded: {echoed:?}"
+    );
 }

@@ -4,12 +4,12 @@
 use std::collections::BTreeMap;
 
 use crate::common::{
-    self, clock, get, member, render, Gateway, Stack, ACME_KEY, BETA_KEY, GAMMA_KEY,
+    self, clock, get, member, render, Gateway, Stack, ACME_KEY, BETA_KEY, DELTA_KEY, GAMMA_KEY,
 };
 
 /// `acme` (plan `small`) has 200 requests and 5 exports a month and no burst limit, so only
 /// the meters can refuse a call; `beta` (plan `free`) has 10 requests and a warning at 75%;
-/// `gamma` (plan `daily`) has 2 requests a day.
+/// `gamma` (plan `daily`) has 2 requests a day; `delta` (plan `metered`) 2 a month, with overage.
 /// The store fails closed so that a Redis hiccup shows up as a 503, never as a silent overshoot.
 const YAML: &str = r#"
 server:
@@ -41,6 +41,11 @@ tenants:
     keys:
       - id: gamma-1
         sha256: "{gamma_sha}"
+  delta:
+    plan: metered
+    keys:
+      - id: delta-1
+        sha256: "{delta_sha}"
 plans:
   small:
     meters:
@@ -56,6 +61,9 @@ plans:
   daily:
     meters:
       requests: { limit: 2, period: day }
+  metered:
+    meters:
+      requests: { limit: 2, period: month, overage: true }
 routes:
   - name: export
     match: { path_prefix: /v1/export }
@@ -249,4 +257,25 @@ async fn day_meter_counts_under_todays_key_and_resets_tomorrow() {
     );
     let ttl = stack.redis.ttl(&common::day_key("gamma", "requests")).await;
     assert!(ttl > 0, "a day counter expires; TTL is {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn overage_meter_never_blocks_and_counts_past_the_limit() {
+    let stack = Stack::start(YAML).await;
+
+    for call in 1..=4 {
+        let answer = stack.get("/v1/items", Some(DELTA_KEY)).await;
+        assert_eq!(
+            answer.status, 200,
+            "call {call} of a 2-call overage plan: {}",
+            answer.body
+        );
+    }
+
+    assert_eq!(
+        stack.month_counter("delta", "requests").await,
+        4,
+        "overage is counted"
+    );
+    assert_eq!(stack.upstream.hits(), 4);
 }

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod admin;
 mod check;
 mod embedded;
 mod harness;

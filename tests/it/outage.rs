@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{Stack, ACME_KEY};
+use crate::common::{Stack, ACME_KEY, BETA_KEY};
 
 /// `store.timeout` is 100 ms: every store call gives up after that.
 const YAML: &str = r#"
@@ -199,4 +199,119 @@ async fn script_flush_between_calls_keeps_exact_counts() {
     );
     assert_eq!(stack.month_counter("acme", "requests").await, 5);
     assert_eq!(stack.upstream.hits(), 5);
+}
+
+/// Three calls while Redis hangs: each must come back within 1 s despite the hang (the store
+/// timeout is 100 ms), with `status`. Returns nothing; asserts as it goes.
+async fn calls_during_hang(stack: &Stack, status: u16) {
+    for call in 0..3 {
+        let started = Instant::now();
+        let answer = stack.get("/v1/items", Some(ACME_KEY)).await;
+        let took = started.elapsed();
+        assert_eq!(
+            answer.status, status,
+            "call {call} while Redis hangs: {}",
+            answer.body
+        );
+        assert!(
+            took < Duration::from_secs(1),
+            "call {call}: took {took:?} with a 100 ms timeout"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_timeout_bounds_calls_while_redis_hangs_fail_closed() {
+    let stack = stack("fail_closed").await;
+    assert_eq!(stack.get("/v1/items", Some(ACME_KEY)).await.status, 200);
+
+    stack.redis.pause();
+    calls_during_hang(&stack, 503).await;
+    stack.redis.resume();
+
+    let deadline = Instant::now() + RECOVERY;
+    while stack.get("/v1/items", Some(ACME_KEY)).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "metering did not resume within {RECOVERY:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        stack.upstream.hits(),
+        2,
+        "no call was proxied during the hang"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_timeout_bounds_calls_while_redis_hangs_fail_open() {
+    let stack = stack("fail_open").await;
+    assert_eq!(stack.get("/v1/items", Some(ACME_KEY)).await.status, 200);
+
+    stack.redis.pause();
+    calls_during_hang(&stack, 200).await;
+    stack.redis.resume();
+
+    assert_eq!(
+        stack.upstream.hits(),
+        4,
+        "every call was proxied during the hang"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_refused_during_a_redis_hang_are_not_charged_after_it() {
+    let stack = stack("fail_closed").await;
+    assert_eq!(stack.get("/v1/items", Some(ACME_KEY)).await.status, 200);
+
+    stack.redis.pause();
+    calls_during_hang(&stack, 503).await;
+    stack.redis.resume();
+    // Redis now runs whatever was queued while it hung. Wait until a call is admitted again.
+    let deadline = Instant::now() + RECOVERY;
+    while stack.get("/v1/items", Some(ACME_KEY)).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "metering did not resume within {RECOVERY:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Two calls were admitted (one before, one after); the three 503s were never served.
+    assert_eq!(
+        stack.month_counter("acme", "requests").await,
+        2,
+        "503s must not be charged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_on_outage_overrides_the_store_default() {
+    // The store fails open; plan `strict` (tenant beta) fails closed.
+    let yaml = YAML
+        .replace("{on_outage}", "fail_open")
+        .replace(
+            "      - id: acme-1\n        sha256: \"{acme_sha}\"\n",
+            "      - id: acme-1\n        sha256: \"{acme_sha}\"\n  beta:\n    plan: strict\n    keys:\n      - id: beta-1\n        sha256: \"{beta_sha}\"\n",
+        )
+        .replace(
+            "routes:",
+            "  strict:\n    meters:\n      requests: { limit: 5, period: month }\n    on_outage: fail_closed\nroutes:",
+        );
+    let mut stack = Stack::start(&yaml).await;
+    assert_eq!(stack.get("/v1/items", Some(BETA_KEY)).await.status, 200);
+
+    stack.redis.kill();
+
+    assert_eq!(
+        stack.get("/v1/items", Some(ACME_KEY)).await.status,
+        200,
+        "free fails open"
+    );
+    let answer = stack.get("/v1/items", Some(BETA_KEY)).await;
+    assert_eq!(
+        answer.problem(503)["type"],
+        "urn:tollgate:store-unavailable"
+    );
 }

@@ -27,7 +27,8 @@ pub struct Gateway {
 // === impl Gateway ===
 
 impl Gateway {
-    /// Writes the config, spawns `tollgate serve` and waits until `/healthz` answers 200.
+    /// Writes the config, spawns `tollgate serve` and waits until `/healthz` answers 200 and
+    /// the proxy listener accepts connections.
     pub async fn start(yaml: &str) -> Gateway {
         let dir = tempfile::Builder::new().prefix("tg-gw-").tempdir().unwrap();
         let mut gateway = Gateway {
@@ -155,14 +156,19 @@ impl Gateway {
                     self.stderr()
                 );
             }
-            if let Ok(response) = client.get(&url).send().await {
-                if response.status() == 200 {
-                    return;
-                }
+            // `/healthz` can answer before the proxy listener is bound (the admin service
+            // starts first), so also wait until the proxy port accepts connections.
+            let healthy = match client.get(&url).send().await {
+                Ok(response) => response.status() == 200,
+                Err(_) => false,
+            };
+            if healthy && tokio::net::TcpStream::connect(&self.listen).await.is_ok() {
+                return;
             }
             if Instant::now() > deadline {
                 panic!(
-                    "GET {url} did not answer 200 within 20 s; stderr:\n{}",
+                    "GET {url} did not answer 200, or {} did not accept, within 20 s; stderr:\n{}",
+                    self.listen,
                     self.stderr()
                 );
             }

@@ -7,7 +7,7 @@ pub mod redis;
 pub mod upstream;
 
 pub use gateway::{run_check, Gateway};
-pub use http::{client, get, member, raw, Answer};
+pub use http::{client, get, member, raw, send, Answer};
 pub use redis::RedisServer;
 pub use upstream::{refused_addr, Upstream};
 
@@ -18,15 +18,18 @@ pub const BETA_KEY: &str = "tg_test_beta";
 pub const BETA_SHA: &str = "0929c9be8bb0295ed21654e86831de0dd4d89fcbb32638fed96b0e2c6c7e9b99";
 pub const GAMMA_KEY: &str = "tg_test_gamma";
 pub const GAMMA_SHA: &str = "2efa8ada56c36b3923cb3333cc63f8c4a087b77d29f6e813c3f0bbceb580434f";
+pub const DELTA_KEY: &str = "tg_test_delta";
+pub const DELTA_SHA: &str = "364567bc122a2017351332b6822acafde1f06d93b5ecf654814544d11338058a";
 
 /// Fills the placeholders the tests own: `{redis}`, `{upstream}`, and the key hashes
-/// `{acme_sha}`, `{beta_sha}`, `{gamma_sha}`. (`Gateway` fills `{listen}`, `{admin}`, `{dir}`.)
+/// `{acme_sha}`, `{beta_sha}`, `{gamma_sha}`, `{delta_sha}`. (`Gateway` fills `{listen}`, `{admin}`, `{dir}`.)
 pub fn render(yaml: &str, redis: &str, upstream: &str) -> String {
     yaml.replace("{redis}", redis)
         .replace("{upstream}", upstream)
         .replace("{acme_sha}", ACME_SHA)
         .replace("{beta_sha}", BETA_SHA)
         .replace("{gamma_sha}", GAMMA_SHA)
+        .replace("{delta_sha}", DELTA_SHA)
 }
 
 /// The Redis counter of a `month` meter with no billing anchor, for the current UTC month.
