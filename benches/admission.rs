@@ -37,7 +37,7 @@ fn gateway(dir: &std::path::Path) -> Gateway {
     let config = load_str("bench.yaml", &text, &|_| None).expect("bench config is valid");
     let metrics = Arc::new(Metrics::unregistered().expect("metrics"));
     let store = EmbeddedStore::open(&dir.join("usage.db")).expect("embedded store");
-    let store = StoreHandle::new(Arc::new(store), Duration::from_secs(1), metrics.clone());
+    let store = StoreHandle::new(Arc::new(store), Duration::from_secs(1), &metrics);
     Gateway::new(&config, store, Arc::new(SystemClock), metrics)
 }
 

@@ -23,7 +23,7 @@ use crate::telemetry::metrics::Metrics;
 pub fn serve(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::default_registry().clone();
     let metrics = Arc::new(Metrics::new(&registry).context("registering metrics")?);
-    let store = StoreHandle::open(&config.store, metrics.clone()).context("opening the store")?;
+    let store = StoreHandle::open(&config.store, &metrics).context("opening the store")?;
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(
         &config,
         store,

@@ -2,6 +2,8 @@
 //!
 //! Values are Structured Fields lists (RFC 9651): `"name";param=value`, comma-separated.
 
+use std::fmt::Write;
+
 use jiff::Timestamp;
 
 use super::burst::BurstState;
@@ -9,13 +11,13 @@ use super::meter::MeterUse;
 use crate::config::Upgrade;
 
 /// `RateLimit-Policy`
-pub const RATELIMIT_POLICY: &str = "ratelimit-policy";
+pub const RATELIMIT_POLICY: &str = "RateLimit-Policy";
 /// `RateLimit`
-pub const RATELIMIT: &str = "ratelimit";
+pub const RATELIMIT: &str = "RateLimit";
 /// `Tollgate-Warning`
-pub const TOLLGATE_WARNING: &str = "tollgate-warning";
+pub const TOLLGATE_WARNING: &str = "Tollgate-Warning";
 /// `Tollgate-Upgrade`
-pub const TOLLGATE_UPGRADE: &str = "tollgate-upgrade";
+pub const TOLLGATE_UPGRADE: &str = "Tollgate-Upgrade";
 
 /// What the usage headers are built from.
 pub struct UsageView<'a> {
@@ -31,43 +33,53 @@ pub struct UsageView<'a> {
     pub now: Timestamp,
 }
 
-/// Builds the headers; empty when no policy applied.
+/// Builds the headers; empty when no policy applied. (Built straight into one buffer per
+/// header: this runs on every metered call.)
 pub fn usage_headers(v: &UsageView) -> Vec<(&'static str, String)> {
-    let mut policy = Vec::new();
-    let mut state = Vec::new();
+    let mut policy = String::with_capacity(64);
+    let mut state = String::with_capacity(64);
+    let mut warnings = String::new();
+    let sep = |s: &mut String| {
+        if !s.is_empty() {
+            s.push_str(", ");
+        }
+    };
     if let Some(b) = v.burst {
-        policy.push(format!("\"burst\";q={};w={}", b.quota, b.window_secs));
-        state.push(format!("\"burst\";r={};t={}", b.remaining, b.window_secs));
+        let _ = write!(policy, "\"burst\";q={};w={}", b.quota, b.window_secs);
+        let _ = write!(state, "\"burst\";r={};t={}", b.remaining, b.window_secs);
     }
-    let mut warnings = Vec::new();
     for m in v.meters {
-        policy.push(format!(
+        sep(&mut policy);
+        let _ = write!(
+            policy,
             "\"{}\";q={};w={}",
             m.name,
             m.limit,
             m.window.length_secs()
-        ));
-        state.push(format!(
+        );
+        sep(&mut state);
+        let _ = write!(
+            state,
             "\"{}\";r={};t={}",
             m.name,
             m.remaining(),
             m.window.seconds_to_reset(v.now)
-        ));
+        );
         if m.warns() || v.exhausted == Some(m.name.as_str()) {
-            let overage = if m.in_overage() { ";overage" } else { "" };
-            warnings.push(format!(
-                "\"{}\";used={};limit={}{overage}",
-                m.name, m.used, m.limit
-            ));
+            sep(&mut warnings);
+            let _ = write!(warnings, "\"{}\";used={};limit={}", m.name, m.used, m.limit);
+            if m.in_overage() {
+                warnings.push_str(";overage");
+            }
         }
     }
     let mut out = Vec::with_capacity(4);
     if !policy.is_empty() {
-        out.push((RATELIMIT_POLICY, policy.join(", ")));
-        out.push((RATELIMIT, state.join(", ")));
+        out.push((RATELIMIT_POLICY, policy));
+        out.push((RATELIMIT, state));
     }
     if !warnings.is_empty() {
-        out.push((TOLLGATE_WARNING, warnings.join(", ")));
+        out.push((TOLLGATE_WARNING, warnings));
         if let Some(up) = v.upgrade {
             out.push((TOLLGATE_UPGRADE, upgrade_value(up)));
         }

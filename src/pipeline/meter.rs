@@ -1,5 +1,7 @@
 //! Step 6: atomically check and reserve every meter the route charges; refund on failure.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 
 use super::identity::Caller;
@@ -58,8 +60,9 @@ impl MeterUse {
 pub struct Usage {
     /// Meters charged, in route order.
     pub meters: Vec<MeterUse>,
-    /// The store charges, for refunds.
-    pub charges: Vec<Charge>,
+    /// The store charges, for refunds. Shared, not copied, with a reservation that outlives
+    /// its caller (see `StoreHandle::reserve`).
+    pub charges: Arc<[Charge]>,
     /// False when the store was down and the call went through unmetered (fail_open).
     pub metered: bool,
 }
@@ -116,6 +119,7 @@ pub async fn reserve(
             window,
         });
     }
+    let charges: Arc<[Charge]> = charges.into();
     if charges.is_empty() {
         return Ok(Usage {
             meters,
@@ -164,7 +168,7 @@ fn outage(
             tracing::warn!(tenant = %caller.tenant.name, route = %route.name, error = %e, "Store unavailable; admitting the call unmetered (fail_open).");
             Ok(Usage {
                 meters: Vec::new(),
-                charges: Vec::new(),
+                charges: Arc::from([]),
                 metered: false,
             })
         }

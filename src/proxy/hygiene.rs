@@ -7,25 +7,34 @@
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::HeaderMap;
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) besides those `Connection` names. `Transfer-Encoding`
-/// is left to pingora, which re-frames bodies itself.
-const HOP_BY_HOP: &[&str] = &[
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-];
+/// Whether a header is hop-by-hop by itself (RFC 9110 §7.6.1), besides those `Connection`
+/// names. `Transfer-Encoding` is left to pingora, which re-frames bodies itself.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == UPGRADE
+        || matches!(
+            name.as_str(),
+            "keep-alive" | "proxy-connection" | "proxy-authenticate" | "proxy-authorization"
+        )
+}
 
-/// Names of the headers to strip from `headers`: the fixed hop-by-hop set, `Connection` itself
-/// and every header it names.
+/// The hop-by-hop headers present in `headers`: the fixed set, `Connection` itself and every
+/// header it names. One pass over the headers; most messages have none, and then nothing is
+/// allocated.
 pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
-    let mut out: Vec<HeaderName> = vec![CONNECTION, TE, TRAILER, UPGRADE];
-    out.extend(HOP_BY_HOP.iter().map(|h| HeaderName::from_static(h)));
+    let mut out: Vec<HeaderName> = headers
+        .keys()
+        .filter(|h| is_hop_by_hop(h))
+        .cloned()
+        .collect();
     for value in headers.get_all(CONNECTION) {
         let Ok(value) = value.to_str() else { continue };
         for token in value.split(',') {
             if let Ok(name) = HeaderName::from_bytes(token.trim().to_ascii_lowercase().as_bytes()) {
-                if name != TRANSFER_ENCODING {
+                if name != TRANSFER_ENCODING && headers.contains_key(&name) && !out.contains(&name)
+                {
                     out.push(name);
                 }
             }
@@ -41,10 +50,18 @@ mod tests {
     #[test]
     fn connection_named_headers_are_hop_by_hop() {
         let mut h = HeaderMap::new();
-        h.insert(CONNECTION, "keep-alive, X-Custom".parse().unwrap());
+        h.insert(
+            CONNECTION,
+            "keep-alive, X-Custom, X-Absent".parse().unwrap(),
+        );
+        h.insert("x-custom", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("x-end-to-end", "1".parse().unwrap());
         let names = hop_by_hop(&h);
+        assert_eq!(names.len(), 3, "{names:?}");
         assert!(names.contains(&HeaderName::from_static("x-custom")));
         assert!(names.contains(&HeaderName::from_static("keep-alive")));
         assert!(names.contains(&CONNECTION));
+        assert!(hop_by_hop(&HeaderMap::new()).is_empty());
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use http::HeaderName;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::HttpPeer;
@@ -19,6 +20,11 @@ use crate::config::RouteTarget;
 use crate::pipeline::headers::{usage_headers, UsageView};
 use crate::pipeline::{Admission, Gateway};
 use crate::telemetry::outcome::{Labels, Outcome};
+
+/// Tells the upstream which tenant is calling.
+static X_TOLLGATE_TENANT: HeaderName = HeaderName::from_static("x-tollgate-tenant");
+/// Tells the upstream the tenant's plan.
+static X_TOLLGATE_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
 
 /// The proxy service: reads the current gateway (swapped atomically on reload) per call.
 pub struct Proxy {
@@ -189,14 +195,19 @@ impl ProxyHttp for Proxy {
         }
         if let Some(gw) = &ctx.gateway {
             for name in gw.credential_headers() {
+                if up.headers.contains_key(name) {
+                    up.remove_header(name);
+                }
+            }
+        }
+        for name in [&X_TOLLGATE_TENANT, &X_TOLLGATE_PLAN] {
+            if up.headers.contains_key(name) {
                 up.remove_header(name);
             }
         }
-        up.remove_header("x-tollgate-tenant");
-        up.remove_header("x-tollgate-plan");
         if let Some(a) = ctx.admitted() {
-            up.insert_header("x-tollgate-tenant", a.caller.tenant.name.as_str())?;
-            up.insert_header("x-tollgate-plan", a.plan.name.as_str())?;
+            up.insert_header("X-Tollgate-Tenant", a.caller.tenant.name.as_str())?;
+            up.insert_header("X-Tollgate-Plan", a.plan.name.as_str())?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -122,7 +122,7 @@ impl State {
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn reserve(&self, charges: &[Charge]) -> Result<Reserved, StoreError> {
+    async fn reserve(&self, charges: &Arc<[Charge]>) -> Result<Reserved, StoreError> {
         let now = unix_now();
         self.with_state(|s| {
             let used: Vec<u64> = charges.iter().map(|c| s.value(&c.key, now)).collect();
@@ -233,7 +233,7 @@ mod tests {
         let path = dir.path().join("usage.db");
         {
             let s = EmbeddedStore::open(&path).unwrap();
-            let both = [charge("a", 1, Some(2)), charge("b", 5, Some(5))];
+            let both: Arc<[Charge]> = Arc::from([charge("a", 1, Some(2)), charge("b", 5, Some(5))]);
             assert_eq!(
                 s.reserve(&both).await.unwrap(),
                 Reserved::Admitted(vec![1, 5])
@@ -262,7 +262,7 @@ mod tests {
     async fn refund_never_goes_negative_nor_recreates() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(&dir.path().join("u.db")).unwrap();
-        s.reserve(&[charge("a", 1, None)]).await.unwrap();
+        s.reserve(&Arc::from([charge("a", 1, None)])).await.unwrap();
         s.refund(&[charge("a", 5, None), charge("gone", 1, None)])
             .await
             .unwrap();

@@ -1,11 +1,12 @@
 //! The Redis backend: one Lua script per reservation, over one multiplexed connection.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use tokio::sync::OnceCell;
+use tokio::sync::{mpsc, oneshot, OnceCell};
 
 use super::{Charge, Reserved, Store, StoreError};
 
@@ -17,7 +18,19 @@ const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
 /// The connection is made on first use, inside the runtime that serves requests: a redis-rs
 /// connection's driver task lives on the runtime that created it, and pingora builds its
 /// runtimes only when the server starts.
+///
+/// Reservations do not go to Redis one by one: a batching task collects every reservation that
+/// is ready at the same moment and sends them in one script call (see [`Batcher`]). Under load
+/// this turns a write, a read, a reply to parse and a script start per call into one of each per
+/// batch; each reservation is still decided on its own and all-or-nothing, so batching changes
+/// nothing about exactness. (With Redis Cluster a batch would have to be split by slot.)
 pub struct RedisStore {
+    shared: Arc<Shared>,
+    batcher: OnceCell<Batcher>,
+}
+
+/// What the batching task and direct calls both use.
+struct Shared {
     client: redis::Client,
     config: ConnectionManagerConfig,
     conn: OnceCell<ConnectionManager>,
@@ -38,15 +51,21 @@ impl RedisStore {
             .set_response_timeout(Some(LATE_REPLY_WAIT.max(timeout)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        Ok(RedisStore {
+        let shared = Shared {
             client,
             config,
             conn: OnceCell::new(),
             reserve: Script::new(include_str!("reserve.lua")),
             refund: Script::new(include_str!("refund.lua")),
+        };
+        Ok(RedisStore {
+            shared: Arc::new(shared),
+            batcher: OnceCell::new(),
         })
     }
+}
 
+impl Shared {
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
         let conn = self
             .conn
@@ -57,6 +76,136 @@ impl RedisStore {
             .map_err(backend)?;
         Ok(conn.clone())
     }
+
+    /// Runs a batch of reservations in one script call. Each reservation is still decided on
+    /// its own and all-or-nothing (see `reserve.lua`); the batch only shares the round trip and
+    /// the script start-up. NOSCRIPT (a restarted Redis, `SCRIPT FLUSH`) means nothing ran, so
+    /// the batch is repeated once after loading the script and cannot be charged twice.
+    async fn reserve_all(
+        &self,
+        batch: &[Arc<[Charge]>],
+    ) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
+        let cmd = self.evalsha(batch);
+        let mut conn = self.conn().await?;
+        let flat: Vec<i64> = match cmd.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.reserve.load_async(&mut conn).await.map_err(backend)?;
+                cmd.query_async(&mut conn).await.map_err(backend)?
+            }
+            other => other.map_err(backend)?,
+        };
+        parse_batch(&flat, batch)
+    }
+
+    /// `EVALSHA <reserve> keys… calls (n (units limit expire_at)…)…`, in one buffer.
+    fn evalsha(&self, batch: &[Arc<[Charge]>]) -> redis::Cmd {
+        let keys: usize = batch.iter().map(|c| c.len()).sum();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.reserve.get_hash()).arg(keys);
+        for c in batch.iter().flat_map(|c| c.iter()) {
+            cmd.arg(&c.key);
+        }
+        cmd.arg(batch.len());
+        for charges in batch {
+            cmd.arg(charges.len());
+            for c in charges.iter() {
+                cmd.arg(c.units)
+                    .arg(c.limit.map_or(-1i64, |l| l.min(i64::MAX as u64) as i64))
+                    .arg(c.expire_at);
+            }
+        }
+        cmd
+    }
+}
+
+/// Splits the script's flat reply into one answer per reservation.
+fn parse_batch(
+    flat: &[i64],
+    batch: &[Arc<[Charge]>],
+) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
+    let malformed = || {
+        StoreError::Backend(format!(
+            "unexpected reply from the reserve script: {flat:?}"
+        ))
+    };
+    let mut out = Vec::with_capacity(batch.len());
+    let mut rest = flat;
+    for charges in batch {
+        let n = charges.len();
+        if rest.len() < n + 2 {
+            return Err(malformed());
+        }
+        let (head, tail) = rest.split_at(n + 2);
+        rest = tail;
+        let used: Vec<u64> = head[2..].iter().map(|v| (*v).max(0) as u64).collect();
+        out.push(match (head[0], head[1]) {
+            (1, _) => Ok(Reserved::Admitted(used)),
+            (0, i) if i >= 1 && (i as usize) <= n => Ok(Reserved::Denied {
+                index: i as usize - 1,
+                used,
+            }),
+            (-1, _) => Err(StoreError::Backend(
+                "a usage counter in Redis does not hold an integer; nothing was reserved".into(),
+            )),
+            _ => return Err(malformed()),
+        });
+    }
+    if !rest.is_empty() {
+        return Err(malformed());
+    }
+    Ok(out)
+}
+
+/// Most reservations one script call carries.
+const MAX_BATCH: usize = 128;
+
+type Job = (Arc<[Charge]>, oneshot::Sender<Result<Reserved, StoreError>>);
+
+/// The batching task's mailbox.
+struct Batcher {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl Batcher {
+    /// Starts the batching task on the current runtime.
+    fn start(shared: Arc<Shared>) -> Batcher {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_loop(shared, rx));
+        Batcher { jobs }
+    }
+}
+
+/// Collects the reservations that are ready, sends them as one pipeline, repeats. Several
+/// batches may be in flight at once; a slow one does not hold up the next.
+async fn batch_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        // Let every call that is ready to run get its reservation in first: the scheduler runs
+        // them before this task again, so under load they share this batch.
+        tokio::task::yield_now().await;
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let (charges, replies): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
+            match shared.reserve_all(&charges).await {
+                Ok(results) => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                    }
+                }
+            }
+        });
+    }
 }
 
 fn backend(e: redis::RedisError) -> StoreError {
@@ -65,28 +214,30 @@ fn backend(e: redis::RedisError) -> StoreError {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn reserve(&self, charges: &[Charge]) -> Result<Reserved, StoreError> {
-        let mut inv = self.reserve.prepare_invoke();
-        for c in charges {
-            inv.key(&c.key)
-                .arg(c.units)
-                .arg(c.limit.map_or(-1i64, |l| l.min(i64::MAX as u64) as i64))
-                .arg(c.expire_at);
-        }
-        let mut conn = self.conn().await?;
-        let out: Vec<i64> = inv.invoke_async(&mut conn).await.map_err(backend)?;
-        parse_reserved(&out, charges.len())
+    async fn reserve(&self, charges: &Arc<[Charge]>) -> Result<Reserved, StoreError> {
+        let batcher = self
+            .batcher
+            .get_or_init(|| async { Batcher::start(self.shared.clone()) })
+            .await;
+        let (reply, answer) = oneshot::channel();
+        batcher
+            .jobs
+            .send((charges.clone(), reply))
+            .map_err(|_| StoreError::Backend("the reservation batcher has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the reservation batcher dropped a call".into()))?
     }
 
     async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError> {
         if charges.is_empty() {
             return Ok(());
         }
-        let mut inv = self.refund.prepare_invoke();
+        let mut inv = self.shared.refund.prepare_invoke();
         for c in charges {
             inv.key(&c.key).arg(c.units);
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let _: i64 = inv.invoke_async(&mut conn).await.map_err(backend)?;
         Ok(())
     }
@@ -95,7 +246,7 @@ impl Store for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let values: Vec<Option<i64>> = redis::cmd("MGET")
             .arg(keys)
             .query_async(&mut conn)
@@ -108,28 +259,11 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.shared.conn().await?;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
             .map_err(backend)?;
         Ok(())
-    }
-}
-
-fn parse_reserved(out: &[i64], n: usize) -> Result<Reserved, StoreError> {
-    let malformed =
-        || StoreError::Backend(format!("unexpected reply from the reserve script: {out:?}"));
-    if out.len() != n + 2 {
-        return Err(malformed());
-    }
-    let used: Vec<u64> = out[2..].iter().map(|v| (*v).max(0) as u64).collect();
-    match out[0] {
-        1 => Ok(Reserved::Admitted(used)),
-        0 if out[1] >= 1 && (out[1] as usize) <= n => Ok(Reserved::Denied {
-            index: out[1] as usize - 1,
-            used,
-        }),
-        _ => Err(malformed()),
     }
 }

@@ -1,23 +1,49 @@
--- Atomic check-and-reserve of several counters (one tenant: one cluster slot).
--- KEYS[i]: counters. ARGV per key i: units (3i-2), limit or -1 for none (3i-1), expire-at unix s (3i).
--- Returns {1, 0, used_after...} when every charge fits and was added,
---      or {0, i, used...} naming the first charge that does not fit; then nothing was added.
-local n = #KEYS
-local used = {}
-for i = 1, n do
-  used[i] = tonumber(redis.call('GET', KEYS[i]) or '0')
-end
-for i = 1, n do
-  local limit = tonumber(ARGV[3 * i - 1])
-  if limit >= 0 and used[i] + tonumber(ARGV[3 * i - 2]) > limit then
-    local out = {0, i}
-    for j = 1, n do out[j + 2] = used[j] end
-    return out
+-- Atomic check-and-reserve for a batch of calls, each charging one or more counters of one
+-- tenant. Every call is decided on its own, in order, exactly as if it ran alone: all of its
+-- counters fit their limits and are all incremented, or none is touched.
+--
+-- KEYS: the counters of call 1, then of call 2, ...
+-- ARGV: number of calls, then per call: its number of counters n, then per counter:
+--       units, limit (-1: never blocks), expire-at (unix seconds).
+-- Returns a flat list, per call: status (1 admitted, 0 denied, -1 a counter is not an
+-- integer), the 1-based index of the counter that did not fit (0 if none), then the n
+-- counter values (after the reservation when admitted, unchanged otherwise).
+local out = {}
+local k = 0 -- KEYS consumed
+local a = 2 -- next ARGV
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  local used, status, denied = {}, 1, 0
+  for i = 1, n do
+    local raw = redis.pcall('GET', KEYS[k + i])
+    local v = 0
+    if type(raw) == 'string' then v = tonumber(raw) end
+    if type(raw) == 'table' or v == nil or v ~= math.floor(v) then
+      status, v = -1, 0
+    end
+    used[i] = v
   end
-end
-local out = {1, 0}
-for i = 1, n do
-  out[i + 2] = redis.call('INCRBY', KEYS[i], ARGV[3 * i - 2])
-  redis.call('EXPIREAT', KEYS[i], ARGV[3 * i])
+  if status == 1 then
+    for i = 1, n do
+      local limit = tonumber(ARGV[a + 3 * (i - 1) + 1])
+      if limit >= 0 and used[i] + tonumber(ARGV[a + 3 * (i - 1)]) > limit then
+        status, denied = 0, i
+        break
+      end
+    end
+  end
+  if status == 1 then
+    for i = 1, n do
+      local key = KEYS[k + i]
+      used[i] = redis.call('INCRBY', key, ARGV[a + 3 * (i - 1)])
+      redis.call('EXPIREAT', key, ARGV[a + 3 * (i - 1) + 2])
+    end
+  end
+  out[#out + 1] = status
+  out[#out + 1] = denied
+  for i = 1, n do out[#out + 1] = used[i] end
+  k = k + n
+  a = a + 3 * n
 end
 return out

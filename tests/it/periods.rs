@@ -50,7 +50,7 @@ async fn gateway(
 ) -> Gateway {
     let config = config(&redis.url(), anchor, period);
     let metrics = Arc::new(Metrics::unregistered().unwrap());
-    let store = StoreHandle::open(&config.store, metrics.clone()).unwrap();
+    let store = StoreHandle::open(&config.store, &metrics).unwrap();
     Gateway::new(&config, store, clock, metrics)
 }
 
