@@ -295,22 +295,52 @@ parse_wrk() {
 
 WRK_BOUND=$((DURATION_S + 30))
 WARM_BOUND=$((WARMUP_S + 30))
-# bench NAME URL [wrk args...]: warmup, then the measured run; writes NAME.txt and NAME.parsed.
-bench() {
+
+# /proc/stat snapshot: "cpuN busy total" per CPU (busy = all but idle and iowait).
+cpu_snapshot() {
+  awk '/^cpu[0-9]/ { t = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; print $1, t - $5 - $6, t }' /proc/stat
+}
+# cpu_busy BEFORE AFTER -> "cpu0% cpu1%" (busy share of each of the first two CPUs)
+cpu_busy() {
+  awk 'NR == FNR { b[$1] = $2; t[$1] = $3; next }
+       { dt = $3 - t[$1]; pct[$1] = dt > 0 ? 100 * ($2 - b[$1]) / dt : 0 }
+       END { printf "%.0f %.0f\n", pct["cpu0"], ("cpu1" in pct ? pct["cpu1"] : 0) }' "$1" "$2"
+}
+
+# warm NAME URL [wrk args...]: a WARMUP run whose numbers are kept but not reported.
+warm() {
   local name=$1 url=$2
   shift 2
-  if ((WARMUP_S > 0)); then
-    timeout "$WARM_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "$@" "$url" \
-      >"$RESULTS_DIR/$name.warmup.txt" 2>&1 || die "wrk warmup failed: $name"
-  fi
+  ((WARMUP_S > 0)) || return 0
+  timeout "$WARM_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "$@" "$url" \
+    >"$RESULTS_DIR/$name.warmup.txt" 2>&1 || die "wrk warmup failed: $name"
+}
+
+# measure NAME URL [wrk args...]: the measured run. Writes NAME.txt (wrk's output) and
+# NAME.parsed: "rps p50_ms p99_ms requests non2xx socket_errors cpu0% cpu1%".
+measure() {
+  local name=$1 url=$2
+  shift 2
+  cpu_snapshot >"$TMP/cpu.before"
   timeout "$WRK_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" \
     >"$RESULTS_DIR/$name.txt" 2>&1 || die "wrk failed: $name"
-  parse_wrk "$RESULTS_DIR/$name.txt" >"$RESULTS_DIR/$name.parsed" ||
-    die "could not read wrk output $RESULTS_DIR/$name.txt"
+  cpu_snapshot >"$TMP/cpu.after"
+  local parsed
+  parsed=$(parse_wrk "$RESULTS_DIR/$name.txt") || die "could not read wrk output $RESULTS_DIR/$name.txt"
+  echo "$parsed $(cpu_busy "$TMP/cpu.before" "$TMP/cpu.after")" >"$RESULTS_DIR/$name.parsed"
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+# Anything else running spoils the numbers: sample both CPUs for 2 s before starting.
+cpu_snapshot >"$TMP/cpu.before"
+sleep 2
+cpu_snapshot >"$TMP/cpu.after"
+read -r idle_c0 idle_c1 < <(cpu_busy "$TMP/cpu.before" "$TMP/cpu.after")
+LOAD_BEFORE="cpu0 ${idle_c0}% busy, cpu1 ${idle_c1}% busy (2 s sample); load average $(cut -d' ' -f1-3 /proc/loadavg)"
+if ((idle_c0 > 10 || idle_c1 > 10)); then
+  log "warning: the machine is busy before the runs ($LOAD_BEFORE): the numbers will be noisy"
+fi
 log "pinning: $PIN_NOTE"
 log "wrk -t1 -c$CONNECTIONS -d$DURATION --latency (warmup $WARMUP each), $ROUNDS rounds"
 {
@@ -322,44 +352,44 @@ log "wrk -t1 -c$CONNECTIONS -d$DURATION --latency (warmup $WARMUP each), $ROUNDS
   echo "redis: $(redis-server --version)"
   echo "wrk: $(wrk -v 2>&1 | head -1)"
   echo "duration: $DURATION, warmup: $WARMUP, rounds: $ROUNDS, connections: $CONNECTIONS"
+  echo "before the runs: $LOAD_BEFORE"
 } >"$RESULTS_DIR/env.txt"
 
 log "(a) origin"
-bench origin "http://127.0.0.1:$ORIGIN_PORT/"
-read -r o_rps o_p50 o_p99 o_reqs o_non o_err <"$RESULTS_DIR/origin.parsed"
+warm origin "http://127.0.0.1:$ORIGIN_PORT/"
+measure origin "http://127.0.0.1:$ORIGIN_PORT/"
+read -r o_rps o_p50 o_p99 o_reqs o_non o_err o_c0 o_c1 <"$RESULTS_DIR/origin.parsed"
 
 : >"$RESULTS_DIR/rounds.txt"
 mismatch=0
+AUTH=(-H "Authorization: Bearer $KEY")
 for ((r = 1; r <= ROUNDS; r++)); do
   log "round $r/$ROUNDS: (b) unmetered"
-  bench "unmetered.$r" "$GW/open"
-  read -r u_rps u_p50 u_p99 u_reqs u_non u_err <"$RESULTS_DIR/unmetered.$r.parsed"
+  warm "unmetered.$r" "$GW/open"
+  measure "unmetered.$r" "$GW/open"
+  read -r u_rps u_p50 u_p99 u_reqs u_non u_err u_c0 u_c1 <"$RESULTS_DIR/unmetered.$r.parsed"
 
   log "round $r/$ROUNDS: (c) metered"
-  if ((WARMUP_S > 0)); then
-    timeout "$WARM_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" \
-      -H "Authorization: Bearer $KEY" "$GW/" >"$RESULTS_DIR/metered.$r.warmup.txt" 2>&1 ||
-      die "wrk warmup failed: metered.$r"
-  fi
+  warm "metered.$r" "$GW/" "${AUTH[@]}"
   sleep 0.5
   before=$(counter)
-  timeout "$WRK_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
-    -H "Authorization: Bearer $KEY" "$GW/" >"$RESULTS_DIR/metered.$r.txt" 2>&1 ||
-    die "wrk failed: metered.$r"
+  measure "metered.$r" "$GW/" "${AUTH[@]}"
   sleep 0.5   # let calls that were in flight when wrk stopped finish
   after=$(counter)
-  parse_wrk "$RESULTS_DIR/metered.$r.txt" >"$RESULTS_DIR/metered.$r.parsed" ||
-    die "could not read wrk output $RESULTS_DIR/metered.$r.txt"
-  read -r m_rps m_p50 m_p99 m_reqs m_non m_err <"$RESULTS_DIR/metered.$r.parsed"
+  read -r m_rps m_p50 m_p99 m_reqs m_non m_err m_c0 m_c1 <"$RESULTS_DIR/metered.$r.parsed"
 
   ok2xx=$((m_reqs - m_non))
   counted=$((after - before))
   extra=$((counted - ok2xx))
   if ((extra >= 0 && extra <= CONNECTIONS)); then verdict=ok; else verdict=MISMATCH; mismatch=1; fi
-  printf '%d %s %s %s %s %s %s %s %s %d %d %d %d %d %s\n' "$r" \
+  # columns: 1 round, 2-4 unmetered rps p50 p99, 5-7 metered rps p50 p99, 8 ratio,
+  # 9 unmetered socket errors, 10 metered socket errors, 11 metered non-2xx, 12 metered 2xx,
+  # 13 redis delta, 14 difference, 15 verdict, 16-17 unmetered cpu0/1 %, 18-19 metered cpu0/1 %
+  printf '%d %s %s %s %s %s %s %s %s %s %d %d %d %d %s %s %s %s %s\n' "$r" \
     "$u_rps" "$u_p50" "$u_p99" "$m_rps" "$m_p50" "$m_p99" \
     "$(awk -v m="$m_rps" -v u="$u_rps" 'BEGIN { printf "%.4f", m / u }')" \
-    "$u_err" "$m_err" "$m_non" "$ok2xx" "$counted" "$extra" "$verdict" >>"$RESULTS_DIR/rounds.txt"
+    "$u_err" "$m_err" "$m_non" "$ok2xx" "$counted" "$extra" "$verdict" \
+    "$u_c0" "$u_c1" "$m_c0" "$m_c1" >>"$RESULTS_DIR/rounds.txt"
   log "round $r: unmetered $u_rps req/s, metered $m_rps req/s; redis +$counted, wrk 2xx $ok2xx ($verdict)"
 done
 
@@ -368,21 +398,28 @@ col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
 u_rps=$(col 2); u_p50=$(col 3); u_p99=$(col 4)
 m_rps=$(col 5); m_p50=$(col 6); m_p99=$(col 7)
 ratio=$(col 8)
+u_c0=$(col 16); u_c1=$(col 17); m_c0=$(col 18); m_c1=$(col 19)
 ratios=$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $8 }' "$RESULTS_DIR/rounds.txt")
 
 {
   echo
   echo "tollgate load benchmark — $STAMP"
   echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; $PIN_NOTE; tollgate server.threads=1"
+  echo "before the runs: $LOAD_BEFORE"
   echo
-  printf '%-34s %12s %10s %10s\n' "scenario" "req/s" "p50 ms" "p99 ms"
-  printf '%-34s %12s %10s %10s\n' "----------------------------------" "------------" "----------" "----------"
-  printf '%-34s %12.0f %10.3f %10.3f\n' "(a) origin: nginx direct" "$o_rps" "$o_p50" "$o_p99"
-  printf '%-34s %12.0f %10.3f %10.3f\n' "(b) tollgate /open, unmetered *" "$u_rps" "$u_p50" "$u_p99"
-  printf '%-34s %12.0f %10.3f %10.3f\n' "(c) tollgate /, metered (redis) *" "$m_rps" "$m_p50" "$m_p99"
+  row() { printf '%-34s %10s %9s %9s %7s %7s\n' "$@"; }
+  row "scenario" "req/s" "p50 ms" "p99 ms" "cpu0 %" "cpu1 %"
+  row "----------------------------------" "----------" "---------" "---------" "-------" "-------"
+  row "(a) origin: nginx direct" "$(printf %.0f "$o_rps")" "$(printf %.3f "$o_p50")" "$(printf %.3f "$o_p99")" "$o_c0" "$o_c1"
+  row "(b) tollgate /open, unmetered *" "$(printf %.0f "$u_rps")" "$(printf %.3f "$u_p50")" "$(printf %.3f "$u_p99")" "$u_c0" "$u_c1"
+  row "(c) tollgate /, metered (redis) *" "$(printf %.0f "$m_rps")" "$(printf %.3f "$m_p50")" "$(printf %.3f "$m_p99")" "$m_c0" "$m_c1"
   echo
   printf 'metered/unmetered req/s: %.3f  (median of per-round ratios: %s)\n' "$ratio" "$ratios"
-  printf '* median of %d rounds\n' "$ROUNDS"
+  printf '* median of %d rounds. cpuN %%: busy share of CPU N during the run (%s)\n' "$ROUNDS" "$PIN_NOTE"
+  echo
+  echo "per round (req/s):"
+  awk '{ printf "  round %d: unmetered %.0f (cpu0 %s%%, cpu1 %s%%), metered %.0f (cpu0 %s%%, cpu1 %s%%), ratio %.3f\n", $1, $2, $16, $17, $5, $18, $19, $8 }' \
+    "$RESULTS_DIR/rounds.txt"
   echo
   echo "metered counting check (per round: redis counter delta vs 2xx answers wrk read):"
   awk '{ printf "  round %d: redis +%d, wrk 2xx %d, non-2xx %d, socket errors %d, difference %+d  %s\n", $1, $13, $12, $11, $10, $14, $15 }' \

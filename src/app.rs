@@ -21,6 +21,10 @@ use crate::telemetry::metrics::Metrics;
 
 /// Builds every service from `config` and runs until SIGTERM/SIGINT.
 pub fn serve(config: Config) -> anyhow::Result<()> {
+    check_free(config.server.listen, "server.listen")?;
+    if let Some(admin) = &config.admin {
+        check_free(admin.listen, "admin.listen")?;
+    }
     let registry = prometheus::default_registry().clone();
     let metrics = Arc::new(Metrics::new(&registry).context("registering metrics")?);
     let store = StoreHandle::open(&config.store, &metrics).context("opening the store")?;
@@ -62,6 +66,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
 
     tracing::info!(listen = %config.server.listen, admin = ?config.admin.as_ref().map(|a| a.listen), "Starting tollgate.");
     server.run_forever()
+}
+
+/// Fails fast when an address cannot be bound: pingora would otherwise retry every second,
+/// forever, while the admin listener reports healthy.
+fn check_free(addr: std::net::SocketAddr, key: &str) -> anyhow::Result<()> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .with_context(|| format!("`{key}` {addr} cannot be bound (is another process using it?)"))
 }
 
 /// Periodic upkeep: forgets idle tenants in the burst limiters so memory tracks active tenants.
