@@ -14,7 +14,10 @@
 #   (c) metered       wrk -> tollgate / with an API key -> nginx: identify the tenant, check and
 #                     reserve the `requests` meter in Redis (one round trip), then proxy
 # (a) runs once; the (b)/(c) pair runs ROUNDS times, interleaved, and the table shows medians.
-# "metered/unmetered" is the median of the per-round ratios of req/s.
+# "metered/unmetered" is the median of the per-round ratios of req/s. The table also shows how
+# busy each CPU was during a run and the CPU time the gateway (and Redis) spent per request
+# (from /proc/<pid>/stat): when the machine is shared, CPU per request is the steadier number.
+# The script samples the CPUs for 2 s first and warns when something else is running.
 #
 # CPU pinning (with 2+ cores; PIN=0 turns it off): the gateway runs alone on CPU 0 with
 # server.threads: 1; nginx, Redis and wrk share CPU 1. The gateway gets one whole core and the
@@ -110,15 +113,27 @@ BIN=${TOLLGATE_BIN:-$ROOT/target/release/tollgate}
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-load.XXXXXX")
 PIDS=()
 
+# alive PID: the process runs (an exited child that was not waited for yet does not count).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
+
 cleanup() {
   local rc=$? pid i
   trap - EXIT INT TERM
+  if [[ -n ${WRK_PID:-} ]]; then
+    kill -TERM "$WRK_PID" 2>/dev/null || true
+    wait "$WRK_PID" 2>/dev/null || true
+  fi
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${PIDS[@]}"; do
     for ((i = 0; i < 100; i++)); do   # up to 10 s each
-      kill -0 "$pid" 2>/dev/null || break
+      alive "$pid" || break
       sleep 0.1
     done
     kill -KILL "$pid" 2>/dev/null || true
@@ -132,13 +147,27 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 USED_PORTS=" "
-# free_port VAR: a TCP port on 127.0.0.1 that nothing listens on (and that we did not pick yet).
+# Pick ports below the kernel's ephemeral range, so that no outgoing connection (wrk, the
+# gateway's upstream pool, TIME_WAIT leftovers of earlier runs) can hold the port we bind.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
+PORT_LOW=15000
+PORT_HIGH=$((EPHEMERAL_LOW - 1))
+((PORT_HIGH > PORT_LOW + 1000)) || { PORT_LOW=20000; PORT_HIGH=60000; }
+# port_in_use PORT: any TCP socket (listening, connected or TIME_WAIT) has it as local port.
+port_in_use() {
+  if command -v ss >/dev/null 2>&1; then
+    [[ -n $(ss -Htan "sport = :$1" 2>/dev/null) ]]
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
+}
+# free_port VAR: a TCP port on 127.0.0.1 that nothing uses (and that we did not pick yet).
 free_port() {
   local p _
   for _ in $(seq 1 500); do
-    p=$((20000 + RANDOM % 40000))
+    p=$((PORT_LOW + RANDOM % (PORT_HIGH - PORT_LOW)))
     [[ $USED_PORTS == *" $p "* ]] && continue
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    if ! port_in_use "$p"; then
       USED_PORTS+="$p "
       printf -v "$1" '%s' "$p"
       return 0
@@ -153,7 +182,7 @@ wait_until() {
   shift 3
   for ((i = 0; i < secs * 10; i++)); do
     "$@" >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || die "$what exited while starting (logs in $RESULTS_DIR)"
+    alive "$pid" || die "$what exited while starting (logs in $RESULTS_DIR)"
     sleep 0.1
   done
   die "$what did not come up within ${secs}s (logs in $RESULTS_DIR)"
@@ -202,6 +231,7 @@ wait_until 10 "${PIDS[-1]}" nginx curl -fsS --max-time 1 "http://127.0.0.1:$ORIG
 "${LOAD_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
   --dir "$TMP" --daemonize no --logfile "$RESULTS_DIR/redis.log" &
 PIDS+=($!)
+REDIS_PID=$!
 wait_until 10 "${PIDS[-1]}" redis redis-cli -p "$REDIS_PORT" ping
 
 # ---------------------------------------------------------------- gateway: tollgate
@@ -247,6 +277,7 @@ sed "s/$KEY_SHA/<sha256 of a random key>/" "$TMP/tollgate.yaml" >"$RESULTS_DIR/t
 TOLLGATE_LOG=${TOLLGATE_LOG:-warn} "${GW_PIN[@]}" "$BIN" serve --config "$TMP/tollgate.yaml" \
   >"$RESULTS_DIR/tollgate.log" 2>&1 &
 PIDS+=($!)
+GW_PID=$!
 GW=http://127.0.0.1:$GW_PORT
 wait_until 30 "${PIDS[-1]}" tollgate curl -fsS --max-time 1 "$GW/open"
 
@@ -307,27 +338,60 @@ cpu_busy() {
        END { printf "%.0f %.0f\n", pct["cpu0"], ("cpu1" in pct ? pct["cpu1"] : 0) }' "$1" "$2"
 }
 
+# run_wrk OUT BOUND_SECONDS [wrk args...]: wrk on the load CPU, killed after BOUND_SECONDS.
+# It runs in the background and is waited for, so that Ctrl-C / SIGTERM stop the script at once.
+WRK_PID=
+run_wrk() {
+  local out=$1 bound=$2 rc=0
+  shift 2
+  timeout "$bound" "${LOAD_PIN[@]}" wrk "$@" >"$out" 2>&1 &
+  WRK_PID=$!
+  wait "$WRK_PID" || rc=$?
+  WRK_PID=
+  return "$rc"
+}
+
 # warm NAME URL [wrk args...]: a WARMUP run whose numbers are kept but not reported.
 warm() {
   local name=$1 url=$2
   shift 2
   ((WARMUP_S > 0)) || return 0
-  timeout "$WARM_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "$@" "$url" \
-    >"$RESULTS_DIR/$name.warmup.txt" 2>&1 || die "wrk warmup failed: $name"
+  run_wrk "$RESULTS_DIR/$name.warmup.txt" "$WARM_BOUND" -t1 -c"$CONNECTIONS" -d"$WARMUP" "$@" "$url" ||
+    die "wrk warmup failed: $name"
 }
 
+# CPU time (user + system, all threads) a process used so far, in clock ticks.
+TICKS_PER_S=$(getconf CLK_TCK)
+proc_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }   # fields after "pid (comm) "; utime and stime are the 12th and 13th
+  awk '{ print $12 + $13 }' <<<"$stat"
+}
+# us_per_req TICKS REQUESTS -> CPU microseconds per request
+us_per_req() { awk -v t="$1" -v n="$2" -v hz="$TICKS_PER_S" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }'; }
+
 # measure NAME URL [wrk args...]: the measured run. Writes NAME.txt (wrk's output) and
-# NAME.parsed: "rps p50_ms p99_ms requests non2xx socket_errors cpu0% cpu1%".
+# NAME.parsed: "rps p50_ms p99_ms requests non2xx socket_errors cpu0% cpu1% gw_us redis_us"
+# (gw_us, redis_us: CPU microseconds per request used by the gateway and by Redis).
 measure() {
   local name=$1 url=$2
   shift 2
+  local gw0 rd0 gw1 rd1
+  gw0=$(proc_ticks "$GW_PID")
+  rd0=$(proc_ticks "$REDIS_PID")
   cpu_snapshot >"$TMP/cpu.before"
-  timeout "$WRK_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" \
-    >"$RESULTS_DIR/$name.txt" 2>&1 || die "wrk failed: $name"
+  run_wrk "$RESULTS_DIR/$name.txt" "$WRK_BOUND" -t1 -c"$CONNECTIONS" -d"$DURATION" --latency "$@" "$url" ||
+    die "wrk failed: $name"
   cpu_snapshot >"$TMP/cpu.after"
-  local parsed
+  gw1=$(proc_ticks "$GW_PID")
+  rd1=$(proc_ticks "$REDIS_PID")
+  local parsed reqs
   parsed=$(parse_wrk "$RESULTS_DIR/$name.txt") || die "could not read wrk output $RESULTS_DIR/$name.txt"
-  echo "$parsed $(cpu_busy "$TMP/cpu.before" "$TMP/cpu.after")" >"$RESULTS_DIR/$name.parsed"
+  reqs=$(awk '{ print $4 }' <<<"$parsed")
+  echo "$parsed $(cpu_busy "$TMP/cpu.before" "$TMP/cpu.after")" \
+    "$(us_per_req $((gw1 - gw0)) "$reqs") $(us_per_req $((rd1 - rd0)) "$reqs")" \
+    >"$RESULTS_DIR/$name.parsed"
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -358,7 +422,7 @@ log "wrk -t1 -c$CONNECTIONS -d$DURATION --latency (warmup $WARMUP each), $ROUNDS
 log "(a) origin"
 warm origin "http://127.0.0.1:$ORIGIN_PORT/"
 measure origin "http://127.0.0.1:$ORIGIN_PORT/"
-read -r o_rps o_p50 o_p99 o_reqs o_non o_err o_c0 o_c1 <"$RESULTS_DIR/origin.parsed"
+read -r o_rps o_p50 o_p99 o_reqs o_non o_err o_c0 o_c1 o_gw o_rd <"$RESULTS_DIR/origin.parsed"
 
 : >"$RESULTS_DIR/rounds.txt"
 mismatch=0
@@ -367,7 +431,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   log "round $r/$ROUNDS: (b) unmetered"
   warm "unmetered.$r" "$GW/open"
   measure "unmetered.$r" "$GW/open"
-  read -r u_rps u_p50 u_p99 u_reqs u_non u_err u_c0 u_c1 <"$RESULTS_DIR/unmetered.$r.parsed"
+  read -r u_rps u_p50 u_p99 u_reqs u_non u_err u_c0 u_c1 u_gw u_rd <"$RESULTS_DIR/unmetered.$r.parsed"
 
   log "round $r/$ROUNDS: (c) metered"
   warm "metered.$r" "$GW/" "${AUTH[@]}"
@@ -376,7 +440,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   measure "metered.$r" "$GW/" "${AUTH[@]}"
   sleep 0.5   # let calls that were in flight when wrk stopped finish
   after=$(counter)
-  read -r m_rps m_p50 m_p99 m_reqs m_non m_err m_c0 m_c1 <"$RESULTS_DIR/metered.$r.parsed"
+  read -r m_rps m_p50 m_p99 m_reqs m_non m_err m_c0 m_c1 m_gw m_rd <"$RESULTS_DIR/metered.$r.parsed"
 
   ok2xx=$((m_reqs - m_non))
   counted=$((after - before))
@@ -384,12 +448,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
   if ((extra >= 0 && extra <= CONNECTIONS)); then verdict=ok; else verdict=MISMATCH; mismatch=1; fi
   # columns: 1 round, 2-4 unmetered rps p50 p99, 5-7 metered rps p50 p99, 8 ratio,
   # 9 unmetered socket errors, 10 metered socket errors, 11 metered non-2xx, 12 metered 2xx,
-  # 13 redis delta, 14 difference, 15 verdict, 16-17 unmetered cpu0/1 %, 18-19 metered cpu0/1 %
-  printf '%d %s %s %s %s %s %s %s %s %s %d %d %d %d %s %s %s %s %s\n' "$r" \
+  # 13 redis delta, 14 difference, 15 verdict, 16-17 unmetered cpu0/1 %, 18-19 metered cpu0/1 %,
+  # 20 unmetered gateway CPU us/req, 21 metered gateway CPU us/req, 22 metered redis CPU us/req,
+  # 23 ratio of gateway CPU per request, metered/unmetered
+  printf '%d %s %s %s %s %s %s %s %s %s %d %d %d %d %s %s %s %s %s %s %s %s %s\n' "$r" \
     "$u_rps" "$u_p50" "$u_p99" "$m_rps" "$m_p50" "$m_p99" \
     "$(awk -v m="$m_rps" -v u="$u_rps" 'BEGIN { printf "%.4f", m / u }')" \
     "$u_err" "$m_err" "$m_non" "$ok2xx" "$counted" "$extra" "$verdict" \
-    "$u_c0" "$u_c1" "$m_c0" "$m_c1" >>"$RESULTS_DIR/rounds.txt"
+    "$u_c0" "$u_c1" "$m_c0" "$m_c1" "$u_gw" "$m_gw" "$m_rd" \
+    "$(awk -v m="$m_gw" -v u="$u_gw" 'BEGIN { printf "%.4f", (u > 0 ? m / u : 0) }')" >>"$RESULTS_DIR/rounds.txt"
   log "round $r: unmetered $u_rps req/s, metered $m_rps req/s; redis +$counted, wrk 2xx $ok2xx ($verdict)"
 done
 
@@ -399,6 +466,7 @@ u_rps=$(col 2); u_p50=$(col 3); u_p99=$(col 4)
 m_rps=$(col 5); m_p50=$(col 6); m_p99=$(col 7)
 ratio=$(col 8)
 u_c0=$(col 16); u_c1=$(col 17); m_c0=$(col 18); m_c1=$(col 19)
+u_gw=$(col 20); m_gw=$(col 21); m_rd=$(col 22); cpu_ratio=$(col 23)
 ratios=$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $8 }' "$RESULTS_DIR/rounds.txt")
 
 {
@@ -407,18 +475,23 @@ ratios=$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $8 }' "$RESULTS_DIR/rounds
   echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; $PIN_NOTE; tollgate server.threads=1"
   echo "before the runs: $LOAD_BEFORE"
   echo
-  row() { printf '%-34s %10s %9s %9s %7s %7s\n' "$@"; }
-  row "scenario" "req/s" "p50 ms" "p99 ms" "cpu0 %" "cpu1 %"
-  row "----------------------------------" "----------" "---------" "---------" "-------" "-------"
-  row "(a) origin: nginx direct" "$(printf %.0f "$o_rps")" "$(printf %.3f "$o_p50")" "$(printf %.3f "$o_p99")" "$o_c0" "$o_c1"
-  row "(b) tollgate /open, unmetered *" "$(printf %.0f "$u_rps")" "$(printf %.3f "$u_p50")" "$(printf %.3f "$u_p99")" "$u_c0" "$u_c1"
-  row "(c) tollgate /, metered (redis) *" "$(printf %.0f "$m_rps")" "$(printf %.3f "$m_p50")" "$(printf %.3f "$m_p99")" "$m_c0" "$m_c1"
+  row() { printf '%-34s %9s %8s %8s %6s %6s %7s %8s\n' "$@"; }
+  row "scenario" "req/s" "p50 ms" "p99 ms" "cpu0%" "cpu1%" "gw us/r" "redis us/r"
+  row "----------------------------------" "---------" "--------" "--------" "------" "------" "-------" "--------"
+  row "(a) origin: nginx direct" "$(printf %.0f "$o_rps")" "$(printf %.3f "$o_p50")" "$(printf %.3f "$o_p99")" "$o_c0" "$o_c1" "-" "-"
+  row "(b) tollgate /open, unmetered *" "$(printf %.0f "$u_rps")" "$(printf %.3f "$u_p50")" "$(printf %.3f "$u_p99")" "$u_c0" "$u_c1" "$u_gw" "-"
+  row "(c) tollgate /, metered (redis) *" "$(printf %.0f "$m_rps")" "$(printf %.3f "$m_p50")" "$(printf %.3f "$m_p99")" "$m_c0" "$m_c1" "$m_gw" "$m_rd"
   echo
   printf 'metered/unmetered req/s: %.3f  (median of per-round ratios: %s)\n' "$ratio" "$ratios"
-  printf '* median of %d rounds. cpuN %%: busy share of CPU N during the run (%s)\n' "$ROUNDS" "$PIN_NOTE"
+  printf 'gateway CPU per request, metered/unmetered: %.3f (median of per-round ratios)\n' "$cpu_ratio"
+  printf '* median of %d rounds.\n' "$ROUNDS"
+  echo "cpuN%: busy share of CPU N during the run, whoever used it ($PIN_NOTE);"
+  echo "gw us/r, redis us/r: CPU microseconds per answered request used by the gateway, by Redis."
+  echo "Both CPUs near 100% means the run was bound by CPU 1 (wrk + nginx + redis) or by other"
+  echo "processes, not by the gateway; CPU per request is the steadier measure then."
   echo
-  echo "per round (req/s):"
-  awk '{ printf "  round %d: unmetered %.0f (cpu0 %s%%, cpu1 %s%%), metered %.0f (cpu0 %s%%, cpu1 %s%%), ratio %.3f\n", $1, $2, $16, $17, $5, $18, $19, $8 }' \
+  echo "per round:"
+  awk '{ printf "  round %d: unmetered %.0f req/s %s us/r (cpu0 %s%%, cpu1 %s%%); metered %.0f req/s %s us/r (cpu0 %s%%, cpu1 %s%%); ratio %.3f\n", $1, $2, $20, $16, $17, $5, $21, $18, $19, $8 }' \
     "$RESULTS_DIR/rounds.txt"
   echo
   echo "metered counting check (per round: redis counter delta vs 2xx answers wrk read):"

@@ -35,8 +35,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         metrics,
     )));
 
+    // One single-threaded runtime per worker thread instead of one work-stealing runtime: a
+    // metered call hands work between tasks (reservation batcher, Redis driver), and without
+    // stealing those hand-offs stay on one thread. Measured: 3% fewer instructions per metered
+    // call, no change for unmetered ones.
     let conf = ServerConf {
         threads: config.server.threads,
+        work_stealing: false,
         grace_period_seconds: Some(config.server.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(config.server.grace_period.as_secs().max(1)),
         ..ServerConf::default()
