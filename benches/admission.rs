@@ -18,6 +18,7 @@ use tollgate::pipeline::Gateway;
 use tollgate::store::{embedded::EmbeddedStore, keys, StoreHandle};
 use tollgate::telemetry::metrics::Metrics;
 
+const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 const KEY: &str = "tg_live_benchmarkbenchmarkbenchmark00";
 
 fn config(sha: &str) -> String {
@@ -68,13 +69,13 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("admit_unmetered_route", |b| {
         b.iter(|| {
-            rt.block_on(gw.admit(&Method::GET, "/search", black_box(&headers)))
+            rt.block_on(gw.admit(&Method::GET, "/search", black_box(&headers), LOCALHOST))
                 .is_ok()
         })
     });
     g.bench_function("admit_embedded_store", |b| {
         b.iter(|| {
-            rt.block_on(gw.admit(&Method::GET, "/v1/search", black_box(&headers)))
+            rt.block_on(gw.admit(&Method::GET, "/v1/search", black_box(&headers), LOCALHOST))
                 .is_ok()
         })
     });

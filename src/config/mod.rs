@@ -159,9 +159,10 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
         .map(|n| sections::tenants(d, n, &plan_names))
         .unwrap_or_default();
     let auth = match f.get("auth") {
-        Some(n) => sections::auth(d, n),
+        Some(n) => sections::auth(d, n, &plan_names),
         None => Some(Auth {
             api_key_headers: sections::default_key_headers(),
+            anonymous: None,
         }),
     };
     let routes = match f.get("routes") {

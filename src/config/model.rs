@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::{HeaderName, Method, StatusCode};
 
 use crate::meter::period::Period;
+pub use crate::pipeline::client_ip::Cidr;
 
 /// The whole gateway configuration, as loaded from one YAML file.
 #[derive(Debug)]
@@ -133,6 +134,19 @@ pub struct StaticKey {
 pub struct Auth {
     /// Headers searched for an API key, in order.
     pub api_key_headers: Vec<HeaderName>,
+    /// The anonymous tier, if calls without credentials are allowed.
+    pub anonymous: Option<Anonymous>,
+}
+
+/// `auth.anonymous:` calls with no credentials at all, counted per client IP.
+#[derive(Debug)]
+pub struct Anonymous {
+    /// Their plan.
+    pub plan: String,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Keys the hash that turns a client IP into an anonymous id.
+    pub secret: String,
 }
 
 /// `plans.<name>`

@@ -287,16 +287,18 @@ pub(super) fn default_key_headers() -> Vec<HeaderName> {
     ]
 }
 
-pub(super) fn auth(d: &mut Decoder, n: &Node) -> Option<Auth> {
+pub(super) fn auth(d: &mut Decoder, n: &Node, plans: &BTreeSet<String>) -> Option<Auth> {
     let f = d.fields(n, "`auth`", &["api_key", "jwt", "anonymous"])?;
-    for key in ["jwt", "anonymous"] {
-        if let Some(v) = f.get(key) {
-            d.err(
-                v.pos,
-                format!("`auth.{key}` is not supported yet by this version of tollgate; remove it"),
-            );
-        }
+    if let Some(v) = f.get("jwt") {
+        d.err(
+            v.pos,
+            "`auth.jwt` is not supported yet by this version of tollgate; remove it",
+        );
     }
+    let anonymous = match f.get("anonymous") {
+        Some(a) => Some(anonymous(d, a, plans)?),
+        None => None,
+    };
     let mut api_key_headers = default_key_headers();
     if let Some(a) = f.get("api_key") {
         let af = d.fields(a, "`auth.api_key`", &["headers"])?;
@@ -314,7 +316,51 @@ pub(super) fn auth(d: &mut Decoder, n: &Node) -> Option<Auth> {
             }
         }
     }
-    Some(Auth { api_key_headers })
+    Some(Auth {
+        api_key_headers,
+        anonymous,
+    })
+}
+
+fn anonymous(d: &mut Decoder, n: &Node, plans: &BTreeSet<String>) -> Option<Anonymous> {
+    let what = "`auth.anonymous`";
+    let f = d.fields(n, what, &["plan", "trusted_proxies", "secret"])?;
+    let plan = d.require(&f, "plan", what).and_then(|p| {
+        let s = d.string(p, "`plan`")?;
+        if !plans.contains(&s) {
+            d.err(
+                p.pos,
+                format!(
+                    "{what} names plan `{s}`, which is not defined; plans: {}",
+                    list(plans)
+                ),
+            );
+            return None;
+        }
+        Some(s)
+    });
+    let mut trusted_proxies = Vec::new();
+    if let Some(t) = f.get("trusted_proxies") {
+        for (s, pos) in d.strings(t, "`trusted_proxies`")? {
+            match s.parse::<Cidr>() {
+                Ok(c) => trusted_proxies.push(c),
+                Err(e) => d.err(pos, e),
+            }
+        }
+    }
+    let secret = d.require(&f, "secret", what).and_then(|s| {
+        let v = d.string(s, "`secret`")?;
+        if v.len() < 16 {
+            d.err(s.pos, "`auth.anonymous.secret` must be at least 16 characters: it keys the hash that turns client IPs into anonymous ids, and must be the same on every instance");
+            return None;
+        }
+        Some(v)
+    });
+    Some(Anonymous {
+        plan: plan?,
+        trusted_proxies,
+        secret: secret?,
+    })
 }
 
 fn addr(d: &mut Decoder, n: &Node, what: &str) -> Option<SocketAddr> {

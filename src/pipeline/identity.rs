@@ -7,7 +7,12 @@ use http::{HeaderMap, HeaderName};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::Tenant;
+use std::net::IpAddr;
+
+use hmac::{Hmac, Mac};
+
+use super::client_ip::client_ip;
+use crate::config::{Anonymous, Cidr, Tenant};
 
 /// Issued keys by the SHA-256 of the key.
 pub type KeyIndex = HashMap<[u8; 32], KeyEntry>;
@@ -34,11 +39,58 @@ pub struct Caller {
     pub key_id: Option<String>,
 }
 
+/// The anonymous tier: callers with no credentials at all, each client IP its own tenant.
+///
+/// The tenant id is `anon-` and a keyed hash (HMAC-SHA-256 with `auth.anonymous.secret`) of the
+/// client IP: stable, the same on every instance that shares the secret, and not the IP itself.
+/// (A plain hash would not do: the IPv4 space is small enough to reverse it by trying them all.)
+pub struct AnonymousTier {
+    plan: String,
+    trusted: Vec<Cidr>,
+    mac: Hmac<Sha256>,
+}
+
+impl AnonymousTier {
+    /// The tier configured in `auth.anonymous`.
+    pub fn new(config: &Anonymous) -> Option<AnonymousTier> {
+        let mac = Hmac::<Sha256>::new_from_slice(config.secret.as_bytes()).ok()?;
+        Some(AnonymousTier {
+            plan: config.plan.clone(),
+            trusted: config.trusted_proxies.clone(),
+            mac,
+        })
+    }
+
+    /// The caller behind a call without credentials from `peer`.
+    pub fn caller(&self, peer: IpAddr, headers: &HeaderMap) -> Caller {
+        let ip = client_ip(peer, headers, &self.trusted);
+        let mut mac = self.mac.clone();
+        match ip {
+            IpAddr::V4(v4) => mac.update(&v4.octets()),
+            IpAddr::V6(v6) => mac.update(&v6.octets()),
+        }
+        let digest = mac.finalize().into_bytes();
+        let id = format!("anon-{}", hex::encode(&digest[..12]));
+        Caller {
+            tenant: Arc::new(Tenant {
+                name: id,
+                plan: self.plan.clone(),
+                billing_anchor: None,
+                keys: Vec::new(),
+            }),
+            identity: IdentityKind::Anonymous,
+            key_id: None,
+        }
+    }
+}
+
 /// How a caller was identified (`identity` in events).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityKind {
     /// An API key.
     ApiKey,
+    /// No credentials; counted per client IP.
+    Anonymous,
 }
 
 /// Why a caller could not be identified. Messages never echo the credential.

@@ -3,12 +3,14 @@
 //! usage headers of the answer.
 
 pub mod burst;
+pub mod client_ip;
 pub mod headers;
 pub mod identity;
 pub mod meter;
 pub mod plan;
 pub mod route;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -18,7 +20,7 @@ use crate::meter::period::Clock;
 use crate::store::StoreHandle;
 use crate::telemetry::metrics::Metrics;
 use burst::{BurstExceeded, BurstState};
-use identity::{ApiKeys, AuthFailure, Caller};
+use identity::{AnonymousTier, ApiKeys, AuthFailure, Caller};
 use meter::{QuotaExceeded, Usage};
 use plan::{FeatureDenied, Plans};
 use route::RouteTable;
@@ -27,6 +29,7 @@ use route::RouteTable;
 pub struct Gateway {
     routes: RouteTable,
     keys: ApiKeys,
+    anonymous: Option<AnonymousTier>,
     /// Plans and their burst limiters.
     pub plans: Plans,
     /// The counter store.
@@ -105,6 +108,7 @@ impl Gateway {
     ) -> Gateway {
         Gateway {
             routes: RouteTable::new(config.routes.clone()),
+            anonymous: config.auth.anonymous.as_ref().and_then(AnonymousTier::new),
             keys: ApiKeys::new(
                 config.auth.api_key_headers.clone(),
                 identity::static_index(config.tenants.values()),
@@ -123,6 +127,7 @@ impl Gateway {
         method: &Method,
         path: &str,
         headers: &HeaderMap,
+        peer: IpAddr,
     ) -> Result<Admission, Box<Refused>> {
         let mut refused = Refused {
             rejection: Rejection::NoRoute,
@@ -152,10 +157,7 @@ impl Gateway {
         if route.auth == RouteAuth::None {
             return Ok(Admission::Public(route));
         }
-        let caller = step!(self
-            .keys
-            .authenticate(headers)
-            .map_err(Rejection::Unauthenticated)); // 2. who
+        let caller = step!(self.identify(headers, peer)); // 2. who
         refused.caller = Some(caller.clone());
         let plan = step!(self.plans.resolve(&caller)); // 3. what they bought
         refused.plan = Some(plan.plan.clone());
@@ -192,6 +194,16 @@ impl Gateway {
             burst,
             usage,
         })))
+    }
+
+    /// API key, else anonymous (when configured and no credential at all was sent). A call that
+    /// sends a bad credential is refused, never quietly treated as anonymous.
+    fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, Rejection> {
+        match (self.keys.authenticate(headers), &self.anonymous) {
+            (Ok(caller), _) => Ok(caller),
+            (Err(AuthFailure::Missing), Some(anonymous)) => Ok(anonymous.caller(peer, headers)),
+            (Err(failure), _) => Err(Rejection::Unauthenticated(failure)),
+        }
     }
 
     /// Takes back an admitted call's reservation (upstream failed).

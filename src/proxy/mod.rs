@@ -8,6 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use http::HeaderName;
@@ -100,9 +102,13 @@ impl ProxyHttp for Proxy {
         session.set_read_timeout(Some(self.read_timeout));
         let gw = self.gateway.load_full();
         ctx.gateway = Some(gw.clone());
+        let path = session.req_header().uri.path().to_string();
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let req = session.req_header();
-        let path = req.uri.path().to_string();
-        let admission = match gw.admit(&req.method, &path, &req.headers).await {
+        let admission = match gw.admit(&req.method, &path, &req.headers, peer).await {
             Ok(a) => a,
             Err(refused) => {
                 ctx.outcome = Outcome::of_rejection(&refused);

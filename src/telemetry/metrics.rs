@@ -1,7 +1,7 @@
 //! Prometheus metrics. Names are part of the contract (SPEC §8); no tenant ids as labels, so the
 //! series count stays bounded by the config (routes × plans × outcomes).
 
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 /// `tollgate_requests_total{route,plan,outcome}`
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
@@ -55,8 +55,6 @@ pub struct Metrics {
     pub burst_keys: IntGauge,
     /// Config reloads by result.
     pub config_reloads: IntCounterVec,
-    /// Process-wide: one histogram kept for the admission step.
-    pub admission_duration: Histogram,
 }
 
 impl Metrics {
@@ -121,13 +119,6 @@ impl Metrics {
                 Opts::new(CONFIG_RELOADS, "Config reloads by result."),
                 &["result"],
             )?,
-            admission_duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "tollgate_admission_duration_seconds",
-                    "Time spent deciding whether to admit a call.",
-                )
-                .buckets(STORE_BUCKETS.to_vec()),
-            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -139,7 +130,6 @@ impl Metrics {
         registry.register(Box::new(m.late_refunds.clone()))?;
         registry.register(Box::new(m.burst_keys.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
-        registry.register(Box::new(m.admission_duration.clone()))?;
         Ok(m)
     }
 

@@ -64,8 +64,24 @@ async fn metrics_count_requests_by_route_plan_and_outcome_without_tenant_ids() {
         stack.get("/v1/items", Some(ACME_KEY)).await;
     }
 
-    let answer =
-        crate::common::get(&stack.client, &stack.gateway.admin_url("/metrics"), None).await;
+    // A call is counted when pingora logs it, just after its answer went out: poll briefly.
+    let allowed = [("route", "api"), ("plan", "free"), ("outcome", "allowed")];
+    let refused = [
+        ("route", "api"),
+        ("plan", "free"),
+        ("outcome", "quota_exceeded"),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let answer = loop {
+        let answer =
+            crate::common::get(&stack.client, &stack.gateway.admin_url("/metrics"), None).await;
+        let counted = sample(&answer.body, "tollgate_requests_total", &allowed) == Some(2.0)
+            && sample(&answer.body, "tollgate_requests_total", &refused) == Some(1.0);
+        if counted || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
 
     assert_eq!(answer.status, 200);
     let content_type = answer.header("content-type").unwrap_or_default();
@@ -74,12 +90,6 @@ async fn metrics_count_requests_by_route_plan_and_outcome_without_tenant_ids() {
         "Prometheus text format: {content_type}"
     );
     let text = &answer.body;
-    let allowed = [("route", "api"), ("plan", "free"), ("outcome", "allowed")];
-    let refused = [
-        ("route", "api"),
-        ("plan", "free"),
-        ("outcome", "quota_exceeded"),
-    ];
     assert_eq!(
         sample(text, "tollgate_requests_total", &allowed),
         Some(2.0),

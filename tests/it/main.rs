@@ -10,6 +10,7 @@
 mod common;
 
 mod admin;
+mod anonymous;
 mod check;
 mod embedded;
 mod harness;

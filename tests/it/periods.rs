@@ -3,7 +3,10 @@
 //! These drive `Gateway::admit` directly (no HTTP) because only the library lets a test inject
 //! the clock: the binary always runs on the system clock.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, Mutex};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 use http::{HeaderMap, HeaderValue, Method};
 use jiff::Timestamp;
@@ -63,7 +66,10 @@ fn key_headers() -> HeaderMap {
 /// Calls until refused; returns how many were admitted (bounded).
 async fn admitted_until_refused(gw: &Gateway) -> usize {
     for n in 0..10 {
-        match gw.admit(&Method::GET, "/v1/x", &key_headers()).await {
+        match gw
+            .admit(&Method::GET, "/v1/x", &key_headers(), LOCALHOST)
+            .await
+        {
             Ok(Admission::Admitted(_)) => {}
             Ok(Admission::Public(_)) => panic!("route should be metered"),
             Err(r) => {

@@ -73,6 +73,11 @@ impl Gateway {
         text
     }
 
+    fn stderr_of_last_run(&self) -> String {
+        let path = self.dir.path().join(format!("stderr.{}.log", self.starts));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
     /// Stops the process: SIGTERM, then SIGKILL if it has not exited after 10 s.
     pub async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -109,7 +114,7 @@ impl Gateway {
         self.spawn().await;
     }
 
-    async fn spawn(&mut self) {
+    async fn spawn_once(&mut self) {
         self.starts += 1;
         self.listen = free_addr();
         self.admin = free_addr();
@@ -141,6 +146,22 @@ impl Gateway {
         self.wait_healthy().await;
     }
 
+    /// Spawns until the gateway binds its ports. Ports are picked by binding port 0 and letting
+    /// go, so another test's socket can take one before the gateway binds it; the gateway then
+    /// exits at once saying so, and a fresh pair of ports is tried (a few times at most).
+    async fn spawn(&mut self) {
+        for _ in 0..3 {
+            self.spawn_once().await;
+            if self.child.is_some() {
+                return;
+            }
+        }
+        panic!(
+            "the gateway could not bind free ports three times:\n{}",
+            self.stderr()
+        );
+    }
+
     async fn wait_healthy(&mut self) {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
@@ -151,6 +172,9 @@ impl Gateway {
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 self.child = None;
+                if self.stderr_of_last_run().contains("cannot be bound") {
+                    return;
+                }
                 panic!(
                     "tollgate serve exited with {status} before it was healthy:\n{}",
                     self.stderr()
