@@ -44,7 +44,8 @@ enum Command {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Print a fresh API key once, and the YAML line with its hash.
+    /// Print a fresh API key once, and the YAML line with its hash. With --config, file it in
+    /// that config's store instead (a runtime key: works on the next call, no restart).
     New {
         /// The tenant the key is for.
         #[arg(long)]
@@ -52,6 +53,21 @@ enum KeysCommand {
         /// Key prefix.
         #[arg(long, default_value = "tg_live")]
         prefix: String,
+        /// The key's id (default: the tenant and four characters of the key).
+        #[arg(long)]
+        id: Option<String>,
+        /// File the key in this config's store (kind redis).
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Revoke a runtime key in the config's store; refused from the next call on.
+    Revoke {
+        /// The config whose store holds the key.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The SHA-256 (hex) of the key, as `keys new` printed it.
+        #[arg(long)]
+        sha256: String,
     },
 }
 
@@ -89,20 +105,86 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Keys {
-            command: KeysCommand::New { tenant, prefix },
+        Command::Keys { command } => match keys(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn keys(command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::New {
+            tenant,
+            prefix,
+            id,
+            config,
         } => {
             let key = tollgate::keys::generate(&prefix);
-            let id = format!("{tenant}-{}", &key[key.len() - 4..].to_ascii_lowercase());
-            println!("API key (shown once; store it now): {key}");
-            println!("YAML for tenants.{tenant}.keys:");
-            println!(
-                "  - {{ id: {id}, sha256: \"{}\" }}",
-                tollgate::keys::sha256_hex(&key)
+            let sha = tollgate::keys::sha256_hex(&key);
+            let id = id.unwrap_or_else(|| {
+                format!(
+                    "{tenant}-{}",
+                    key[key.len() - 10..key.len() - 6].to_ascii_lowercase()
+                )
+            });
+            match config {
+                None => {
+                    println!("API key (shown once; store it now): {key}");
+                    println!("YAML for tenants.{tenant}.keys:");
+                    println!("  - {{ id: {id}, sha256: \"{sha}\" }}");
+                }
+                Some(path) => {
+                    let record = tollgate::store::KeyRecord {
+                        tenant: tenant.clone(),
+                        id: id.clone(),
+                        plan: None,
+                    };
+                    let filed = sha.clone();
+                    with_store(&path, |store| async move {
+                        store.put_key(&filed, &record).await
+                    })?;
+                    println!("API key (shown once; store it now): {key}");
+                    println!("Filed in the store as tg:key:{sha} (tenant {tenant}, id {id}).");
+                }
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { config, sha256 } => {
+            let sha = sha256.to_ascii_lowercase();
+            anyhow::ensure!(
+                sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+                "--sha256 takes the 64 hex characters `keys new` printed"
             );
-            ExitCode::SUCCESS
+            let found = with_store(&config, |store| async move { store.delete_key(&sha).await })?;
+            anyhow::ensure!(found, "no runtime key with that hash is on file");
+            println!("Revoked.");
+            Ok(())
         }
     }
+}
+
+/// Runs one store operation against the store of the config at `path`.
+fn with_store<T, F, Fut>(path: &std::path::Path, op: F) -> anyhow::Result<T>
+where
+    F: FnOnce(tollgate::store::StoreHandle) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tollgate::store::StoreError>>,
+{
+    let config = tollgate::config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut store_config = config.store.clone();
+    // A command line tool may wait longer than a request would.
+    store_config.timeout = store_config.timeout.max(std::time::Duration::from_secs(5));
+    let metrics = tollgate::telemetry::metrics::Metrics::unregistered()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = tollgate::store::StoreHandle::open(&store_config, &metrics)?;
+        Ok(op(store).await?)
+    })
 }
 
 /// Logs go to stderr: JSON lines when not on a terminal, human-readable otherwise. The level

@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 
 use super::client_ip::client_ip;
 use crate::config::{Anonymous, Cidr, Tenant};
+use crate::keys;
 
 /// Issued keys by the SHA-256 of the key.
 pub type KeyIndex = HashMap<[u8; 32], KeyEntry>;
@@ -107,11 +108,24 @@ pub enum AuthFailure {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A key on file whose tenant has no plan this gateway knows.
+    #[error(
+        "The API key's tenant has no plan on this gateway. Ask the API's operator to assign one."
+    )]
+    NoPlan,
     /// A well-formed key nobody issued (or a revoked one).
     #[error(
         "The API key is not recognised. Check that it was copied whole and has not been revoked."
     )]
     UnknownKey,
+}
+
+/// What the config's keys say about a presented key.
+pub enum KeyCheck {
+    /// A key from the config.
+    Found(Caller),
+    /// Not in the config: look its digest up in the store.
+    LookUp([u8; 32]),
 }
 
 /// API-key authentication against the static key index.
@@ -131,23 +145,34 @@ impl ApiKeys {
         &self.headers
     }
 
-    /// Identifies the caller from the request headers.
-    pub fn authenticate(&self, req: &HeaderMap) -> Result<Caller, AuthFailure> {
-        let key = self.presented_key(req)?;
+    /// Identifies the caller from the config's keys, without I/O. A key in the issued format
+    /// whose checksum fails is refused here, before any look-up; any other key not in the config
+    /// may be a runtime key, to be looked up in the store by its digest.
+    pub fn authenticate(&self, req: &HeaderMap) -> Result<KeyCheck, AuthFailure> {
+        let (key, header) = self.presented_key(req)?;
+        if keys::shape(key) == keys::Shape::BadChecksum {
+            return Err(AuthFailure::Malformed {
+                header: header_title(header),
+                why: "the key's checksum does not match: it was mistyped or cut short",
+            });
+        }
         let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
         // The look-up is by digest, so its timing reveals nothing about any issued key; the
         // constant-time comparison afterwards keeps that true even if the index changes shape.
         match self.index.get(&digest) {
-            Some(entry) if bool::from(digest.ct_eq(&entry.sha256)) => Ok(Caller {
+            Some(entry) if bool::from(digest.ct_eq(&entry.sha256)) => Ok(KeyCheck::Found(Caller {
                 tenant: entry.tenant.clone(),
                 identity: IdentityKind::ApiKey,
                 key_id: Some(entry.id.clone()),
-            }),
-            _ => Err(AuthFailure::UnknownKey),
+            })),
+            _ => Ok(KeyCheck::LookUp(digest)),
         }
     }
 
-    fn presented_key<'r>(&self, req: &'r HeaderMap) -> Result<&'r str, AuthFailure> {
+    fn presented_key<'r>(
+        &'r self,
+        req: &'r HeaderMap,
+    ) -> Result<(&'r str, &'r HeaderName), AuthFailure> {
         for name in &self.headers {
             let Some(value) = req.get(name) else { continue };
             let malformed = |why| AuthFailure::Malformed {
@@ -171,7 +196,7 @@ impl ApiKeys {
             if key.is_empty() {
                 return Err(malformed("the key is empty"));
             }
-            return Ok(key);
+            return Ok((key, name));
         }
         Err(AuthFailure::Missing)
     }

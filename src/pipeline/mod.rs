@@ -15,12 +15,12 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
-use crate::config::{Config, OnOutage, Plan, Route, RouteAuth};
+use crate::config::{Config, OnOutage, Plan, Route, RouteAuth, Tenant};
 use crate::meter::period::Clock;
 use crate::store::StoreHandle;
 use crate::telemetry::metrics::Metrics;
 use burst::{BurstExceeded, BurstState};
-use identity::{AnonymousTier, ApiKeys, AuthFailure, Caller};
+use identity::{AnonymousTier, ApiKeys, AuthFailure, Caller, KeyCheck};
 use meter::{QuotaExceeded, Usage};
 use plan::{FeatureDenied, Plans};
 use route::RouteTable;
@@ -29,6 +29,7 @@ use route::RouteTable;
 pub struct Gateway {
     routes: RouteTable,
     keys: ApiKeys,
+    tenants: std::collections::BTreeMap<String, Arc<Tenant>>,
     anonymous: Option<AnonymousTier>,
     /// Plans and their burst limiters.
     pub plans: Plans,
@@ -109,6 +110,7 @@ impl Gateway {
         Gateway {
             routes: RouteTable::new(config.routes.clone()),
             anonymous: config.auth.anonymous.as_ref().and_then(AnonymousTier::new),
+            tenants: config.tenants.clone(),
             keys: ApiKeys::new(
                 config.auth.api_key_headers.clone(),
                 identity::static_index(config.tenants.values()),
@@ -157,7 +159,7 @@ impl Gateway {
         if route.auth == RouteAuth::None {
             return Ok(Admission::Public(route));
         }
-        let caller = step!(self.identify(headers, peer)); // 2. who
+        let caller = step!(self.identify(headers, peer).await); // 2. who
         refused.caller = Some(caller.clone());
         let plan = step!(self.plans.resolve(&caller)); // 3. what they bought
         refused.plan = Some(plan.plan.clone());
@@ -198,12 +200,47 @@ impl Gateway {
 
     /// API key, else anonymous (when configured and no credential at all was sent). A call that
     /// sends a bad credential is refused, never quietly treated as anonymous.
-    fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, Rejection> {
+    async fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, Rejection> {
         match (self.keys.authenticate(headers), &self.anonymous) {
-            (Ok(caller), _) => Ok(caller),
+            (Ok(KeyCheck::Found(caller)), _) => Ok(caller),
+            (Ok(KeyCheck::LookUp(digest)), _) => self.runtime_key(digest).await,
             (Err(AuthFailure::Missing), Some(anonymous)) => Ok(anonymous.caller(peer, headers)),
             (Err(failure), _) => Err(Rejection::Unauthenticated(failure)),
         }
+    }
+
+    /// A key not in the config, looked up in the store on every call, so a key filed or revoked
+    /// there takes effect on the next call. Its tenant is the config's when the config has it
+    /// (with the config's plan), else the tenant's plan override in the store.
+    async fn runtime_key(&self, digest: [u8; 32]) -> Result<Caller, Rejection> {
+        let record = match self.store.lookup_key(&hex::encode(digest)).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(Rejection::Unauthenticated(AuthFailure::UnknownKey)),
+            Err(e) => {
+                tracing::warn!(error = %e, "Store unavailable; cannot look up an API key.");
+                return Err(Rejection::StoreUnavailable);
+            }
+        };
+        let tenant = match self.tenants.get(&record.tenant) {
+            Some(t) => t.clone(),
+            None => {
+                let plan = record
+                    .plan
+                    .filter(|p| self.plans.contains(p))
+                    .ok_or(Rejection::Unauthenticated(AuthFailure::NoPlan))?;
+                Arc::new(Tenant {
+                    name: record.tenant,
+                    plan,
+                    billing_anchor: None,
+                    keys: Vec::new(),
+                })
+            }
+        };
+        Ok(Caller {
+            tenant,
+            identity: identity::IdentityKind::ApiKey,
+            key_id: Some(record.id),
+        })
     }
 
     /// Takes back an admitted call's reservation (upstream failed).

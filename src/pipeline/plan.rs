@@ -56,6 +56,11 @@ impl Plans {
             .ok_or(Rejection::Internal("the tenant's plan is not configured"))
     }
 
+    /// Whether a plan of that name is configured.
+    pub fn contains(&self, name: &str) -> bool {
+        self.plans.contains_key(name)
+    }
+
     /// Refuses the call when the route needs a feature the plan lacks.
     pub fn check_feature(&self, plan: &Plan, route: &Route) -> Result<(), Rejection> {
         let Some(feature) = &route.feature else {

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Charge, Reserved, Store, StoreError};
+use super::{Charge, KeyRecord, Reserved, Store, StoreError};
 
 /// Counters in one local file.
 pub struct EmbeddedStore {
@@ -182,7 +182,23 @@ impl Store for EmbeddedStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_state(|_| Ok(()))
     }
+
+    /// Runtime keys need a shared store; the embedded one knows only the config's keys.
+    async fn lookup_key(&self, _sha256_hex: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(None)
+    }
+
+    async fn put_key(&self, _sha256_hex: &str, _record: &KeyRecord) -> Result<(), StoreError> {
+        Err(StoreError::Backend(RUNTIME_KEYS.into()))
+    }
+
+    async fn delete_key(&self, _sha256_hex: &str) -> Result<bool, StoreError> {
+        Err(StoreError::Backend(RUNTIME_KEYS.into()))
+    }
 }
+
+const RUNTIME_KEYS: &str =
+    "the embedded store keeps no runtime API keys; put the key in the config, or use store kind redis";
 
 fn parse_line(line: &str) -> Option<(String, Entry)> {
     let mut parts = line.rsplitn(3, ' ');

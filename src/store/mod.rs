@@ -84,6 +84,23 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
+    /// Looks up a runtime API key by the SHA-256 of the key (SPEC §9 `tg:key:<sha256 hex>`).
+    async fn lookup_key(&self, sha256_hex: &str) -> Result<Option<KeyRecord>, StoreError>;
+    /// Files a runtime API key (only its hash).
+    async fn put_key(&self, sha256_hex: &str, record: &KeyRecord) -> Result<(), StoreError>;
+    /// Revokes a runtime API key; `false` when there was none.
+    async fn delete_key(&self, sha256_hex: &str) -> Result<bool, StoreError>;
+}
+
+/// A runtime API key on file, with what the store knows of its tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// The tenant the key belongs to.
+    pub tenant: String,
+    /// The key's id (shown in logs and events instead of the key).
+    pub id: String,
+    /// The tenant's plan override (`tg:{<tenant>}:tenant` field `plan`), if any.
+    pub plan: Option<String>,
 }
 
 /// The store as the request path uses it: bounded by the timeout, timed, errors counted.
@@ -186,6 +203,24 @@ impl StoreHandle {
     /// See [`Store::get`].
     pub async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
         self.bounded(&self.ops.get, self.inner.get(keys)).await
+    }
+
+    /// See [`Store::lookup_key`].
+    pub async fn lookup_key(&self, sha256_hex: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.bounded(&self.ops.get, self.inner.lookup_key(sha256_hex))
+            .await
+    }
+
+    /// See [`Store::put_key`].
+    pub async fn put_key(&self, sha256_hex: &str, record: &KeyRecord) -> Result<(), StoreError> {
+        self.bounded(&self.ops.get, self.inner.put_key(sha256_hex, record))
+            .await
+    }
+
+    /// See [`Store::delete_key`].
+    pub async fn delete_key(&self, sha256_hex: &str) -> Result<bool, StoreError> {
+        self.bounded(&self.ops.get, self.inner.delete_key(sha256_hex))
+            .await
     }
 
     /// See [`Store::ping`].

@@ -8,7 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
-use super::{Charge, Reserved, Store, StoreError};
+use super::{keys, Charge, KeyRecord, Reserved, Store, StoreError};
 
 /// How long a reply may take before redis-rs gives up on it.
 const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
@@ -36,6 +36,7 @@ struct Shared {
     conn: OnceCell<ConnectionManager>,
     reserve: Script,
     refund: Script,
+    lookup: Script,
 }
 
 impl RedisStore {
@@ -57,6 +58,7 @@ impl RedisStore {
             conn: OnceCell::new(),
             reserve: Script::new(include_str!("reserve.lua")),
             refund: Script::new(include_str!("refund.lua")),
+            lookup: Script::new(include_str!("lookup_key.lua")),
         };
         Ok(RedisStore {
             shared: Arc::new(shared),
@@ -256,6 +258,51 @@ impl Store for RedisStore {
             .into_iter()
             .map(|v| v.unwrap_or(0).max(0) as u64)
             .collect())
+    }
+
+    async fn lookup_key(&self, sha256_hex: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let key = keys::api_key(sha256_hex);
+        let found: Option<Vec<String>> =
+            match self.shared.lookup.key(&key).invoke_async(&mut conn).await {
+                Ok(v) => v,
+                Err(e) => return Err(backend(e)),
+            };
+        Ok(found.and_then(|v| match v.as_slice() {
+            [tenant, id, plan] => Some(KeyRecord {
+                tenant: tenant.clone(),
+                id: id.clone(),
+                plan: (!plan.is_empty()).then(|| plan.clone()),
+            }),
+            _ => None,
+        }))
+    }
+
+    async fn put_key(&self, sha256_hex: &str, record: &KeyRecord) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let created_at = jiff::Timestamp::now().to_string();
+        let _: i64 = redis::cmd("HSET")
+            .arg(keys::api_key(sha256_hex))
+            .arg("tenant")
+            .arg(&record.tenant)
+            .arg("id")
+            .arg(&record.id)
+            .arg("created_at")
+            .arg(created_at)
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn delete_key(&self, sha256_hex: &str) -> Result<bool, StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let n: i64 = redis::cmd("DEL")
+            .arg(keys::api_key(sha256_hex))
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(n > 0)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

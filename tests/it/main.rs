@@ -20,3 +20,4 @@ mod outage;
 mod periods;
 mod problems;
 mod refunds;
+mod runtime_keys;

@@ -63,6 +63,11 @@ impl Gateway {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The config file the gateway runs with (for CLI commands against the same store).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("tollgate.yaml")
+    }
+
     /// Everything the gateway wrote to stderr so far (all runs), for failure messages.
     pub fn stderr(&self) -> String {
         let mut text = String::new();
