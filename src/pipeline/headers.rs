@@ -19,6 +19,9 @@ pub const TOLLGATE_WARNING: &str = "Tollgate-Warning";
 /// `Tollgate-Upgrade`
 pub const TOLLGATE_UPGRADE: &str = "Tollgate-Upgrade";
 
+/// `Tollgate-Idempotent-Replay: ?1` — the call repeated an admitted one and was not charged.
+pub const TOLLGATE_IDEMPOTENT_REPLAY: &str = "Tollgate-Idempotent-Replay";
+
 /// What the usage headers are built from.
 pub struct UsageView<'a> {
     /// Burst state, if the plan has a rate limit.

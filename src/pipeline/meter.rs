@@ -8,7 +8,7 @@ use super::identity::Caller;
 use super::Rejection;
 use crate::config::{OnOutage, Plan, Route};
 use crate::meter::period::{Period, Window};
-use crate::store::{keys, Charge, Reserved, StoreError, StoreHandle};
+use crate::store::{keys, Charge, ReplayMarker, Reservation, Reserved, StoreError, StoreHandle};
 
 /// Counters are kept one day past their period, so that calls in flight across the boundary
 /// still settle into the period they were admitted in and reports can read the last period.
@@ -60,9 +60,11 @@ impl MeterUse {
 pub struct Usage {
     /// Meters charged, in route order.
     pub meters: Vec<MeterUse>,
-    /// The store charges, for refunds. Shared, not copied, with a reservation that outlives
-    /// its caller (see `StoreHandle::reserve`).
-    pub charges: Arc<[Charge]>,
+    /// What was asked of the store, for refunds. Shared, not copied, with a reservation that
+    /// outlives its caller (see `StoreHandle::reserve`).
+    pub reservation: Arc<Reservation>,
+    /// The call repeated an admitted one with the same `Idempotency-Key`: nothing was charged.
+    pub replayed: bool,
     /// False when the store was down and the call went through unmetered (fail_open).
     pub metered: bool,
 }
@@ -84,13 +86,20 @@ pub struct QuotaExceeded {
     pub meters: Vec<MeterUse>,
 }
 
-/// Reserves the route's meters for `caller` on `plan`.
+/// How long an `Idempotency-Key` keeps a call from being charged again.
+const REPLAY_WINDOW_SECS: i64 = 86_400;
+
+/// Reserves the route's meters for `caller` on `plan`. A call with an `Idempotency-Key` that
+/// repeats one admitted in the last 24 hours for the same tenant is let through uncharged; the
+/// check lives in the same atomic script as the reservation, so concurrent repeats are charged
+/// once.
 pub async fn reserve(
     store: &StoreHandle,
     now: Timestamp,
     caller: &Caller,
     plan: &Plan,
     route: &Route,
+    idempotency_key: Option<&str>,
     default_outage: OnOutage,
 ) -> Result<Usage, Rejection> {
     let mut meters = Vec::with_capacity(route.meter.len());
@@ -119,23 +128,40 @@ pub async fn reserve(
             window,
         });
     }
-    let charges: Arc<[Charge]> = charges.into();
     if charges.is_empty() {
         return Ok(Usage {
             meters,
-            charges,
             metered: true,
+            ..Usage::default()
         });
     }
-    match store.reserve(&charges).await {
+    let replay = idempotency_key.map(|k| ReplayMarker {
+        key: keys::replay(&caller.tenant.name, &crate::keys::sha256_hex(k)),
+        expire_at: now.as_second() + REPLAY_WINDOW_SECS,
+    });
+    let reservation = Arc::new(Reservation { charges, replay });
+    match store.reserve(&reservation).await {
         Ok(Reserved::Admitted(after)) => {
             for (m, used) in meters.iter_mut().zip(after) {
                 m.used = used;
             }
             Ok(Usage {
                 meters,
-                charges,
+                reservation,
                 metered: true,
+                replayed: false,
+            })
+        }
+        Ok(Reserved::Replayed(used)) => {
+            for (m, u) in meters.iter_mut().zip(used) {
+                m.used = u;
+            }
+            // Nothing to refund: the marker belongs to the call that was charged.
+            Ok(Usage {
+                meters,
+                metered: true,
+                replayed: true,
+                ..Usage::default()
             })
         }
         Ok(Reserved::Denied { index, used }) => {
@@ -167,9 +193,8 @@ fn outage(
         OnOutage::FailOpen => {
             tracing::warn!(tenant = %caller.tenant.name, route = %route.name, error = %e, "Store unavailable; admitting the call unmetered (fail_open).");
             Ok(Usage {
-                meters: Vec::new(),
-                charges: Arc::from([]),
                 metered: false,
+                ..Usage::default()
             })
         }
         OnOutage::FailClosed => {
@@ -182,10 +207,10 @@ fn outage(
 /// Takes back what `usage` reserved. A failed refund is logged: the tenant was charged for a call
 /// that failed, and the log line is what support needs to correct it.
 pub async fn refund(store: &StoreHandle, tenant: &str, usage: &Usage) {
-    if usage.charges.is_empty() {
+    if usage.reservation.charges.is_empty() {
         return;
     }
-    if let Err(e) = store.refund(&usage.charges).await {
-        tracing::warn!(tenant = %tenant, error = %e, charges = ?usage.charges, "Refund failed; the tenant stays charged for a failed call.");
+    if let Err(e) = store.refund(&usage.reservation).await {
+        tracing::warn!(tenant = %tenant, error = %e, charges = ?usage.reservation.charges, "Refund failed; the tenant stays charged for a failed call.");
     }
 }

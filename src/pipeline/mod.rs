@@ -49,6 +49,8 @@ pub enum Rejection {
     BadPath,
     /// No route matches.
     NoRoute,
+    /// An `Idempotency-Key` that is empty, too long or not visible text.
+    BadIdempotencyKey,
     /// The caller could not be identified.
     Unauthenticated(AuthFailure),
     /// The route needs a feature the plan lacks.
@@ -97,6 +99,22 @@ pub struct Refused {
     pub plan: Option<Arc<Plan>>,
     /// Burst state, when the burst step passed.
     pub burst: Option<BurstState>,
+}
+
+/// The call's `Idempotency-Key`, if it sent one (a quoted or plain string of 1–255 visible
+/// characters; stored only as a hash).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .map(|v| v.trim().trim_matches('"'))
+        .unwrap_or_default();
+    if key.is_empty() || key.len() > 255 {
+        return Err(Rejection::BadIdempotencyKey);
+    }
+    Ok(Some(key))
 }
 
 impl Gateway {
@@ -172,6 +190,7 @@ impl Gateway {
         };
         refused.burst = burst;
         let now = self.clock.now();
+        let idempotency_key = step!(idempotency_key(headers));
         let usage = step!(
             meter::reserve(
                 &self.store,
@@ -179,6 +198,7 @@ impl Gateway {
                 &caller,
                 &plan.plan,
                 &route,
+                idempotency_key,
                 self.on_outage
             )
             .await

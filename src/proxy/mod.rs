@@ -311,13 +311,20 @@ impl Proxy {
         if !a.usage.metered {
             return Vec::new();
         }
-        usage_headers(&UsageView {
+        let mut headers = usage_headers(&UsageView {
             burst: a.burst.as_ref(),
             meters: &a.usage.meters,
             upgrade: a.plan.upgrade.as_ref(),
             exhausted: None,
             now: gw.now(),
-        })
+        });
+        if a.usage.replayed {
+            headers.push((
+                crate::pipeline::headers::TOLLGATE_IDEMPOTENT_REPLAY,
+                "?1".into(),
+            ));
+        }
+        headers
     }
 
     fn observe_upstream(&self, ctx: &Ctx) {

@@ -75,6 +75,13 @@ pub fn rejection(refused: &Refused, path: &str, method: &str, now: jiff::Timesta
             "The path contains `.` or `..` segments, empty segments or needlessly percent-encoded characters; send it in plain form.".into(),
             path,
         ),
+        Rejection::BadIdempotencyKey => Problem::new(
+            StatusCode::BAD_REQUEST,
+            "urn:tollgate:bad-request",
+            "Bad request",
+            "The Idempotency-Key header must hold 1 to 255 visible characters.".into(),
+            path,
+        ),
         Rejection::NoRoute => Problem::new(
             StatusCode::NOT_FOUND,
             "urn:tollgate:no-route",

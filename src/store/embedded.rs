@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{Charge, KeyRecord, Reserved, Store, StoreError};
+use super::{KeyRecord, Reservation, Reserved, Store, StoreError};
 
 /// Counters in one local file.
 pub struct EmbeddedStore {
@@ -122,10 +122,16 @@ impl State {
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn reserve(&self, charges: &Arc<[Charge]>) -> Result<Reserved, StoreError> {
+    async fn reserve(&self, reservation: &Arc<Reservation>) -> Result<Reserved, StoreError> {
         let now = unix_now();
+        let charges = &reservation.charges;
         self.with_state(|s| {
             let used: Vec<u64> = charges.iter().map(|c| s.value(&c.key, now)).collect();
+            if let Some(marker) = &reservation.replay {
+                if s.value(&marker.key, now) > 0 {
+                    return Ok(Reserved::Replayed(used));
+                }
+            }
             for (i, c) in charges.iter().enumerate() {
                 if c.limit.is_some_and(|l| used[i].saturating_add(c.units) > l) {
                     return Ok(Reserved::Denied { index: i, used });
@@ -136,7 +142,7 @@ impl Store for EmbeddedStore {
                 .zip(&used)
                 .map(|(c, u)| u.saturating_add(c.units))
                 .collect();
-            let updates: Vec<(&str, Entry)> = charges
+            let mut updates: Vec<(&str, Entry)> = charges
                 .iter()
                 .zip(&after)
                 .map(|(c, v)| {
@@ -149,15 +155,25 @@ impl Store for EmbeddedStore {
                     )
                 })
                 .collect();
+            if let Some(marker) = &reservation.replay {
+                updates.push((
+                    marker.key.as_str(),
+                    Entry {
+                        value: 1,
+                        expire_at: marker.expire_at,
+                    },
+                ));
+            }
             s.write(&updates)?;
             Ok(Reserved::Admitted(after))
         })
     }
 
-    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError> {
+    async fn refund(&self, reservation: &Reservation) -> Result<(), StoreError> {
         let now = unix_now();
         self.with_state(|s| {
-            let updates: Vec<(&str, Entry)> = charges
+            let mut updates: Vec<(&str, Entry)> = reservation
+                .charges
                 .iter()
                 .filter_map(|c| {
                     let e = s.counters.get(&c.key).filter(|e| e.expire_at > now)?;
@@ -170,6 +186,16 @@ impl Store for EmbeddedStore {
                     ))
                 })
                 .collect();
+            if let Some(marker) = &reservation.replay {
+                // Expired at once: the marker is gone.
+                updates.push((
+                    marker.key.as_str(),
+                    Entry {
+                        value: 0,
+                        expire_at: 0,
+                    },
+                ));
+            }
             s.write(&updates)
         })
     }
@@ -233,6 +259,7 @@ fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Charge;
 
     fn charge(key: &str, units: u64, limit: Option<u64>) -> Charge {
         Charge {
@@ -249,7 +276,10 @@ mod tests {
         let path = dir.path().join("usage.db");
         {
             let s = EmbeddedStore::open(&path).unwrap();
-            let both: Arc<[Charge]> = Arc::from([charge("a", 1, Some(2)), charge("b", 5, Some(5))]);
+            let both = Arc::new(Reservation {
+                charges: vec![charge("a", 1, Some(2)), charge("b", 5, Some(5))],
+                replay: None,
+            });
             assert_eq!(
                 s.reserve(&both).await.unwrap(),
                 Reserved::Admitted(vec![1, 5])
@@ -261,7 +291,12 @@ mod tests {
                     used: vec![1, 5]
                 }
             );
-            s.refund(&[charge("b", 2, None)]).await.unwrap();
+            s.refund(&Reservation {
+                charges: vec![charge("b", 2, None)],
+                replay: None,
+            })
+            .await
+            .unwrap();
             assert!(
                 EmbeddedStore::open(&path).is_err(),
                 "a second instance must be refused"
@@ -278,13 +313,43 @@ mod tests {
     async fn refund_never_goes_negative_nor_recreates() {
         let dir = tempfile::tempdir().unwrap();
         let s = EmbeddedStore::open(&dir.path().join("u.db")).unwrap();
-        s.reserve(&Arc::from([charge("a", 1, None)])).await.unwrap();
-        s.refund(&[charge("a", 5, None), charge("gone", 1, None)])
+        let one = |c| Reservation {
+            charges: vec![c],
+            replay: None,
+        };
+        s.reserve(&Arc::new(one(charge("a", 1, None))))
             .await
             .unwrap();
+        let two = Reservation {
+            charges: vec![charge("a", 5, None), charge("gone", 1, None)],
+            replay: None,
+        };
+        s.refund(&two).await.unwrap();
         assert_eq!(
             s.get(&["a".into(), "gone".into()]).await.unwrap(),
             vec![0, 0]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_replay_is_charged_once_and_a_refund_drops_the_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = EmbeddedStore::open(&dir.path().join("u.db")).unwrap();
+        let marker = crate::store::ReplayMarker {
+            key: "idem".into(),
+            expire_at: unix_now() + 60,
+        };
+        let r = Arc::new(Reservation {
+            charges: vec![charge("a", 1, Some(5))],
+            replay: Some(marker),
+        });
+        assert_eq!(s.reserve(&r).await.unwrap(), Reserved::Admitted(vec![1]));
+        assert_eq!(s.reserve(&r).await.unwrap(), Reserved::Replayed(vec![1]));
+        s.refund(&r).await.unwrap();
+        assert_eq!(
+            s.reserve(&r).await.unwrap(),
+            Reserved::Admitted(vec![1]),
+            "refunded, then charged again"
         );
     }
 }

@@ -15,6 +15,11 @@ pub fn tenant(tenant: &str) -> String {
     format!("tg:{{{tenant}}}:tenant")
 }
 
+/// `tg:{<tenant>}:idem:<sha256 hex of the Idempotency-Key>` — marks a call already charged.
+pub fn replay(tenant: &str, key_sha256_hex: &str) -> String {
+    format!("tg:{{{tenant}}}:idem:{key_sha256_hex}")
+}
+
 /// `tg:key:<sha256 hex>` — a runtime API key (hash).
 pub fn api_key(sha256_hex: &str) -> String {
     format!("tg:key:{sha256_hex}")

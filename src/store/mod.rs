@@ -33,11 +33,33 @@ pub struct Charge {
     pub expire_at: i64,
 }
 
+/// One call's reservation: its charges, and its idempotency marker if the call carried an
+/// `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Reservation {
+    /// The charges, all-or-nothing.
+    pub charges: Vec<Charge>,
+    /// Set when the call is admitted; a later call finding it is a charge-free replay.
+    pub replay: Option<ReplayMarker>,
+}
+
+/// `tg:{<tenant>}:idem:<sha256 of the Idempotency-Key>`, kept for 24 hours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayMarker {
+    /// The marker's key.
+    pub key: String,
+    /// When it expires, in Unix seconds.
+    pub expire_at: i64,
+}
+
 /// The answer to an atomic check-and-reserve of several charges.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reserved {
     /// Every charge fitted and was added; counter values after the reservation, in order.
     Admitted(Vec<u64>),
+    /// The call repeats one already admitted (same idempotency key): nothing was added.
+    /// Counter values as they stand, in order.
+    Replayed(Vec<u64>),
     /// Charge `index` would pass its limit; nothing was added. `used` holds the counters' values.
     Denied {
         /// Which charge did not fit.
@@ -77,9 +99,10 @@ impl StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Adds every charge if each stays within its limit; otherwise adds nothing.
-    async fn reserve(&self, charges: &Arc<[Charge]>) -> Result<Reserved, StoreError>;
-    /// Takes back units added by `reserve` (never below zero; a vanished counter stays vanished).
-    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError>;
+    async fn reserve(&self, reservation: &Arc<Reservation>) -> Result<Reserved, StoreError>;
+    /// Takes back units added by `reserve` (never below zero; a vanished counter stays vanished)
+    /// and drops the reservation's replay marker, so a retry of the failed call is charged.
+    async fn refund(&self, reservation: &Reservation) -> Result<(), StoreError>;
     /// Reads counters (0 when absent).
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
     /// Checks the store answers.
@@ -160,7 +183,7 @@ impl StoreHandle {
     /// only slow (not gone) executes it later. Dropping the reply would charge the tenant for a
     /// call that was refused, so a timed-out reservation keeps waiting for its reply in the
     /// background and refunds itself if it turns out to have been admitted.
-    pub async fn reserve(&self, charges: &Arc<[Charge]>) -> Result<Reserved, StoreError> {
+    pub async fn reserve(&self, charges: &Arc<Reservation>) -> Result<Reserved, StoreError> {
         let started = Instant::now();
         let inner = self.inner.clone();
         let owned = charges.clone();
@@ -180,7 +203,7 @@ impl StoreHandle {
                                 tracing::warn!(error = %e, charges = ?owned, "A late reservation could not be refunded.");
                             }
                         }
-                        (Ok(Reserved::Denied { .. }), _, _) => {}
+                        (Ok(Reserved::Denied { .. } | Reserved::Replayed(_)), _, _) => {}
                         (Err(e), _, owned) => {
                             late.with_label_values(&["unknown"]).inc();
                             tracing::warn!(error = %e, charges = ?owned, "A timed-out reservation's outcome is unknown.");
@@ -195,7 +218,7 @@ impl StoreHandle {
     }
 
     /// See [`Store::refund`].
-    pub async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError> {
+    pub async fn refund(&self, charges: &Reservation) -> Result<(), StoreError> {
         self.bounded(&self.ops.refund, self.inner.refund(charges))
             .await
     }

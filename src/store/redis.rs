@@ -8,7 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
-use super::{keys, Charge, KeyRecord, Reserved, Store, StoreError};
+use super::{keys, KeyRecord, Reservation, Reserved, Store, StoreError};
 
 /// How long a reply may take before redis-rs gives up on it.
 const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
@@ -85,7 +85,7 @@ impl Shared {
     /// the batch is repeated once after loading the script and cannot be charged twice.
     async fn reserve_all(
         &self,
-        batch: &[Arc<[Charge]>],
+        batch: &[Arc<Reservation>],
     ) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
         let cmd = self.evalsha(batch);
         let mut conn = self.conn().await?;
@@ -100,17 +100,26 @@ impl Shared {
     }
 
     /// `EVALSHA <reserve> keys… calls (n (units limit expire_at)…)…`, in one buffer.
-    fn evalsha(&self, batch: &[Arc<[Charge]>]) -> redis::Cmd {
-        let keys: usize = batch.iter().map(|c| c.len()).sum();
+    fn evalsha(&self, batch: &[Arc<Reservation>]) -> redis::Cmd {
+        let keys: usize = batch
+            .iter()
+            .map(|r| r.charges.len() + usize::from(r.replay.is_some()))
+            .sum();
         let mut cmd = redis::cmd("EVALSHA");
         cmd.arg(self.reserve.get_hash()).arg(keys);
-        for c in batch.iter().flat_map(|c| c.iter()) {
-            cmd.arg(&c.key);
+        for r in batch {
+            if let Some(marker) = &r.replay {
+                cmd.arg(&marker.key);
+            }
+            for c in &r.charges {
+                cmd.arg(&c.key);
+            }
         }
         cmd.arg(batch.len());
-        for charges in batch {
-            cmd.arg(charges.len());
-            for c in charges.iter() {
+        for r in batch {
+            cmd.arg(r.charges.len())
+                .arg(r.replay.as_ref().map_or(0, |m| m.expire_at));
+            for c in &r.charges {
                 cmd.arg(c.units)
                     .arg(c.limit.map_or(-1i64, |l| l.min(i64::MAX as u64) as i64))
                     .arg(c.expire_at);
@@ -123,7 +132,7 @@ impl Shared {
 /// Splits the script's flat reply into one answer per reservation.
 fn parse_batch(
     flat: &[i64],
-    batch: &[Arc<[Charge]>],
+    batch: &[Arc<Reservation>],
 ) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
     let malformed = || {
         StoreError::Backend(format!(
@@ -132,8 +141,8 @@ fn parse_batch(
     };
     let mut out = Vec::with_capacity(batch.len());
     let mut rest = flat;
-    for charges in batch {
-        let n = charges.len();
+    for r in batch {
+        let n = r.charges.len();
         if rest.len() < n + 2 {
             return Err(malformed());
         }
@@ -142,6 +151,7 @@ fn parse_batch(
         let used: Vec<u64> = head[2..].iter().map(|v| (*v).max(0) as u64).collect();
         out.push(match (head[0], head[1]) {
             (1, _) => Ok(Reserved::Admitted(used)),
+            (2, _) => Ok(Reserved::Replayed(used)),
             (0, i) if i >= 1 && (i as usize) <= n => Ok(Reserved::Denied {
                 index: i as usize - 1,
                 used,
@@ -161,7 +171,10 @@ fn parse_batch(
 /// Most reservations one script call carries.
 const MAX_BATCH: usize = 128;
 
-type Job = (Arc<[Charge]>, oneshot::Sender<Result<Reserved, StoreError>>);
+type Job = (
+    Arc<Reservation>,
+    oneshot::Sender<Result<Reserved, StoreError>>,
+);
 
 /// The batching task's mailbox.
 struct Batcher {
@@ -216,7 +229,7 @@ fn backend(e: redis::RedisError) -> StoreError {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn reserve(&self, charges: &Arc<[Charge]>) -> Result<Reserved, StoreError> {
+    async fn reserve(&self, charges: &Arc<Reservation>) -> Result<Reserved, StoreError> {
         let batcher = self
             .batcher
             .get_or_init(|| async { Batcher::start(self.shared.clone()) })
@@ -231,13 +244,17 @@ impl Store for RedisStore {
             .map_err(|_| StoreError::Backend("the reservation batcher dropped a call".into()))?
     }
 
-    async fn refund(&self, charges: &[Charge]) -> Result<(), StoreError> {
-        if charges.is_empty() {
+    async fn refund(&self, reservation: &Reservation) -> Result<(), StoreError> {
+        if reservation.charges.is_empty() && reservation.replay.is_none() {
             return Ok(());
         }
         let mut inv = self.shared.refund.prepare_invoke();
-        for c in charges {
+        inv.arg(reservation.charges.len());
+        for c in &reservation.charges {
             inv.key(&c.key).arg(c.units);
+        }
+        if let Some(marker) = &reservation.replay {
+            inv.key(&marker.key);
         }
         let mut conn = self.shared.conn().await?;
         let _: i64 = inv.invoke_async(&mut conn).await.map_err(backend)?;

@@ -2,18 +2,28 @@
 -- tenant. Every call is decided on its own, in order, exactly as if it ran alone: all of its
 -- counters fit their limits and are all incremented, or none is touched.
 --
--- KEYS: the counters of call 1, then of call 2, ...
--- ARGV: number of calls, then per call: its number of counters n, then per counter:
---       units, limit (-1: never blocks), expire-at (unix seconds).
--- Returns a flat list, per call: status (1 admitted, 0 denied, -1 a counter is not an
--- integer), the 1-based index of the counter that did not fit (0 if none), then the n
+-- A call may carry an idempotency marker: if the marker exists, the call repeats one already
+-- admitted and is a replay, charged nothing; if it is admitted, the marker is set.
+--
+-- KEYS: per call, its marker (only if it has one), then its counters.
+-- ARGV: number of calls, then per call: its number of counters n, its marker's expire-at
+--       (unix seconds; 0: no marker), then per counter: units, limit (-1: never blocks),
+--       expire-at (unix seconds).
+-- Returns a flat list, per call: status (1 admitted, 2 replay, 0 denied, -1 a counter is not
+-- an integer), the 1-based index of the counter that did not fit (0 if none), then the n
 -- counter values (after the reservation when admitted, unchanged otherwise).
 local out = {}
 local k = 0 -- KEYS consumed
 local a = 2 -- next ARGV
 for _ = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
-  a = a + 1
+  local marker_exp = tonumber(ARGV[a + 1])
+  a = a + 2
+  local marker = nil
+  if marker_exp > 0 then
+    k = k + 1
+    marker = KEYS[k]
+  end
   local used, status, denied = {}, 1, 0
   for i = 1, n do
     local raw = redis.pcall('GET', KEYS[k + i])
@@ -23,6 +33,9 @@ for _ = 1, tonumber(ARGV[1]) do
       status, v = -1, 0
     end
     used[i] = v
+  end
+  if status == 1 and marker and redis.call('EXISTS', marker) == 1 then
+    status = 2
   end
   if status == 1 then
     for i = 1, n do
@@ -39,6 +52,7 @@ for _ = 1, tonumber(ARGV[1]) do
       used[i] = redis.call('INCRBY', key, ARGV[a + 3 * (i - 1)])
       redis.call('EXPIREAT', key, ARGV[a + 3 * (i - 1) + 2])
     end
+    if marker then redis.call('SET', marker, '1', 'EXAT', marker_exp) end
   end
   out[#out + 1] = status
   out[#out + 1] = denied

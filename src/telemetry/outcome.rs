@@ -69,7 +69,7 @@ impl Outcome {
     /// The outcome of a refused call.
     pub fn of_rejection(r: &Refused) -> Outcome {
         match r.rejection {
-            Rejection::BadPath => Outcome::BadRequest,
+            Rejection::BadPath | Rejection::BadIdempotencyKey => Outcome::BadRequest,
             Rejection::NoRoute => Outcome::NoRoute,
             Rejection::Unauthenticated(_) => Outcome::Unauthenticated,
             Rejection::FeatureNotInPlan(_) => Outcome::FeatureDenied,
@@ -124,7 +124,8 @@ impl Finished<'_> {
             Some(Admission::Admitted(a)) => Some(a),
             _ => None,
         };
-        if let Some(a) = admitted.filter(|a| !self.refunded && a.usage.metered) {
+        if let Some(a) = admitted.filter(|a| !self.refunded && a.usage.metered && !a.usage.replayed)
+        {
             for meter in &a.usage.meters {
                 m.meter_units
                     .with_label_values(&[plan, &meter.name])

@@ -15,6 +15,7 @@ mod check;
 mod embedded;
 mod harness;
 mod hygiene;
+mod idempotency;
 mod limits;
 mod outage;
 mod periods;
