@@ -214,6 +214,47 @@ pub struct Route {
     pub meter: Vec<(String, NonZeroU64)>,
     /// Feature a plan must include to use this route.
     pub feature: Option<String>,
+    /// Which upstream outcomes refund the call's reservation.
+    pub refund_on: RefundOn,
+}
+
+/// `refund_on:` which upstream outcomes take back what a call reserved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefundOn {
+    /// No connection to the upstream could be made.
+    pub connect_error: bool,
+    /// The upstream did not answer in time.
+    pub timeout: bool,
+    /// Any other transport failure (connection dropped mid-way, malformed answer).
+    pub error: bool,
+    /// Whole status classes, by first digit (index 4: `4xx`, index 5: `5xx`).
+    pub classes: [bool; 6],
+    /// Single status codes.
+    pub codes: Vec<u16>,
+}
+
+impl Default for RefundOn {
+    /// Connect errors, timeouts, other transport failures and `5xx`.
+    fn default() -> Self {
+        RefundOn {
+            connect_error: true,
+            timeout: true,
+            error: true,
+            classes: [false, false, false, false, false, true],
+            codes: Vec::new(),
+        }
+    }
+}
+
+impl RefundOn {
+    /// Whether an upstream answer with this status refunds.
+    pub fn status(&self, status: u16) -> bool {
+        self.classes
+            .get(usize::from(status / 100))
+            .copied()
+            .unwrap_or(false)
+            || self.codes.contains(&status)
+    }
 }
 
 /// `match:`

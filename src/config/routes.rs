@@ -102,7 +102,14 @@ fn keys(n: Option<&Node>) -> impl Iterator<Item = (&str, &Node)> {
 }
 
 const ROUTE_KEYS: &[&str] = &[
-    "name", "match", "upstream", "respond", "auth", "meter", "feature",
+    "name",
+    "match",
+    "upstream",
+    "respond",
+    "auth",
+    "meter",
+    "feature",
+    "refund_on",
 ];
 
 fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route> {
@@ -186,6 +193,10 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         }
         None => None,
     };
+    let refund_on = match f.get("refund_on") {
+        Some(r) => refund_on(d, r)?,
+        None => RefundOn::default(),
+    };
     Some(Route {
         name: name?,
         matcher: matcher?,
@@ -193,7 +204,47 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         auth,
         meter,
         feature,
+        refund_on,
     })
+}
+
+fn refund_on(d: &mut Decoder, n: &Node) -> Option<RefundOn> {
+    let mut out = RefundOn {
+        connect_error: false,
+        timeout: false,
+        error: false,
+        classes: [false; 6],
+        codes: Vec::new(),
+    };
+    for item in d.list(n, "`refund_on`")? {
+        let word = match &item.value {
+            Value::Int(code) if (400..=599).contains(code) => {
+                out.codes.push(*code as u16);
+                continue;
+            }
+            Value::Str(s) => s.as_str(),
+            _ => "",
+        };
+        match word {
+            "connect_error" => out.connect_error = true,
+            "timeout" => out.timeout = true,
+            "error" => out.error = true,
+            "4xx" => out.classes[4] = true,
+            "5xx" => out.classes[5] = true,
+            _ => {
+                let found = match &item.value {
+                    Value::Int(i) => i.to_string(),
+                    Value::Str(s) => format!("\"{s}\""),
+                    other => other.kind().to_string(),
+                };
+                d.err(
+                    item.pos,
+                    format!("`refund_on` takes connect_error, timeout, error, 4xx, 5xx or a status code from 400 to 599; found {found}"),
+                )
+            }
+        }
+    }
+    Some(out)
 }
 
 fn matcher(d: &mut Decoder, n: &Node, what: &str) -> Option<RouteMatch> {

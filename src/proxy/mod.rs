@@ -65,6 +65,14 @@ impl Ctx {
         }
     }
 
+    fn route(&self) -> Option<&crate::config::Route> {
+        match &self.admission {
+            Some(Admission::Public(r)) => Some(r),
+            Some(Admission::Admitted(a)) => Some(&a.route),
+            None => None,
+        }
+    }
+
     /// Refunds once; later failures of the same call do nothing.
     async fn refund(&mut self) {
         if self.refunded {
@@ -178,11 +186,7 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        let targets = match &ctx.admission {
-            Some(Admission::Public(r)) => target_count(r),
-            Some(Admission::Admitted(a)) => target_count(&a.route),
-            None => 1,
-        };
+        let targets = ctx.route().map_or(1, target_count);
         if ctx.connect_tries < targets {
             e.set_retry(true);
         }
@@ -218,7 +222,8 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Step 8: a 5xx from the upstream refunds the reservation before the answer goes out.
+    /// Step 8: an answer the route's `refund_on` names (default: any 5xx) refunds the
+    /// reservation before the answer goes out.
     async fn upstream_response_filter(
         &self,
         _s: &mut Session,
@@ -228,6 +233,11 @@ impl ProxyHttp for Proxy {
         self.observe_upstream(ctx);
         if resp.status.is_server_error() {
             ctx.outcome = Outcome::UpstreamError;
+        }
+        if ctx
+            .route()
+            .is_some_and(|r| r.refund_on.status(resp.status.as_u16()))
+        {
             ctx.refund().await;
         }
         for name in hygiene::hop_by_hop(&resp.headers) {
@@ -254,13 +264,29 @@ impl ProxyHttp for Proxy {
         let code = match e.esource() {
             ErrorSource::Upstream => {
                 ctx.outcome = Outcome::UpstreamError;
-                ctx.refund().await;
                 let timed_out = matches!(
                     e.etype(),
                     ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 );
+                let refunds = ctx.route().is_some_and(|r| match e.etype() {
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout => r.refund_on.timeout,
+                    ErrorType::ConnectTimedout
+                    | ErrorType::ConnectRefused
+                    | ErrorType::ConnectNoRoute
+                    | ErrorType::ConnectError
+                    | ErrorType::BindError
+                    | ErrorType::SocketError => r.refund_on.connect_error,
+                    _ => r.refund_on.error,
+                });
+                if refunds {
+                    ctx.refund().await;
+                }
+                let charged = !ctx.refunded
+                    && ctx
+                        .admitted()
+                        .is_some_and(|a| a.usage.metered && !a.usage.replayed);
                 let path = session.req_header().uri.path().to_string();
-                let problem = respond::upstream_unavailable(timed_out, &path);
+                let problem = respond::upstream_unavailable(timed_out, charged, &path);
                 let code = problem.status.as_u16();
                 if session.response_written().is_none() {
                     if let Err(err) = respond::write_problem(session, problem).await {
@@ -331,10 +357,8 @@ impl Proxy {
         let (Some(started), Some(gw)) = (ctx.upstream_started, &ctx.gateway) else {
             return;
         };
-        let name = match &ctx.admission {
-            Some(Admission::Public(r)) => upstream_name(r),
-            Some(Admission::Admitted(a)) => upstream_name(&a.route),
-            None => return,
+        let Some(name) = ctx.route().map(upstream_name) else {
+            return;
         };
         gw.metrics
             .upstream_duration

@@ -195,23 +195,28 @@ pub fn rejection(refused: &Refused, path: &str, method: &str, now: jiff::Timesta
 }
 
 /// 502/504 when the upstream failed.
-pub fn upstream_unavailable(timed_out: bool, path: &str) -> Problem {
-    let (status, detail) = if timed_out {
+pub fn upstream_unavailable(timed_out: bool, charged: bool, path: &str) -> Problem {
+    let (status, what) = if timed_out {
         (
             StatusCode::GATEWAY_TIMEOUT,
-            "The upstream did not answer in time. The call was not charged.",
+            "The upstream did not answer in time.",
         )
     } else {
         (
             StatusCode::BAD_GATEWAY,
-            "The upstream could not be reached. The call was not charged.",
+            "The upstream could not be reached.",
         )
+    };
+    let charge = if charged {
+        " The call was charged: this route does not refund such failures."
+    } else {
+        " The call was not charged."
     };
     Problem::new(
         status,
         "urn:tollgate:upstream-unavailable",
         "Upstream unavailable",
-        detail.into(),
+        format!("{what}{charge}"),
         path,
     )
 }

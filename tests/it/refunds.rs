@@ -111,3 +111,45 @@ async fn refused_connection_is_502_upstream_unavailable_and_refunded() {
         "the failed call is refunded"
     );
 }
+
+/// Routes choose which upstream outcomes refund: `/strict` refunds nothing, `/lenient` also
+/// refunds a 429.
+fn custom_rules() -> String {
+    YAML.replace(
+        "routes:\n",
+        "routes:\n  - name: strict\n    match: { path_prefix: /strict }\n    upstream: dead\n    meter: { requests: 1 }\n    refund_on: []\n  - name: lenient\n    match: { path_prefix: /status }\n    upstream: product\n    meter: { requests: 1 }\n    refund_on: [5xx, 429]\n",
+    )
+    .replace("{dead}", &refused_addr())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refund_rules_are_per_route() {
+    let stack = Stack::start(&custom_rules()).await;
+
+    let limited = stack.get("/status/429", Some(ACME_KEY)).await;
+    assert_eq!(limited.status, 429);
+    assert_eq!(
+        stack.month_counter("acme", "requests").await,
+        0,
+        "429 refunded on this route"
+    );
+    assert_eq!(stack.get("/status/404", Some(ACME_KEY)).await.status, 404);
+    assert_eq!(
+        stack.month_counter("acme", "requests").await,
+        1,
+        "404 charged"
+    );
+
+    let unreachable = stack.get("/strict/x", Some(ACME_KEY)).await;
+    let body = unreachable.problem(502);
+    assert_eq!(body["type"], "urn:tollgate:upstream-unavailable");
+    assert!(
+        body["detail"].as_str().unwrap().contains("was charged"),
+        "{body}"
+    );
+    assert_eq!(
+        stack.month_counter("acme", "requests").await,
+        2,
+        "refund_on: [] keeps the charge"
+    );
+}
