@@ -17,6 +17,7 @@ mod harness;
 mod hygiene;
 mod idempotency;
 mod limits;
+mod model;
 mod outage;
 mod periods;
 mod problems;
