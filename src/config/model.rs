@@ -210,12 +210,43 @@ pub struct Route {
     pub target: RouteTarget,
     /// Whether callers must be identified.
     pub auth: RouteAuth,
-    /// Fixed units charged per call, by meter name, in a stable order.
-    pub meter: Vec<(String, NonZeroU64)>,
+    /// Meters charged per call, in a stable order.
+    pub meter: Vec<RouteMeter>,
     /// Feature a plan must include to use this route.
     pub feature: Option<String>,
     /// Which upstream outcomes refund the call's reservation.
     pub refund_on: RefundOn,
+}
+
+/// One meter a route charges: `requests: 1`, or
+/// `tokens: { from_response: "json:usage.total_tokens", reserve: 1000, default: 0 }`.
+#[derive(Debug, Clone)]
+pub struct RouteMeter {
+    /// The meter.
+    pub name: String,
+    /// Units reserved when the call is admitted (the admission check uses them). For a fixed
+    /// meter these are the units charged.
+    pub reserve: NonZeroU64,
+    /// For a response-measured meter: where the measured amount is read.
+    pub measure: Option<Measure>,
+}
+
+/// Where a response-measured meter reads its amount.
+#[derive(Debug, Clone)]
+pub struct Measure {
+    /// A number in the JSON body (or the last SSE event carrying it), or a response header.
+    pub source: MeasureSource,
+    /// Units settled when the response does not carry the amount.
+    pub default: u64,
+}
+
+/// `json:<dotted.path>` or `header:<name>`.
+#[derive(Debug, Clone)]
+pub enum MeasureSource {
+    /// A dotted path into the JSON body; for `text/event-stream`, into each event's data.
+    Json(Vec<String>),
+    /// A response header holding an integer.
+    Header(HeaderName),
 }
 
 /// `refund_on:` which upstream outcomes take back what a call reserved.

@@ -314,12 +314,7 @@ fn respond(d: &mut Decoder, n: &Node) -> Option<FixedResponse> {
     })
 }
 
-fn meter(
-    d: &mut Decoder,
-    n: &Node,
-    what: &str,
-    known: &Known,
-) -> Option<Vec<(String, NonZeroU64)>> {
+fn meter(d: &mut Decoder, n: &Node, what: &str, known: &Known) -> Option<Vec<RouteMeter>> {
     let mut out = Vec::new();
     for (name, pos, v) in d.named(n, "`meter`") {
         if !known.declared.meters.contains(&name) {
@@ -333,13 +328,56 @@ fn meter(
             );
             continue;
         }
-        if let Value::Map(_) = v.value {
-            d.err(v.pos, format!("{what}: response-measured meters (`from_response`) are not supported yet; give a fixed number of units"));
-            continue;
-        }
-        if let Some(units) = d.int(v, &format!("units of meter `{name}`"), 1, i64::MAX) {
-            out.extend(NonZeroU64::new(units as u64).map(|u| (name, u)));
-        }
+        let meter = match v.value {
+            Value::Map(_) => measured(d, v, &name),
+            _ => d
+                .int(v, &format!("units of meter `{name}`"), 1, i64::MAX)
+                .and_then(|u| NonZeroU64::new(u as u64))
+                .map(|reserve| RouteMeter {
+                    name: name.clone(),
+                    reserve,
+                    measure: None,
+                }),
+        };
+        out.extend(meter);
     }
     Some(out)
+}
+
+/// `{ from_response: "json:a.b" | "header:x-units", reserve: N, default: M }`
+fn measured(d: &mut Decoder, n: &Node, name: &str) -> Option<RouteMeter> {
+    let what = format!("meter `{name}`");
+    let f = d.fields(n, &what, &["from_response", "reserve", "default"])?;
+    let source = d.require(&f, "from_response", &what).and_then(|s| {
+        let text = d.string(s, "`from_response`")?;
+        let source = match text.split_once(':') {
+            Some(("json", path)) if !path.is_empty() && path.split('.').all(|p| !p.is_empty()) => {
+                Some(MeasureSource::Json(path.split('.').map(str::to_string).collect()))
+            }
+            Some(("header", h)) => http::HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes())
+                .ok()
+                .map(MeasureSource::Header),
+            _ => None,
+        };
+        if source.is_none() {
+            d.err(s.pos, format!("`from_response` must be \"json:<dotted.path>\" or \"header:<name>\", found \"{text}\""));
+        }
+        source
+    });
+    let reserve = d
+        .require(&f, "reserve", &what)
+        .and_then(|r| d.int(r, "`reserve`", 1, i64::MAX))
+        .and_then(|r| NonZeroU64::new(r as u64));
+    let default = match f.get("default") {
+        Some(x) => d.int(x, "`default`", 0, i64::MAX)? as u64,
+        None => 0,
+    };
+    Some(RouteMeter {
+        name: name.to_string(),
+        reserve: reserve?,
+        measure: Some(Measure {
+            source: source?,
+            default,
+        }),
+    })
 }

@@ -109,6 +109,18 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
                 }
                 Some(url)
             });
+            if let Some(n) = f.get("path") {
+                d.err(
+                    n.pos,
+                    "`store.path` is for kind embedded; the redis store takes `url`",
+                );
+            }
+            if let Some(n) = f.get("urls") {
+                d.err(
+                    n.pos,
+                    "`store.urls` is for kind redis-cluster, which is not supported yet; use `url`",
+                );
+            }
             StoreKind::Redis { url: url? }
         }
         Kind::Cluster => {
@@ -207,8 +219,14 @@ pub(super) fn tenants(
     let mut out = BTreeMap::new();
     // A key digest may belong to one key only, across all tenants.
     let mut seen: HashMap<[u8; 32], String> = HashMap::new();
-    for (name, _, v) in d.named(n, "`tenants`") {
+    for (name, pos, v) in d.named(n, "`tenants`") {
         let what = format!("tenant `{name}`");
+        // Tenant ids go into Redis keys, inside the `{…}` hash tag, and into headers.
+        let plain = |c: char| c.is_ascii_alphanumeric() || "_-.@".contains(c);
+        if name.is_empty() || name.len() > 128 || !name.chars().all(plain) {
+            d.err(pos, format!("{what}: tenant ids may use only letters, digits, `_`, `-`, `.` and `@` (at most 128)"));
+            continue;
+        }
         let Some(f) = d.fields(v, &what, &["plan", "billing_anchor", "keys"]) else {
             continue;
         };

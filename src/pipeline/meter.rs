@@ -6,7 +6,7 @@ use jiff::Timestamp;
 
 use super::identity::Caller;
 use super::Rejection;
-use crate::config::{OnOutage, Plan, Route};
+use crate::config::{OnOutage, Plan, Route, RouteMeter};
 use crate::meter::period::{Period, Window};
 use crate::store::{keys, Charge, ReplayMarker, Reservation, Reserved, StoreError, StoreHandle};
 
@@ -104,7 +104,12 @@ pub async fn reserve(
 ) -> Result<Usage, Rejection> {
     let mut meters = Vec::with_capacity(route.meter.len());
     let mut charges = Vec::with_capacity(route.meter.len());
-    for (name, units) in &route.meter {
+    for RouteMeter {
+        name,
+        reserve: units,
+        ..
+    } in &route.meter
+    {
         // A meter the plan does not define is not limited on this plan, so it is not counted.
         let Some(policy) = plan.meters.get(name) else {
             continue;

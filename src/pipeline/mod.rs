@@ -6,6 +6,7 @@ pub mod burst;
 pub mod client_ip;
 pub mod headers;
 pub mod identity;
+pub mod measure;
 pub mod meter;
 pub mod plan;
 pub mod route;
@@ -17,7 +18,7 @@ use http::{HeaderMap, Method};
 
 use crate::config::{Config, OnOutage, Plan, Route, RouteAuth, Tenant};
 use crate::meter::period::Clock;
-use crate::store::StoreHandle;
+use crate::store::{self, StoreHandle};
 use crate::telemetry::metrics::Metrics;
 use burst::{BurstExceeded, BurstState};
 use identity::{AnonymousTier, ApiKeys, AuthFailure, Caller, KeyCheck};
@@ -261,6 +262,47 @@ impl Gateway {
             identity: identity::IdentityKind::ApiKey,
             key_id: Some(record.id),
         })
+    }
+
+    /// Step 8 for response-measured meters: replaces each reservation with the measured amount
+    /// in one store call. Updates `admitted` to the settled units.
+    pub async fn settle(&self, admitted: &mut Admitted, measured: &[measure::Measured]) {
+        let mut adjustments = Vec::with_capacity(measured.len());
+        for m in measured {
+            let Some(route_meter) = admitted.route.meter.get(m.index) else {
+                continue;
+            };
+            let Some(j) = admitted
+                .usage
+                .meters
+                .iter()
+                .position(|u| u.name == route_meter.name)
+            else {
+                continue;
+            };
+            let (usage, charge) = (
+                &mut admitted.usage.meters[j],
+                admitted.usage.reservation.charges.get(j),
+            );
+            if m.defaulted {
+                self.metrics
+                    .meter_defaults
+                    .with_label_values(&[&admitted.route.name, &usage.name])
+                    .inc();
+            }
+            let delta = m.units as i64 - usage.units as i64;
+            if let (Some(charge), true) = (charge, delta != 0) {
+                adjustments.push(store::Adjustment {
+                    key: charge.key.clone(),
+                    delta,
+                });
+            }
+            usage.used = (usage.used as i64 + delta).max(0) as u64;
+            usage.units = m.units;
+        }
+        if let Err(e) = self.store.settle(&adjustments).await {
+            tracing::warn!(tenant = %admitted.caller.tenant.name, error = %e, ?adjustments, "Settling measured usage failed; the reservation stands.");
+        }
     }
 
     /// Takes back an admitted call's reservation (upstream failed).

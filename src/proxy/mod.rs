@@ -12,6 +12,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::HeaderName;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
@@ -20,6 +21,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::config::RouteTarget;
 use crate::pipeline::headers::{usage_headers, UsageView};
+use crate::pipeline::measure::{Measured, ResponseMeter};
 use crate::pipeline::{Admission, Gateway};
 use crate::telemetry::outcome::{Labels, Outcome};
 
@@ -45,6 +47,10 @@ pub struct Ctx {
     upstream_started: Option<Instant>,
     connect_tries: usize,
     refunded: bool,
+    /// Reads the response for measured meters, when the route has any.
+    measure: Option<ResponseMeter>,
+    /// What it read, once the body ended.
+    measured: Vec<Measured>,
 }
 
 impl Proxy {
@@ -102,6 +108,8 @@ impl ProxyHttp for Proxy {
             upstream_started: None,
             connect_tries: 0,
             refunded: false,
+            measure: None,
+            measured: Vec::new(),
         }
     }
 
@@ -215,6 +223,14 @@ impl ProxyHttp for Proxy {
                 up.remove_header(name);
             }
         }
+        // A measured meter reads the body: ask for it uncompressed.
+        if ctx
+            .route()
+            .is_some_and(|r| r.meter.iter().any(|m| m.measure.is_some()))
+            && up.headers.contains_key(http::header::ACCEPT_ENCODING)
+        {
+            up.remove_header(&http::header::ACCEPT_ENCODING);
+        }
         if let Some(a) = ctx.admitted() {
             up.insert_header("X-Tollgate-Tenant", a.caller.tenant.name.as_str())?;
             up.insert_header("X-Tollgate-Plan", a.plan.name.as_str())?;
@@ -246,17 +262,43 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Step 9: usage headers.
+    /// Step 9: usage headers; measuring starts when the call's reservation stands.
     async fn response_filter(
         &self,
         _s: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(a) = ctx
+            .admitted()
+            .filter(|a| a.usage.metered && !a.usage.replayed && !ctx.refunded)
+        {
+            ctx.measure = ResponseMeter::start(&a.route.meter, &resp.headers);
+        }
         for (name, value) in self.usage_headers(ctx) {
             resp.insert_header(name, value)?;
         }
         Ok(())
+    }
+
+    /// Looks at each body chunk for measured meters; never holds a chunk back.
+    fn response_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        if let Some(m) = ctx.measure.as_mut() {
+            if let Some(chunk) = body.as_ref() {
+                m.feed(chunk);
+            }
+            if end_of_stream {
+                ctx.measured = m.finish();
+                ctx.measure = None;
+            }
+        }
+        Ok(None)
     }
 
     /// Upstream failures: refund, then answer 502/504 with a problem body if nothing was sent yet.
@@ -313,9 +355,21 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    /// Counts the call.
+    /// Settles measured meters, then counts the call.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let Some(gw) = &ctx.gateway else { return };
+        let Some(gw) = ctx.gateway.clone() else {
+            return;
+        };
+        // pingora may end a body with a separate "done" task instead of a last chunk marked as
+        // the end, so a measurement still open here is finished here.
+        if let Some(mut m) = ctx.measure.take() {
+            ctx.measured = m.finish();
+        }
+        if !ctx.measured.is_empty() && !ctx.refunded {
+            if let Some(Admission::Admitted(a)) = ctx.admission.as_mut() {
+                gw.settle(a, &ctx.measured).await;
+            }
+        }
         let call = crate::telemetry::outcome::Finished {
             started: ctx.started,
             outcome: ctx.outcome,
@@ -325,7 +379,7 @@ impl ProxyHttp for Proxy {
             refunded: ctx.refunded,
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
         };
-        call.record(gw);
+        call.record(&gw);
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 
-use super::{KeyRecord, Reservation, Reserved, Store, StoreError};
+use super::{Adjustment, KeyRecord, Reservation, Reserved, Store, StoreError};
 
 /// Counters in one local file.
 pub struct EmbeddedStore {
@@ -196,6 +196,27 @@ impl Store for EmbeddedStore {
                     },
                 ));
             }
+            s.write(&updates)
+        })
+    }
+
+    async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
+        let now = unix_now();
+        self.with_state(|s| {
+            let updates: Vec<(&str, Entry)> = adjustments
+                .iter()
+                .filter_map(|a| {
+                    let e = s.counters.get(&a.key).filter(|e| e.expire_at > now)?;
+                    let value = (e.value as i64).saturating_add(a.delta).max(0) as u64;
+                    Some((
+                        a.key.as_str(),
+                        Entry {
+                            value,
+                            expire_at: e.expire_at,
+                        },
+                    ))
+                })
+                .collect();
             s.write(&updates)
         })
     }

@@ -33,6 +33,15 @@ pub struct Charge {
     pub expire_at: i64,
 }
 
+/// A measured amount replacing what was reserved: `delta` = measured − reserved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adjustment {
+    /// The counter key.
+    pub key: String,
+    /// Units to add (negative: to take back).
+    pub delta: i64,
+}
+
 /// One call's reservation: its charges, and its idempotency marker if the call carried an
 /// `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -103,6 +112,9 @@ pub trait Store: Send + Sync + 'static {
     /// Takes back units added by `reserve` (never below zero; a vanished counter stays vanished)
     /// and drops the reservation's replay marker, so a retry of the failed call is charged.
     async fn refund(&self, reservation: &Reservation) -> Result<(), StoreError>;
+    /// Settles response-measured meters: adds each delta (negative takes units back), never
+    /// below zero; a counter that expired meanwhile is not recreated.
+    async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError>;
     /// Reads counters (0 when absent).
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
     /// Checks the store answers.
@@ -220,6 +232,15 @@ impl StoreHandle {
     /// See [`Store::refund`].
     pub async fn refund(&self, charges: &Reservation) -> Result<(), StoreError> {
         self.bounded(&self.ops.refund, self.inner.refund(charges))
+            .await
+    }
+
+    /// See [`Store::settle`].
+    pub async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
+        if adjustments.is_empty() {
+            return Ok(());
+        }
+        self.bounded(&self.ops.refund, self.inner.settle(adjustments))
             .await
     }
 

@@ -8,7 +8,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 use tokio::sync::{mpsc, oneshot, OnceCell};
 
-use super::{keys, KeyRecord, Reservation, Reserved, Store, StoreError};
+use super::{keys, Adjustment, KeyRecord, Reservation, Reserved, Store, StoreError};
 
 /// How long a reply may take before redis-rs gives up on it.
 const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
@@ -37,6 +37,7 @@ struct Shared {
     reserve: Script,
     refund: Script,
     lookup: Script,
+    settle: Script,
 }
 
 impl RedisStore {
@@ -59,6 +60,7 @@ impl RedisStore {
             reserve: Script::new(include_str!("reserve.lua")),
             refund: Script::new(include_str!("refund.lua")),
             lookup: Script::new(include_str!("lookup_key.lua")),
+            settle: Script::new(include_str!("settle.lua")),
         };
         Ok(RedisStore {
             shared: Arc::new(shared),
@@ -255,6 +257,16 @@ impl Store for RedisStore {
         }
         if let Some(marker) = &reservation.replay {
             inv.key(&marker.key);
+        }
+        let mut conn = self.shared.conn().await?;
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
+        let mut inv = self.shared.settle.prepare_invoke();
+        for a in adjustments {
+            inv.key(&a.key).arg(a.delta);
         }
         let mut conn = self.shared.conn().await?;
         let _: i64 = inv.invoke_async(&mut conn).await.map_err(backend)?;

@@ -19,6 +19,9 @@ pub const METER_UNITS: &str = "tollgate_meter_units_total";
 pub const UNMETERED: &str = "tollgate_unmetered_total";
 /// `tollgate_store_late_replies_total{result}`: reservations that timed out and answered later.
 pub const LATE_REPLIES: &str = "tollgate_store_late_replies_total";
+/// `tollgate_meter_defaults_total{route,meter}`: measured meters settled to their default
+/// because the response did not carry the amount.
+pub const METER_DEFAULTS: &str = "tollgate_meter_defaults_total";
 /// `tollgate_burst_keys`: tenants currently tracked by the burst limiters.
 pub const BURST_KEYS: &str = "tollgate_burst_keys";
 /// `tollgate_config_reloads_total{result}`
@@ -49,6 +52,8 @@ pub struct Metrics {
     pub meter_units: IntCounterVec,
     /// Calls proxied without metering, by route and reason.
     pub unmetered: IntCounterVec,
+    /// Measured meters settled to their default, by route and meter.
+    pub meter_defaults: IntCounterVec,
     /// Timed-out reservations whose reply came later: `refunded` or `unknown`.
     pub late_refunds: IntCounterVec,
     /// Tenants tracked by burst limiters.
@@ -104,6 +109,10 @@ impl Metrics {
                 ),
                 &["route", "reason"],
             )?,
+            meter_defaults: IntCounterVec::new(
+                Opts::new(METER_DEFAULTS, "Response-measured meters settled to their default: the response carried no amount."),
+                &["route", "meter"],
+            )?,
             late_refunds: IntCounterVec::new(
                 Opts::new(
                     LATE_REPLIES,
@@ -127,6 +136,7 @@ impl Metrics {
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.meter_units.clone()))?;
         registry.register(Box::new(m.unmetered.clone()))?;
+        registry.register(Box::new(m.meter_defaults.clone()))?;
         registry.register(Box::new(m.late_refunds.clone()))?;
         registry.register(Box::new(m.burst_keys.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;

@@ -17,6 +17,7 @@ mod harness;
 mod hygiene;
 mod idempotency;
 mod limits;
+mod measured;
 mod model;
 mod outage;
 mod periods;

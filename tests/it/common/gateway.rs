@@ -139,8 +139,8 @@ impl Gateway {
             .arg(&config)
             .current_dir(self.dir.path())
             .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                "TOLLGATE_LOG",
+                std::env::var("TOLLGATE_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdin(Stdio::null())
             .stdout(stdout.unwrap())

@@ -82,6 +82,9 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
+    if let Some(answer) = llm(&path) {
+        return Ok(answer);
+    }
     let (status, content_type, body) = match path.strip_prefix("/status/") {
         Some(code) => {
             let status = code
@@ -107,6 +110,56 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .body(Full::new(Bytes::from(body)))
         .unwrap();
     Ok(response)
+}
+
+/// OpenAI-shaped answers with known token counts, for response-measured meters:
+/// `/llm/json/<n>` (JSON with `usage.total_tokens = n`), `/llm/sse/<n>` (an event stream whose
+/// last usage event says n, after an earlier one that says less), `/llm/none` (JSON without
+/// `usage`), `/llm/header/<n>` (header `x-units: n`).
+fn llm(path: &str) -> Option<Response<Full<Bytes>>> {
+    let rest = path.strip_prefix("/llm/")?;
+    let n = |s: &str| {
+        s.split(['/', '?'])
+            .next()
+            .unwrap_or("0")
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let (content_type, body, units) = if let Some(t) = rest.strip_prefix("json/") {
+        let t = n(t);
+        let body = format!(
+            r#"{{"id":"chatcmpl-1","choices":[{{"message":{{"content":"hi"}}}}],"usage":{{"prompt_tokens":1,"completion_tokens":{},"total_tokens":{t}}}}}"#,
+            t.saturating_sub(1)
+        );
+        ("application/json", body, None)
+    } else if let Some(t) = rest.strip_prefix("sse/") {
+        let t = n(t);
+        let body = format!(
+            "data: {{\"choices\":[{{\"delta\":{{\"content\":\"h\"}}}}],\"usage\":null}}\n\n\
+             data: {{\"choices\":[],\"usage\":{{\"total_tokens\":{}}}}}\n\n\
+             data: {{\"choices\":[],\"usage\":{{\"total_tokens\":{t}}}}}\n\n\
+             data: [DONE]\n\n",
+            t / 2
+        );
+        ("text/event-stream", body, None)
+    } else if rest.starts_with("none") {
+        (
+            "application/json",
+            r#"{"id":"chatcmpl-2","choices":[]}"#.to_string(),
+            None,
+        )
+    } else if let Some(u) = rest.strip_prefix("header/") {
+        ("text/plain", "ok".to_string(), Some(n(u)))
+    } else {
+        return None;
+    };
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type);
+    if let Some(u) = units {
+        builder = builder.header("x-units", u.to_string());
+    }
+    Some(builder.body(Full::new(Bytes::from(body))).unwrap())
 }
 
 fn echo(req: &Request<Incoming>, path: &str) -> String {
