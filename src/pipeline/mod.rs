@@ -265,8 +265,12 @@ impl Gateway {
     }
 
     /// Step 8 for response-measured meters: replaces each reservation with the measured amount
-    /// in one store call. Updates `admitted` to the settled units.
-    pub async fn settle(&self, admitted: &mut Admitted, measured: &[measure::Measured]) {
+    /// in one store call, and updates `admitted` to the settled units.
+    ///
+    /// The store call runs in the background: it happens after the answer was sent, and
+    /// awaiting it would hold the client's connection (pingora logs a call before reading the
+    /// next request on the connection) for a store round trip.
+    pub fn settle(&self, admitted: &mut Admitted, measured: &[measure::Measured]) {
         let mut adjustments = Vec::with_capacity(measured.len());
         for m in measured {
             let Some(route_meter) = admitted.route.meter.get(m.index) else {
@@ -300,9 +304,16 @@ impl Gateway {
             usage.used = (usage.used as i64 + delta).max(0) as u64;
             usage.units = m.units;
         }
-        if let Err(e) = self.store.settle(&adjustments).await {
-            tracing::warn!(tenant = %admitted.caller.tenant.name, error = %e, ?adjustments, "Settling measured usage failed; the reservation stands.");
+        if adjustments.is_empty() {
+            return;
         }
+        let store = self.store.clone();
+        let tenant = admitted.caller.tenant.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.settle(&adjustments).await {
+                tracing::warn!(tenant = %tenant, error = %e, ?adjustments, "Settling measured usage failed; the reservation stands.");
+            }
+        });
     }
 
     /// Takes back an admitted call's reservation (upstream failed).

@@ -107,3 +107,31 @@ impl Plans {
             .sum()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_feature_offer_names_the_first_plan_up_the_chain_that_has_it() {
+        let text = "server: { listen: \"127.0.0.1:1\" }\nstore: { kind: embedded }\n\
+            plans:\n  free: { upgrade: { plan: plus, url: \"https://x/up\" } }\n\
+            \x20 plus: { features: [search], upgrade: { plan: pro, url: \"https://x/pro\" } }\n\
+            \x20 pro: { features: [search, export] }\n\
+            routes: [{ name: e, match: { path: /e }, respond: { body: x }, feature: export }]\n";
+        let config = crate::config::load_str("t.yaml", text, &|_| None).unwrap();
+        let plans = Plans::new(config.plans.values());
+        let route = &config.routes[0];
+        let Err(Rejection::FeatureNotInPlan(denied)) =
+            plans.check_feature(&config.plans["free"], route)
+        else {
+            panic!("free lacks export");
+        };
+        let upgrade = denied.upgrade.unwrap();
+        assert_eq!(
+            (upgrade.plan.as_str(), upgrade.url.as_str()),
+            ("pro", "https://x/up")
+        );
+        assert!(plans.check_feature(&config.plans["pro"], route).is_ok());
+    }
+}

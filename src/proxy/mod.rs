@@ -367,7 +367,7 @@ impl ProxyHttp for Proxy {
         }
         if !ctx.measured.is_empty() && !ctx.refunded {
             if let Some(Admission::Admitted(a)) = ctx.admission.as_mut() {
-                gw.settle(a, &ctx.measured).await;
+                gw.settle(a, &ctx.measured);
             }
         }
         let call = crate::telemetry::outcome::Finished {

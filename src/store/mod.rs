@@ -5,6 +5,7 @@
 //! pingora's shared-tick timer (10 ms resolution, no lock per call) rather than one tokio timer
 //! per call: it is set up on every metered request.
 
+pub mod batch;
 pub mod embedded;
 pub mod keys;
 pub mod redis;

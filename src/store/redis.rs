@@ -6,7 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
-use tokio::sync::{mpsc, oneshot, OnceCell};
+use tokio::sync::OnceCell;
+
+use super::batch::Batcher;
 
 use super::{keys, Adjustment, KeyRecord, Reservation, Reserved, Store, StoreError};
 
@@ -26,7 +28,8 @@ const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
 /// nothing about exactness. (With Redis Cluster a batch would have to be split by slot.)
 pub struct RedisStore {
     shared: Arc<Shared>,
-    batcher: OnceCell<Batcher>,
+    reserves: OnceCell<Batcher<Arc<Reservation>, Reserved>>,
+    settles: OnceCell<Batcher<Vec<Adjustment>, ()>>,
 }
 
 /// What the batching task and direct calls both use.
@@ -64,7 +67,8 @@ impl RedisStore {
         };
         Ok(RedisStore {
             shared: Arc::new(shared),
-            batcher: OnceCell::new(),
+            reserves: OnceCell::new(),
+            settles: OnceCell::new(),
         })
     }
 }
@@ -99,6 +103,20 @@ impl Shared {
             other => other.map_err(backend)?,
         };
         parse_batch(&flat, batch)
+    }
+
+    /// Settles the measured meters of a batch of calls in one script call.
+    async fn settle_all(
+        &self,
+        batch: &[Vec<Adjustment>],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let mut inv = self.settle.prepare_invoke();
+        for a in batch.iter().flatten() {
+            inv.key(&a.key).arg(a.delta);
+        }
+        let mut conn = self.conn().await?;
+        let _: i64 = inv.invoke_async(&mut conn).await.map_err(backend)?;
+        Ok(batch.iter().map(|_| Ok(())).collect())
     }
 
     /// `EVALSHA <reserve> keys… calls (n (units limit expire_at)…)…`, in one buffer.
@@ -170,80 +188,25 @@ fn parse_batch(
     Ok(out)
 }
 
-/// Most reservations one script call carries.
-const MAX_BATCH: usize = 128;
-
-type Job = (
-    Arc<Reservation>,
-    oneshot::Sender<Result<Reserved, StoreError>>,
-);
-
-/// The batching task's mailbox.
-struct Batcher {
-    jobs: mpsc::UnboundedSender<Job>,
-}
-
-impl Batcher {
-    /// Starts the batching task on the current runtime.
-    fn start(shared: Arc<Shared>) -> Batcher {
-        let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(batch_loop(shared, rx));
-        Batcher { jobs }
-    }
-}
-
-/// Collects the reservations that are ready, sends them as one pipeline, repeats. Several
-/// batches may be in flight at once; a slow one does not hold up the next.
-async fn batch_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Job>) {
-    while let Some(first) = rx.recv().await {
-        // Let every call that is ready to run get its reservation in first: the scheduler runs
-        // them before this task again, so under load they share this batch.
-        tokio::task::yield_now().await;
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
-            }
-        }
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let (charges, replies): (Vec<_>, Vec<_>) = jobs.into_iter().unzip();
-            match shared.reserve_all(&charges).await {
-                Ok(results) => {
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(StoreError::Backend(e.to_string())));
-                    }
-                }
-            }
-        });
-    }
-}
-
 fn backend(e: redis::RedisError) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn reserve(&self, charges: &Arc<Reservation>) -> Result<Reserved, StoreError> {
+    async fn reserve(&self, reservation: &Arc<Reservation>) -> Result<Reserved, StoreError> {
+        let shared = &self.shared;
         let batcher = self
-            .batcher
-            .get_or_init(|| async { Batcher::start(self.shared.clone()) })
+            .reserves
+            .get_or_init(|| async {
+                let shared = shared.clone();
+                Batcher::start(move |batch: Vec<Arc<Reservation>>| {
+                    let shared = shared.clone();
+                    async move { shared.reserve_all(&batch).await }
+                })
+            })
             .await;
-        let (reply, answer) = oneshot::channel();
-        batcher
-            .jobs
-            .send((charges.clone(), reply))
-            .map_err(|_| StoreError::Backend("the reservation batcher has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError::Backend("the reservation batcher dropped a call".into()))?
+        batcher.call(reservation.clone()).await
     }
 
     async fn refund(&self, reservation: &Reservation) -> Result<(), StoreError> {
@@ -264,13 +227,18 @@ impl Store for RedisStore {
     }
 
     async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
-        let mut inv = self.shared.settle.prepare_invoke();
-        for a in adjustments {
-            inv.key(&a.key).arg(a.delta);
-        }
-        let mut conn = self.shared.conn().await?;
-        let _: i64 = inv.invoke_async(&mut conn).await.map_err(backend)?;
-        Ok(())
+        let shared = &self.shared;
+        let batcher = self
+            .settles
+            .get_or_init(|| async {
+                let shared = shared.clone();
+                Batcher::start(move |batch: Vec<Vec<Adjustment>>| {
+                    let shared = shared.clone();
+                    async move { shared.settle_all(&batch).await }
+                })
+            })
+            .await;
+        batcher.call(adjustments.to_vec()).await
     }
 
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {

@@ -1,7 +1,7 @@
 //! Property test: random sequences of reservations (several meters, idempotency keys, several
-//! periods), refunds and replays against a model, on the embedded store and on real Redis. The
-//! counters must match the model after every step, and a blocking meter never admits past its
-//! limit.
+//! periods), refunds, settlements to measured amounts and replays against a model, on the
+//! embedded store and on real Redis. Every answer and every counter must match the model after
+//! every step; the model admits a reservation only if each blocking meter stays within its limit.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -9,7 +9,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 use tollgate::store::embedded::EmbeddedStore;
 use tollgate::store::redis::RedisStore;
-use tollgate::store::{Charge, ReplayMarker, Reservation, Reserved, Store};
+use tollgate::store::{Adjustment, Charge, ReplayMarker, Reservation, Reserved, Store};
 
 use crate::common::RedisServer;
 
@@ -27,6 +27,10 @@ enum Op {
     Refund {
         pick: usize,
     },
+    Settle {
+        pick: usize,
+        measured: [u8; 3],
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -34,6 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0u8..2, 0u8..2, [0u8..3, 0u8..3, 0u8..3], proptest::option::of(0u8..3))
             .prop_map(|(tenant, period, units, replay)| Op::Reserve { tenant, period, units, replay }),
         1 => (0usize..64).prop_map(|pick| Op::Refund { pick }),
+        1 => (0usize..64, [0u8..7, 0u8..7, 0u8..7]).prop_map(|(pick, measured)| Op::Settle { pick, measured }),
     ]
 }
 
@@ -117,6 +122,27 @@ async fn check(store: &dyn Store, ops: &[Op]) {
                         markers.insert(m.key.clone());
                     }
                     admitted.push(r);
+                }
+            }
+            Op::Settle { pick, measured } => {
+                if admitted.is_empty() {
+                    continue;
+                }
+                // A settled reservation is final: the gateway refunds only before settling.
+                let r = admitted.remove(pick % admitted.len());
+                let adjustments: Vec<Adjustment> = r
+                    .charges
+                    .iter()
+                    .zip(measured)
+                    .map(|(c, m)| Adjustment {
+                        key: c.key.clone(),
+                        delta: i64::from(*m) - c.units as i64,
+                    })
+                    .collect();
+                store.settle(&adjustments).await.unwrap();
+                for a in &adjustments {
+                    let v = model.entry(a.key.clone()).or_insert(0);
+                    *v = (*v as i64 + a.delta).max(0) as u64;
                 }
             }
             Op::Refund { pick } => {

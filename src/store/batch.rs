@@ -1,0 +1,82 @@
+//! Batching of store calls: every call that is ready at the same moment goes to the store in
+//! one request, and each caller gets its own answer back.
+
+use std::future::Future;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+
+/// Most calls one batch carries.
+const MAX_BATCH: usize = 128;
+
+type Job<J, R> = (J, oneshot::Sender<Result<R, StoreError>>);
+
+/// A batching task's mailbox.
+pub struct Batcher<J, R> {
+    jobs: mpsc::UnboundedSender<Job<J, R>>,
+}
+
+impl<J: Send + 'static, R: Send + 'static> Batcher<J, R> {
+    /// Starts a batching task on the current runtime; `run` executes one batch and answers
+    /// each of its calls, in order.
+    pub fn start<F, Fut>(run: F) -> Batcher<J, R>
+    where
+        F: Fn(Vec<J>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>> + Send + 'static,
+    {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::spawn(batch_loop(rx, run));
+        Batcher { jobs }
+    }
+
+    /// Hands one call to the batch and waits for its answer.
+    pub async fn call(&self, job: J) -> Result<R, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send((job, reply))
+            .map_err(|_| StoreError::Backend("the store's batching task has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the store's batching task dropped a call".into()))?
+    }
+}
+
+/// Collects the calls that are ready, runs them as one batch, repeats. Several batches may be
+/// in flight at once; a slow one does not hold up the next.
+async fn batch_loop<J, R, F, Fut>(mut rx: mpsc::UnboundedReceiver<Job<J, R>>, run: F)
+where
+    J: Send + 'static,
+    R: Send + 'static,
+    F: Fn(Vec<J>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>> + Send + 'static,
+{
+    while let Some(first) = rx.recv().await {
+        // Let every call that is ready to run get its job in first: the scheduler runs them
+        // before this task again, so under load they share this batch.
+        tokio::task::yield_now().await;
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let (calls, replies): (Vec<J>, Vec<_>) = jobs.into_iter().unzip();
+        let batch = run(calls);
+        tokio::spawn(async move {
+            match batch.await {
+                Ok(results) => {
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                    }
+                }
+            }
+        });
+    }
+}
