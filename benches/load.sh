@@ -13,9 +13,10 @@
 #   (b) unmetered     wrk -> tollgate /open (auth: none) -> nginx: the proxy alone
 #   (c) metered       wrk -> tollgate / with an API key -> nginx: identify the tenant, check and
 #                     reserve the `requests` meter in Redis (one round trip), then proxy
-#   (d)/(e) tokens    like (c), plus a `tokens` meter read from the response's JSON body / SSE
-#                     stream (reserve 1000, settle to 42): the cost of response inspection
-# (a) runs once; (b), (c), (d), (e) run ROUNDS times, interleaved, and the table shows medians.
+#   (d0) tokens fixed like (c) with a second meter, `tokens: 42` at a fixed cost, on a JSON answer
+#   (d)/(e) tokens    the same two meters, `tokens` read from the response's JSON body / SSE
+#                     stream (reserve 1000, settle to 42): against (d0), the cost of inspection
+# (a) runs once; (b)-(e) run ROUNDS times, interleaved, and the table shows medians.
 # "metered/unmetered" is the median of the per-round ratios of req/s. The table also shows how
 # busy each CPU was during a run and the CPU time the gateway (and Redis) spent per request
 # (from /proc/<pid>/stat): when the machine is shared, CPU per request is the steadier number.
@@ -221,7 +222,7 @@ $temp_paths
             default_type text/plain;
             return 200 'ok';
         }
-        location /llm/json {
+        location ~ ^/llm/(json|fixed) {
             default_type application/json;
             return 200 '{"id":"chatcmpl-1","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}';
         }
@@ -272,6 +273,12 @@ plans:
       requests: { limit: 1000000000, period: month }
       tokens: { limit: 1000000000000, period: month }
 routes:
+  - name: tokens-fixed
+    match: { path_prefix: /llm/fixed }
+    upstream: origin
+    meter:
+      requests: 1
+      tokens: 42
   - name: tokens-json
     match: { path_prefix: /llm/json }
     upstream: origin
@@ -485,17 +492,20 @@ for ((r = 1; r <= ROUNDS; r++)); do
 
   # (d)/(e): token-metered routes whose usage is read from the response (JSON body, SSE stream),
   # against the fixed-cost metered route of the same round.
-  for kind in json sse; do
+  for kind in fixed json sse; do
     log "round $r/$ROUNDS: ($kind) token-metered"
     warm "$kind.$r" "$GW/llm/$kind" "${AUTH[@]}"
     measure "$kind.$r" "$GW/llm/$kind" "${AUTH[@]}"
   done
+  read -r f_rps _ f_p99 _ <"$RESULTS_DIR/fixed.$r.parsed"
   read -r j_rps _ j_p99 _ <"$RESULTS_DIR/json.$r.parsed"
   read -r s_rps _ s_p99 _ <"$RESULTS_DIR/sse.$r.parsed"
-  # columns: 1 round, 2-3 json rps p99, 4-5 sse rps p99, 6-7 their req/s ratio to (c) metered
-  printf '%d %s %s %s %s %s %s\n' "$r" "$j_rps" "$j_p99" "$s_rps" "$s_p99" \
-    "$(awk -v a="$j_rps" -v b="$m_rps" 'BEGIN { printf "%.4f", a / b }')" \
-    "$(awk -v a="$s_rps" -v b="$m_rps" 'BEGIN { printf "%.4f", a / b }')" >>"$RESULTS_DIR/measured_rounds.txt"
+  # columns: 1 round, 2-3 json rps p99, 4-5 sse rps p99, 6-7 their req/s ratio to the same two
+  # meters charged at a fixed cost, 8-9 fixed-cost rps p99
+  printf '%d %s %s %s %s %s %s %s %s\n' "$r" "$j_rps" "$j_p99" "$s_rps" "$s_p99" \
+    "$(awk -v a="$j_rps" -v b="$f_rps" 'BEGIN { printf "%.4f", a / b }')" \
+    "$(awk -v a="$s_rps" -v b="$f_rps" 'BEGIN { printf "%.4f", a / b }')" \
+    "$f_rps" "$f_p99" >>"$RESULTS_DIR/measured_rounds.txt"
 done
 
 # ---------------------------------------------------------------- report
@@ -520,10 +530,11 @@ ratios=$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $8 }' "$RESULTS_DIR/rounds
   row "(b) tollgate /open, unmetered *" "$(printf %.0f "$u_rps")" "$(printf %.3f "$u_p50")" "$(printf %.3f "$u_p99")" "$u_c0" "$u_c1" "$u_gw" "-"
   row "(c) tollgate /, metered (redis) *" "$(printf %.0f "$m_rps")" "$(printf %.3f "$m_p50")" "$(printf %.3f "$m_p99")" "$m_c0" "$m_c1" "$m_gw" "$m_rd"
   mcol() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/measured_rounds.txt" | median; }
+  row "(d0) tokens at a fixed cost *" "$(printf %.0f "$(mcol 8)")" "-" "$(printf %.3f "$(mcol 9)")" "-" "-" "-" "-"
   row "(d) tokens from JSON body *" "$(printf %.0f "$(mcol 2)")" "-" "$(printf %.3f "$(mcol 3)")" "-" "-" "-" "-"
   row "(e) tokens from SSE stream *" "$(printf %.0f "$(mcol 4)")" "-" "$(printf %.3f "$(mcol 5)")" "-" "-" "-" "-"
   echo
-  printf 'response-measured/fixed-cost metered req/s: JSON %.3f, SSE %.3f (medians of per-round ratios)\n' "$(mcol 6)" "$(mcol 7)"
+  printf 'response-measured/fixed-cost req/s, same two meters: JSON %.3f, SSE %.3f (medians of per-round ratios)\n' "$(mcol 6)" "$(mcol 7)"
   printf 'metered/unmetered req/s: %.3f  (median of per-round ratios: %s)\n' "$ratio" "$ratios"
   printf 'gateway CPU per request, metered/unmetered: %.3f (median of per-round ratios)\n' "$cpu_ratio"
   printf '* median of %d rounds.\n' "$ROUNDS"

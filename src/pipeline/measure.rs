@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 use http::HeaderMap;
-use serde_json::Value;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 use crate::config::{Measure, MeasureSource, RouteMeter};
 
@@ -92,16 +92,21 @@ impl ResponseMeter {
             }
             return;
         }
-        for &b in chunk.iter() {
-            if b != b'\n' {
-                if self.buf.len() < MAX_BODY {
-                    self.buf.push(b);
-                }
-                continue;
+        let mut rest: &[u8] = chunk;
+        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+            let (head, tail) = rest.split_at(nl);
+            rest = &tail[1..];
+            if self.buf.is_empty() {
+                self.sse_line(head);
+            } else {
+                let room = MAX_BODY.saturating_sub(self.buf.len());
+                self.buf.extend_from_slice(&head[..head.len().min(room)]);
+                let line = std::mem::take(&mut self.buf);
+                self.sse_line(&line);
             }
-            let line = std::mem::take(&mut self.buf);
-            self.sse_line(&line);
         }
+        let room = MAX_BODY.saturating_sub(self.buf.len());
+        self.buf.extend_from_slice(&rest[..rest.len().min(room)]);
     }
 
     /// One line of an event stream: `data:` lines gather; a blank line ends the event.
@@ -126,16 +131,13 @@ impl ResponseMeter {
         if data.is_empty() || data == b"[DONE]" {
             return;
         }
-        let Ok(json) = serde_json::from_slice::<Value>(data) else {
-            return;
-        };
-        self.take_from(&json);
+        self.take_from(data);
     }
 
-    fn take_from(&mut self, json: &Value) {
+    fn take_from(&mut self, json: &[u8]) {
         for ((_, m), found) in self.meters.iter().zip(self.found.iter_mut()) {
             if let MeasureSource::Json(path) = &m.source {
-                if let Some(n) = lookup(json, path) {
+                if let Some(n) = probe(json, path) {
                     *found = Some(n);
                 }
             }
@@ -152,9 +154,8 @@ impl ResponseMeter {
             let data = std::mem::take(&mut self.event);
             self.sse_event(&data);
         } else if self.wants_body() && !self.overflow && !self.buf.is_empty() {
-            if let Ok(json) = serde_json::from_slice::<Value>(&self.buf) {
-                self.take_from(&json);
-            }
+            let body = std::mem::take(&mut self.buf);
+            self.take_from(&body);
         }
         self.meters
             .iter()
@@ -168,23 +169,83 @@ impl ResponseMeter {
     }
 }
 
-/// The number at a dotted path; array elements by index. Non-negative numbers only; fractions
-/// are rounded up (a partial unit is still a unit used).
-fn lookup(json: &Value, path: &[String]) -> Option<u64> {
-    let mut v = json;
-    for part in path {
-        v = match v {
-            Value::Object(map) => map.get(part)?,
-            Value::Array(items) => items.get(part.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
+/// The number at a dotted path of a JSON document (array elements by index), or `None`.
+///
+/// Deserializes only along the path: every other value is skipped without being built, so
+/// reading `usage.total_tokens` out of a long completion allocates nothing for the completion.
+pub fn probe(json: &[u8], path: &[String]) -> Option<u64> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    PathSeed(path).deserialize(&mut de).ok().flatten()
+}
+
+struct PathSeed<'p>(&'p [String]);
+
+impl<'de> DeserializeSeed<'de> for PathSeed<'_> {
+    type Value = Option<u64>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<u64>, D::Error> {
+        d.deserialize_any(self)
     }
-    match v {
-        Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f.ceil() as u64)),
-        Value::String(s) => number_str(s),
-        _ => None,
+}
+
+impl<'de> Visitor<'de> for PathSeed<'_> {
+    type Value = Option<u64>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Option<u64>, E> {
+        Ok(self.0.is_empty().then_some(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Option<u64>, E> {
+        Ok(self.0.is_empty().then(|| u64::try_from(v).ok()).flatten())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Option<u64>, E> {
+        // A partial unit is still a unit used.
+        Ok((self.0.is_empty() && v >= 0.0).then(|| v.ceil() as u64))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Option<u64>, E> {
+        Ok(self.0.is_empty().then(|| number_str(v)).flatten())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Option<u64>, E> {
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<u64>, A::Error> {
+        let mut found = None;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match self.0.split_first() {
+                Some((head, rest)) if found.is_none() && *head == key => {
+                    found = map.next_value_seed(PathSeed(rest))?
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(found)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<u64>, A::Error> {
+        let wanted = self
+            .0
+            .split_first()
+            .and_then(|(head, rest)| Some((head.parse::<usize>().ok()?, rest)));
+        let mut found = None;
+        let mut i = 0;
+        loop {
+            let more = match wanted {
+                Some((n, rest)) if n == i => {
+                    seq.next_element_seed(PathSeed(rest))?.map(|v| found = v)
+                }
+                _ => seq.next_element::<IgnoredAny>()?.map(|_| ()),
+            };
+            if more.is_none() {
+                return Ok(found);
+            }
+            i += 1;
+        }
     }
 }
 
