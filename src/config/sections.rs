@@ -230,20 +230,9 @@ pub(super) fn tenants(
         let Some(f) = d.fields(v, &what, &["plan", "billing_anchor", "keys"]) else {
             continue;
         };
-        let plan = d.require(&f, "plan", &what).and_then(|p| {
-            let s = d.string(p, "`plan`")?;
-            if !plans.contains(&s) {
-                d.err(
-                    p.pos,
-                    format!(
-                        "{what} names plan `{s}`, which is not defined; plans: {}",
-                        list(plans)
-                    ),
-                );
-                return None;
-            }
-            Some(s)
-        });
+        let plan = d
+            .require(&f, "plan", &what)
+            .and_then(|p| plan_ref(d, p, &what, plans));
         let billing_anchor = f
             .get("billing_anchor")
             .and_then(|a| d.int(a, "`billing_anchor`", 1, 31))
@@ -343,20 +332,9 @@ pub(super) fn auth(d: &mut Decoder, n: &Node, plans: &BTreeSet<String>) -> Optio
 fn anonymous(d: &mut Decoder, n: &Node, plans: &BTreeSet<String>) -> Option<Anonymous> {
     let what = "`auth.anonymous`";
     let f = d.fields(n, what, &["plan", "trusted_proxies", "secret"])?;
-    let plan = d.require(&f, "plan", what).and_then(|p| {
-        let s = d.string(p, "`plan`")?;
-        if !plans.contains(&s) {
-            d.err(
-                p.pos,
-                format!(
-                    "{what} names plan `{s}`, which is not defined; plans: {}",
-                    list(plans)
-                ),
-            );
-            return None;
-        }
-        Some(s)
-    });
+    let plan = d
+        .require(&f, "plan", what)
+        .and_then(|p| plan_ref(d, p, what, plans));
     let mut trusted_proxies = Vec::new();
     if let Some(t) = f.get("trusted_proxies") {
         for (s, pos) in d.strings(t, "`trusted_proxies`")? {
@@ -379,6 +357,22 @@ fn anonymous(d: &mut Decoder, n: &Node, plans: &BTreeSet<String>) -> Option<Anon
         trusted_proxies,
         secret: secret?,
     })
+}
+
+/// A `plan:` value that must name a configured plan.
+fn plan_ref(d: &mut Decoder, n: &Node, what: &str, plans: &BTreeSet<String>) -> Option<String> {
+    let s = d.string(n, "`plan`")?;
+    if !plans.contains(&s) {
+        d.err(
+            n.pos,
+            format!(
+                "{what} names plan `{s}`, which is not defined; plans: {}",
+                list(plans)
+            ),
+        );
+        return None;
+    }
+    Some(s)
 }
 
 fn addr(d: &mut Decoder, n: &Node, what: &str) -> Option<SocketAddr> {

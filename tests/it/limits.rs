@@ -270,6 +270,13 @@ async fn overage_meter_never_blocks_and_counts_past_the_limit() {
             "call {call} of a 2-call overage plan: {}",
             answer.body
         );
+        if call > 2 {
+            // Past the limit the warning says the call is in overage.
+            assert_eq!(
+                answer.header("tollgate-warning"),
+                Some(format!("\"requests\";used={call};limit=2;overage").as_str())
+            );
+        }
     }
 
     assert_eq!(
