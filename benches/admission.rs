@@ -6,6 +6,8 @@
 //! them, the baseline is the least any gateway must do: one hash-map look-up of the plaintext
 //! key. The parts are benched alone so a regression points at its step.
 
+#![allow(clippy::expect_used)] // a bench may panic: that is how it reports a broken set-up
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;

@@ -66,8 +66,10 @@ pub(super) struct Declared {
 impl Declared {
     /// Collects names leniently from the raw `upstreams` and `plans` nodes.
     pub fn scan(upstreams: Option<&Node>, plans: Option<&Node>) -> Declared {
-        let mut out = Declared::default();
-        out.upstreams = keys(upstreams).map(|(k, _)| k.to_string()).collect();
+        let mut out = Declared {
+            upstreams: keys(upstreams).map(|(k, _)| k.to_string()).collect(),
+            ..Declared::default()
+        };
         for (_, plan) in keys(plans) {
             let field = |name: &str| match &plan.value {
                 Value::Map(e) => e
