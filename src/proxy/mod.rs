@@ -281,6 +281,16 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
+    /// A client that hangs up mid-call is routine, not an error worth a log line each (under
+    /// load that was dozens per second); it still shows in the access metrics.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        matches!(error.esource(), ErrorSource::Downstream)
+            && matches!(
+                error.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     /// Looks at each body chunk for measured meters; never holds a chunk back.
     fn response_body_filter(
         &self,
