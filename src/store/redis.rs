@@ -188,6 +188,26 @@ fn parse_batch(
     Ok(out)
 }
 
+impl RedisStore {
+    /// The batching task in `cell`, started on first use (on the runtime serving requests).
+    async fn batcher<'a, J, R, Fut>(
+        &self,
+        cell: &'a OnceCell<Batcher<J, R>>,
+        run: fn(Arc<Shared>, Vec<J>) -> Fut,
+    ) -> &'a Batcher<J, R>
+    where
+        J: Send + 'static,
+        R: Send + 'static,
+        Fut: std::future::Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>>
+            + Send
+            + 'static,
+    {
+        let shared = self.shared.clone();
+        cell.get_or_init(|| async move { Batcher::start(move |batch| run(shared.clone(), batch)) })
+            .await
+    }
+}
+
 fn backend(e: redis::RedisError) -> StoreError {
     StoreError::Backend(e.to_string())
 }
@@ -195,16 +215,11 @@ fn backend(e: redis::RedisError) -> StoreError {
 #[async_trait]
 impl Store for RedisStore {
     async fn reserve(&self, reservation: &Arc<Reservation>) -> Result<Reserved, StoreError> {
-        let shared = &self.shared;
         let batcher = self
-            .reserves
-            .get_or_init(|| async {
-                let shared = shared.clone();
-                Batcher::start(move |batch: Vec<Arc<Reservation>>| {
-                    let shared = shared.clone();
-                    async move { shared.reserve_all(&batch).await }
-                })
-            })
+            .batcher(
+                &self.reserves,
+                |s, b| async move { s.reserve_all(&b).await },
+            )
             .await;
         batcher.call(reservation.clone()).await
     }
@@ -227,16 +242,8 @@ impl Store for RedisStore {
     }
 
     async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError> {
-        let shared = &self.shared;
         let batcher = self
-            .settles
-            .get_or_init(|| async {
-                let shared = shared.clone();
-                Batcher::start(move |batch: Vec<Vec<Adjustment>>| {
-                    let shared = shared.clone();
-                    async move { shared.settle_all(&batch).await }
-                })
-            })
+            .batcher(&self.settles, |s, b| async move { s.settle_all(&b).await })
             .await;
         batcher.call(adjustments.to_vec()).await
     }

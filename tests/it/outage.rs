@@ -220,6 +220,18 @@ async fn calls_during_hang(stack: &Stack, status: u16) {
     }
 }
 
+/// Calls until one is admitted again (bounded by `RECOVERY`).
+async fn wait_until_admitted(stack: &Stack) {
+    let deadline = Instant::now() + RECOVERY;
+    while stack.get("/v1/items", Some(ACME_KEY)).await.status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "metering did not resume within {RECOVERY:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn store_timeout_bounds_calls_while_redis_hangs_fail_closed() {
     let stack = stack("fail_closed").await;
@@ -229,14 +241,7 @@ async fn store_timeout_bounds_calls_while_redis_hangs_fail_closed() {
     calls_during_hang(&stack, 503).await;
     stack.redis.resume();
 
-    let deadline = Instant::now() + RECOVERY;
-    while stack.get("/v1/items", Some(ACME_KEY)).await.status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "metering did not resume within {RECOVERY:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_admitted(&stack).await;
     assert_eq!(
         stack.upstream.hits(),
         2,
@@ -269,14 +274,7 @@ async fn calls_refused_during_a_redis_hang_are_not_charged_after_it() {
     calls_during_hang(&stack, 503).await;
     stack.redis.resume();
     // Redis now runs whatever was queued while it hung. Wait until a call is admitted again.
-    let deadline = Instant::now() + RECOVERY;
-    while stack.get("/v1/items", Some(ACME_KEY)).await.status != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "metering did not resume within {RECOVERY:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until_admitted(&stack).await;
 
     // Two calls were admitted (one before, one after); the three 503s were never served.
     assert_eq!(
