@@ -38,6 +38,16 @@ pub struct Caller {
     pub identity: IdentityKind,
     /// The id of the key used (never the key).
     pub key_id: Option<String>,
+    /// The end user inside the tenant, when the credential names one (a JWT's `user_claim`).
+    pub user: Option<String>,
+}
+
+impl Caller {
+    /// The `anonymous_id` of events: the keyed hash the anonymous tier counts a client IP
+    /// under, never the IP itself.
+    pub fn anonymous_id(&self) -> Option<&str> {
+        (self.identity == IdentityKind::Anonymous).then_some(self.tenant.name.as_str())
+    }
 }
 
 /// The anonymous tier: callers with no credentials at all, each client IP its own tenant.
@@ -81,6 +91,7 @@ impl AnonymousTier {
             }),
             identity: IdentityKind::Anonymous,
             key_id: None,
+            user: None,
         }
     }
 }
@@ -90,8 +101,21 @@ impl AnonymousTier {
 pub enum IdentityKind {
     /// An API key.
     ApiKey,
+    /// A signed JWT from a configured issuer.
+    Jwt,
     /// No credentials; counted per client IP.
     Anonymous,
+}
+
+impl IdentityKind {
+    /// The `identity` field of events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::ApiKey => "api_key",
+            IdentityKind::Jwt => "jwt",
+            IdentityKind::Anonymous => "anonymous",
+        }
+    }
 }
 
 /// Why a caller could not be identified. Messages never echo the credential.
@@ -164,6 +188,7 @@ impl ApiKeys {
                 tenant: entry.tenant.clone(),
                 identity: IdentityKind::ApiKey,
                 key_id: Some(entry.id.clone()),
+                user: None,
             })),
             _ => Ok(KeyCheck::LookUp(digest)),
         }

@@ -261,6 +261,7 @@ impl Gateway {
             tenant,
             identity: identity::IdentityKind::ApiKey,
             key_id: Some(record.id),
+            user: None,
         })
     }
 
