@@ -67,6 +67,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         svc.add_tcp(&admin.listen.to_string());
         server.add_service(svc);
     }
+    let jwks = gateway.load().jwks();
+    if !jwks.is_empty() {
+        server.add_service(background_service("jwks refresh", JwksRefresh { jwks }));
+    }
     server.add_service(background_service("housekeeping", Housekeeping { gateway }));
 
     tracing::info!(listen = %config.server.listen, admin = ?config.admin.as_ref().map(|a| a.listen), "Starting tollgate.");
@@ -100,5 +104,22 @@ impl BackgroundService for Housekeeping {
                 }
             }
         }
+    }
+}
+
+/// Fetches every issuer's JWKS at startup and keeps it fresh (see `Jwks::refresh`).
+struct JwksRefresh {
+    jwks: Vec<Arc<crate::pipeline::jwt::Jwks>>,
+}
+
+#[async_trait]
+impl BackgroundService for JwksRefresh {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for set in &self.jwks {
+            let (set, shutdown) = (set.clone(), shutdown.clone());
+            tasks.spawn(async move { set.refresh(shutdown).await });
+        }
+        while tasks.join_next().await.is_some() {}
     }
 }

@@ -20,3 +20,10 @@ pub mod telemetry {
     pub mod metrics;
     pub mod outcome;
 }
+
+/// Makes aws-lc-rs the process's TLS crypto provider (the one jsonwebtoken already uses), so
+/// every HTTP client built later (JWKS fetches, HTTP sinks) has one without compiling a second.
+/// Idempotent: a provider installed earlier stays.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

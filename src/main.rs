@@ -73,6 +73,7 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tollgate::install_crypto_provider();
     match cli.command {
         Command::Check { config } => match tollgate::config::load(&config) {
             Ok(_) => {

@@ -40,6 +40,15 @@ impl<'e> Decoder<'e> {
         }
     }
 
+    /// A path written in the config, relative to the config file's directory.
+    pub fn relative(&self, path: &str) -> std::path::PathBuf {
+        let path = std::path::Path::new(path);
+        match std::path::Path::new(&self.file).parent() {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path.to_path_buf(),
+        }
+    }
+
     /// Records an error at `pos`.
     pub fn err(&mut self, pos: Pos, message: impl Into<String>) {
         self.errors.push(ConfigError {

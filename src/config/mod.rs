@@ -2,6 +2,7 @@
 //! (`decode.rs`, `sections.rs`, `plans.rs`, `routes.rs`) → validated model (`model.rs`).
 
 pub mod decode;
+mod jwt;
 pub mod model;
 pub mod node;
 mod plans;
@@ -163,6 +164,7 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
         None => Some(Auth {
             api_key_headers: sections::default_key_headers(),
             anonymous: None,
+            jwt: Vec::new(),
         }),
     };
     let routes = match f.get("routes") {

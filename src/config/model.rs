@@ -108,7 +108,7 @@ pub struct Upstream {
 }
 
 /// `tenants.<name>`
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tenant {
     /// Tenant id.
     pub name: String,
@@ -121,7 +121,7 @@ pub struct Tenant {
 }
 
 /// One API key of a static tenant.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StaticKey {
     /// The key's id (appears in events and logs; never the key itself).
     pub id: String,
@@ -136,6 +136,49 @@ pub struct Auth {
     pub api_key_headers: Vec<HeaderName>,
     /// The anonymous tier, if calls without credentials are allowed.
     pub anonymous: Option<Anonymous>,
+    /// Trusted JWT issuers, in config order.
+    pub jwt: Vec<JwtIssuer>,
+}
+
+/// `auth.jwt[]`: one issuer whose signed tokens identify callers.
+#[derive(Debug, Clone)]
+pub struct JwtIssuer {
+    /// The exact `iss` its tokens carry.
+    pub issuer: String,
+    /// Accepted `aud` values: a token must name at least one.
+    pub audiences: Vec<String>,
+    /// The only algorithms accepted; never taken from the token.
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Where the verification keys come from.
+    pub keys: JwtKeys,
+    /// The claim naming the tenant.
+    pub tenant_claim: String,
+    /// The claim naming the plan, if tokens carry one.
+    pub plan_claim: Option<String>,
+    /// The plan of tenants known only from their token, without a plan claim.
+    pub default_plan: Option<String>,
+    /// The claim naming the end user (goes into events).
+    pub user_claim: Option<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: std::time::Duration,
+    /// Shortest time a fetched key set is kept before refreshing, whatever Cache-Control says.
+    pub jwks_min_refresh: std::time::Duration,
+    /// Longest time a fetched key set is kept before refreshing.
+    pub jwks_max_refresh: std::time::Duration,
+}
+
+/// An issuer's verification keys.
+#[derive(Debug, Clone)]
+pub enum JwtKeys {
+    /// A JWKS document, fetched at startup and refreshed in the background.
+    Jwks {
+        /// Its URL.
+        url: String,
+    },
+    /// One public key read from a PEM file at startup.
+    PublicKey(jsonwebtoken::DecodingKey),
+    /// An HMAC secret.
+    Secret(jsonwebtoken::DecodingKey),
 }
 
 /// `auth.anonymous:` calls with no credentials at all, counted per client IP.

@@ -296,12 +296,10 @@ pub(super) fn default_key_headers() -> Vec<HeaderName> {
 
 pub(super) fn auth(d: &mut Decoder, n: &Node, plans: &BTreeSet<String>) -> Option<Auth> {
     let f = d.fields(n, "`auth`", &["api_key", "jwt", "anonymous"])?;
-    if let Some(v) = f.get("jwt") {
-        d.err(
-            v.pos,
-            "`auth.jwt` is not supported yet by this version of tollgate; remove it",
-        );
-    }
+    let jwt = match f.get("jwt") {
+        Some(v) => super::jwt::issuers(d, v, plans),
+        None => Vec::new(),
+    };
     let anonymous = match f.get("anonymous") {
         Some(a) => Some(anonymous(d, a, plans)?),
         None => None,
@@ -326,6 +324,7 @@ pub(super) fn auth(d: &mut Decoder, n: &Node, plans: &BTreeSet<String>) -> Optio
     Some(Auth {
         api_key_headers,
         anonymous,
+        jwt,
     })
 }
 

@@ -134,7 +134,7 @@ pub enum AuthFailure {
     },
     /// A key on file whose tenant has no plan this gateway knows.
     #[error(
-        "The API key's tenant has no plan on this gateway. Ask the API's operator to assign one."
+        "The caller's tenant has no plan on this gateway. Ask the API's operator to assign one."
     )]
     NoPlan,
     /// A well-formed key nobody issued (or a revoked one).
@@ -142,6 +142,60 @@ pub enum AuthFailure {
         "The API key is not recognised. Check that it was copied whole and has not been revoked."
     )]
     UnknownKey,
+    /// A bearer token that is not a well-formed JWT.
+    #[error("The token is malformed: {why}.")]
+    MalformedToken {
+        /// What is wrong with it.
+        why: &'static str,
+    },
+    /// A JWT whose header marks an extension as critical (`crit`); none is implemented.
+    #[error(
+        "The token marks header extensions as critical (`crit`), which this API does not support."
+    )]
+    CriticalHeader,
+    /// `iss` is not a configured issuer.
+    #[error("The token's issuer is not one this API accepts.")]
+    WrongIssuer,
+    /// `alg` is not pinned for the issuer.
+    #[error(
+        "The token is signed with algorithm `{alg}`, which its issuer is not configured to use."
+    )]
+    AlgorithmNotAllowed {
+        /// The token's `alg`, reduced to plain characters.
+        alg: String,
+    },
+    /// No key of the issuer has the token's `kid`.
+    #[error("The token's key id is unknown: the issuer publishes no such key. Get a fresh token.")]
+    UnknownKeyId,
+    /// The issuer's keys could not be fetched yet.
+    #[error("The issuer's signing keys are not available yet. Try again shortly.")]
+    KeysUnavailable,
+    /// The signature does not verify.
+    #[error("The token's signature does not verify.")]
+    BadSignature,
+    /// `exp` is past (beyond the leeway).
+    #[error("The token has expired. Get a fresh token.")]
+    Expired,
+    /// `nbf` is in the future (beyond the leeway).
+    #[error("The token is not valid yet (`nbf` is in the future). Check the issuer's clock.")]
+    NotYetValid,
+    /// `aud` does not name this API.
+    #[error("The token's audience does not include this API.")]
+    WrongAudience,
+    /// The tenant claim is absent or not a string.
+    #[error("The token has no `{claim}` claim naming the tenant.")]
+    MissingClaim {
+        /// The configured tenant claim.
+        claim: String,
+    },
+    /// The tenant claim is not a usable tenant id.
+    #[error(
+        "The token's tenant claim is not a valid tenant id (letters, digits, `_-.@`, at most 128)."
+    )]
+    BadTenantClaim,
+    /// The plan claim names no configured plan.
+    #[error("The token's plan claim names no plan this API offers.")]
+    UnknownPlanClaim,
 }
 
 /// What the config's keys say about a presented key.
@@ -225,6 +279,15 @@ impl ApiKeys {
         }
         Err(AuthFailure::Missing)
     }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` header, if the call sent one.
+pub fn bearer_token(req: &HeaderMap) -> Option<&str> {
+    let value = req.get(http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
 }
 
 fn header_title(name: &HeaderName) -> String {

@@ -6,6 +6,7 @@ pub mod burst;
 pub mod client_ip;
 pub mod headers;
 pub mod identity;
+pub mod jwt;
 pub mod measure;
 pub mod meter;
 pub mod plan;
@@ -30,6 +31,7 @@ use route::RouteTable;
 pub struct Gateway {
     routes: RouteTable,
     keys: ApiKeys,
+    jwt: jwt::JwtAuth,
     tenants: std::collections::BTreeMap<String, Arc<Tenant>>,
     anonymous: Option<AnonymousTier>,
     /// Plans and their burst limiters.
@@ -129,6 +131,7 @@ impl Gateway {
         Gateway {
             routes: RouteTable::new(config.routes.clone()),
             anonymous: config.auth.anonymous.as_ref().and_then(AnonymousTier::new),
+            jwt: jwt::JwtAuth::new(&config.auth.jwt),
             tenants: config.tenants.clone(),
             keys: ApiKeys::new(
                 config.auth.api_key_headers.clone(),
@@ -219,15 +222,63 @@ impl Gateway {
         })))
     }
 
-    /// API key, else anonymous (when configured and no credential at all was sent). A call that
-    /// sends a bad credential is refused, never quietly treated as anonymous.
+    /// A JWT (a bearer credential with two dots, when issuers are configured), else an API key,
+    /// else anonymous (when configured and no credential at all was sent). A call that sends a
+    /// bad credential is refused, never quietly treated as anonymous.
     async fn identify(&self, headers: &HeaderMap, peer: IpAddr) -> Result<Caller, Rejection> {
+        if !self.jwt.is_empty() {
+            if let Some(token) = identity::bearer_token(headers).filter(|t| jwt::looks_like_jwt(t))
+            {
+                return self
+                    .jwt_caller(token)
+                    .await
+                    .map_err(Rejection::Unauthenticated);
+            }
+        }
         match (self.keys.authenticate(headers), &self.anonymous) {
             (Ok(KeyCheck::Found(caller)), _) => Ok(caller),
             (Ok(KeyCheck::LookUp(digest)), _) => self.runtime_key(digest).await,
             (Err(AuthFailure::Missing), Some(anonymous)) => Ok(anonymous.caller(peer, headers)),
             (Err(failure), _) => Err(Rejection::Unauthenticated(failure)),
         }
+    }
+
+    /// The caller a verified token names. The plan is the token's plan claim when it has one,
+    /// else the configured tenant's plan, else the issuer's `default_plan`.
+    async fn jwt_caller(&self, token: &str) -> Result<Caller, AuthFailure> {
+        let claims = self.jwt.verify(token, self.clock.now().as_second()).await?;
+        let default_plan = self
+            .jwt
+            .issuer(claims.issuer)
+            .and_then(|i| i.default_plan.clone());
+        let configured = self.tenants.get(&claims.tenant);
+        let plan = match claims.plan {
+            Some(p) if self.plans.contains(&p) => p,
+            Some(_) => return Err(AuthFailure::UnknownPlanClaim),
+            None => configured
+                .map(|t| t.plan.clone())
+                .or(default_plan)
+                .ok_or(AuthFailure::NoPlan)?,
+        };
+        let tenant = match configured {
+            Some(t) if t.plan == plan => t.clone(),
+            Some(t) => Arc::new(Tenant {
+                plan,
+                ..Tenant::clone(t)
+            }),
+            None => Arc::new(Tenant {
+                name: claims.tenant,
+                plan,
+                billing_anchor: None,
+                keys: Vec::new(),
+            }),
+        };
+        Ok(Caller {
+            tenant,
+            identity: identity::IdentityKind::Jwt,
+            key_id: None,
+            user: claims.user,
+        })
     }
 
     /// A key not in the config, looked up in the store on every call, so a key filed or revoked
@@ -325,6 +376,11 @@ impl Gateway {
     /// Headers that carry credentials: never forwarded upstream.
     pub fn credential_headers(&self) -> &[http::HeaderName] {
         self.keys.headers()
+    }
+
+    /// The JWKS-backed key sets of `auth.jwt`, for the background refresher.
+    pub fn jwks(&self) -> Vec<Arc<jwt::Jwks>> {
+        self.jwt.key_sets()
     }
 
     /// The current time, from the injected clock.

@@ -16,6 +16,7 @@ mod embedded;
 mod harness;
 mod hygiene;
 mod idempotency;
+mod jwt;
 mod limits;
 mod measured;
 mod model;

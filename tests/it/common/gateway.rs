@@ -168,6 +168,7 @@ impl Gateway {
     }
 
     async fn wait_healthy(&mut self) {
+        tollgate::install_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(1))
             .build()

@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 
 /// HTTP/1.1 only, never follows redirects, 10 s per call.
 pub fn client() -> Client {
+    tollgate::install_crypto_provider();
     Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .http1_only()

@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod gateway;
 pub mod http;
+pub mod jwt;
 pub mod redis;
 pub mod upstream;
 
