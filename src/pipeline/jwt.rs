@@ -15,6 +15,7 @@
 //!    nothing about which claims would have passed.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use base64::Engine;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use super::identity::AuthFailure;
 use crate::config::{JwtIssuer, JwtKeys};
@@ -57,6 +59,45 @@ pub struct Claims {
 /// The configured issuers and their keys.
 pub struct JwtAuth {
     issuers: Vec<Issuer>,
+    verified: std::sync::Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+/// Most tokens remembered as verified. Past it, expired ones are dropped, then all.
+const VERIFIED_MAX: usize = 10_000;
+
+/// A token that passed every check: what it says, and what must be checked again on reuse.
+///
+/// Clients send the same token for many calls (for its whole lifetime, minutes to hours), and
+/// a signature check costs 30–80 µs (RS256/ES256), more than the rest of a call. So a token
+/// that verified is remembered by the SHA-256 of its full text and, on reuse, only its time
+/// claims are checked again. The entry is void when the issuer's key set has changed since
+/// (`generation`), so a key removed by rotation stops its tokens on the next call.
+#[derive(Clone)]
+struct Verified {
+    claims: Claims,
+    times: Times,
+    generation: u64,
+}
+
+/// A token's time claims, in Unix seconds, and the issuer's leeway.
+#[derive(Clone, Copy)]
+struct Times {
+    exp: f64,
+    nbf: Option<f64>,
+    leeway: f64,
+}
+
+impl Times {
+    fn check(&self, now: i64) -> Result<(), AuthFailure> {
+        let now = now as f64;
+        if now > self.exp + self.leeway {
+            return Err(AuthFailure::Expired);
+        }
+        if self.nbf.is_some_and(|nbf| now + self.leeway < nbf) {
+            return Err(AuthFailure::NotYetValid);
+        }
+        Ok(())
+    }
 }
 
 struct Issuer {
@@ -88,6 +129,7 @@ impl JwtAuth {
                     config: c.clone(),
                 })
                 .collect(),
+            verified: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -115,6 +157,50 @@ impl JwtAuth {
     /// Verifies `token` at `now` (Unix seconds). May await one JWKS refetch when the token
     /// names a key id the cache lacks (at most one per issuer per [`UNKNOWN_KID_REFETCH`]).
     pub async fn verify(&self, token: &str, now: i64) -> Result<Claims, AuthFailure> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.remembered(&digest) {
+            hit.times.check(now)?;
+            return Ok(hit.claims);
+        }
+        let verified = self.verify_fully(token, now).await?;
+        let claims = verified.claims.clone();
+        self.remember(digest, verified, now);
+        Ok(claims)
+    }
+
+    /// [`verify`](Self::verify) without the memory of verified tokens: what a token seen for
+    /// the first time costs (benchmarks use it; the request path does not).
+    pub async fn verify_uncached(&self, token: &str, now: i64) -> Result<Claims, AuthFailure> {
+        self.verify_fully(token, now).await.map(|v| v.claims)
+    }
+
+    fn generation(&self, issuer: usize) -> u64 {
+        match self.issuers.get(issuer).map(|i| &i.keys) {
+            Some(IssuerKeys::Jwks(j)) => j.generation.load(Ordering::Acquire),
+            _ => 0,
+        }
+    }
+
+    fn remembered(&self, digest: &[u8; 32]) -> Option<Verified> {
+        let hit = self.verified.lock().ok()?.get(digest).cloned()?;
+        (hit.generation == self.generation(hit.claims.issuer)).then_some(hit)
+    }
+
+    fn remember(&self, digest: [u8; 32], verified: Verified, now: i64) {
+        let Ok(mut map) = self.verified.lock() else {
+            return;
+        };
+        if map.len() >= VERIFIED_MAX {
+            map.retain(|_, v| v.times.check(now).is_ok());
+            if map.len() >= VERIFIED_MAX {
+                map.clear();
+            }
+        }
+        map.insert(digest, verified);
+    }
+
+    /// Every check, signature included.
+    async fn verify_fully(&self, token: &str, now: i64) -> Result<Verified, AuthFailure> {
         let parsed = Parsed::new(token)?;
         if parsed.header.contains_key("crit") {
             return Err(AuthFailure::CriticalHeader);
@@ -141,6 +227,8 @@ impl JwtAuth {
             Some(Value::String(k)) => Some(k.as_str()),
             Some(_) => return Err(malformed("the `kid` header is not a string")),
         };
+        // Read before the keys are: a key set swapped in meanwhile voids this entry.
+        let generation = self.generation(index);
         let verified = match &issuer.keys {
             IssuerKeys::Fixed(key) => parsed.signed_by(key, alg),
             IssuerKeys::Jwks(jwks) => {
@@ -163,11 +251,16 @@ impl JwtAuth {
         if !verified {
             return Err(AuthFailure::BadSignature);
         }
-        check_claims(&issuer.config, &parsed.claims, now).map(|(tenant, plan, user)| Claims {
-            issuer: index,
-            tenant,
-            plan,
-            user,
+        let (times, tenant, plan, user) = check_claims(&issuer.config, &parsed.claims, now)?;
+        Ok(Verified {
+            claims: Claims {
+                issuer: index,
+                tenant,
+                plan,
+                user,
+            },
+            times,
+            generation,
         })
     }
 }
@@ -256,7 +349,7 @@ fn json_part(part: &str, why: &'static str) -> Result<Map<String, Value>, AuthFa
     }
 }
 
-type Checked = (String, Option<String>, Option<String>);
+type Checked = (Times, String, Option<String>, Option<String>);
 
 /// `exp` (required), `nbf`, `aud`, then the tenant, plan and user claims.
 fn check_claims(
@@ -264,21 +357,20 @@ fn check_claims(
     claims: &Map<String, Value>,
     now: i64,
 ) -> Result<Checked, AuthFailure> {
-    let leeway = issuer.leeway.as_secs() as f64;
-    let now = now as f64;
     let exp = match claims.get("exp") {
         None => return Err(malformed("the `exp` claim is missing")),
         Some(v) => numeric_date(v).ok_or(malformed("the `exp` claim is not a NumericDate"))?,
     };
-    if now > exp + leeway {
-        return Err(AuthFailure::Expired);
-    }
-    if let Some(v) = claims.get("nbf") {
-        let nbf = numeric_date(v).ok_or(malformed("the `nbf` claim is not a NumericDate"))?;
-        if now + leeway < nbf {
-            return Err(AuthFailure::NotYetValid);
-        }
-    }
+    let nbf = match claims.get("nbf") {
+        None => None,
+        Some(v) => Some(numeric_date(v).ok_or(malformed("the `nbf` claim is not a NumericDate"))?),
+    };
+    let times = Times {
+        exp,
+        nbf,
+        leeway: issuer.leeway.as_secs() as f64,
+    };
+    times.check(now)?;
     let audience_ok = match claims.get("aud") {
         Some(Value::String(a)) => issuer.audiences.contains(a),
         Some(Value::Array(list)) => list
@@ -313,7 +405,7 @@ fn check_claims(
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         });
-    Ok((tenant, plan, user))
+    Ok((times, tenant, plan, user))
 }
 
 /// RFC 7519 NumericDate: a JSON number of seconds (a string is not one).
@@ -337,6 +429,8 @@ pub struct Jwks {
     max_refresh: Duration,
     client: Option<reqwest::Client>,
     keys: ArcSwap<KeySet>,
+    /// Bumped each time a key set is swapped in; voids remembered verifications.
+    generation: AtomicU64,
     /// When an unknown `kid` last caused a refetch. Held across that fetch, so a burst of
     /// unknown kids waits for one fetch instead of starting many.
     last_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
@@ -457,6 +551,7 @@ impl Jwks {
             max_refresh,
             client: http_client(),
             keys: ArcSwap::from_pointee(KeySet::default()),
+            generation: AtomicU64::new(0),
             last_kid_refetch: tokio::sync::Mutex::new(None),
         }
     }
@@ -508,6 +603,7 @@ impl Jwks {
             .await
             .map_err(|_| JwksError::Fetch("timed out".into()))??;
         self.keys.store(Arc::new(set));
+        self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(ttl)
     }
 
@@ -642,6 +738,19 @@ mod tests {
         assert!(at(claims(NOW + 60, Some(NOW + 30))).await.is_ok());
         assert_eq!(
             at(claims(NOW + 60, Some(NOW + 31))).await,
+            Err(AuthFailure::NotYetValid)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_still_expires_on_time() {
+        let auth = auth();
+        let t = token(claims(NOW - 30, Some(NOW + 30)));
+        assert!(auth.verify(&t, NOW).await.is_ok(), "verified fully");
+        assert!(auth.verify(&t, NOW).await.is_ok(), "remembered");
+        assert_eq!(auth.verify(&t, NOW + 1).await, Err(AuthFailure::Expired));
+        assert_eq!(
+            auth.verify(&t, NOW - 1).await,
             Err(AuthFailure::NotYetValid)
         );
     }
