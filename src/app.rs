@@ -13,9 +13,10 @@ use pingora::services::listening::Service;
 
 use crate::admin::AdminApp;
 use crate::config::Config;
-use crate::meter::period::SystemClock;
+use crate::meter::period::{Clock, SystemClock};
 use crate::pipeline::Gateway;
 use crate::proxy::Proxy;
+use crate::reload::Reloader;
 use crate::store::StoreHandle;
 use crate::telemetry::metrics::Metrics;
 
@@ -28,11 +29,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::default_registry().clone();
     let metrics = Arc::new(Metrics::new(&registry).context("registering metrics")?);
     let store = StoreHandle::open(&config.store, &metrics).context("opening the store")?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(
         &config,
-        store,
-        Arc::new(SystemClock),
-        metrics,
+        store.clone(),
+        clock.clone(),
+        metrics.clone(),
     )));
 
     // One single-threaded runtime per worker thread instead of one work-stealing runtime: a
@@ -58,22 +60,43 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     proxy.add_tcp(&config.server.listen.to_string());
     server.add_service(proxy);
 
-    if let Some(admin) = &config.admin {
+    let listen = config.server.listen;
+    let admin = config.admin.as_ref().map(|a| (a.listen, a.token.clone()));
+    let from_file = !config.source.as_os_str().is_empty();
+    let reloader = from_file.then(|| {
+        Arc::new(Reloader::new(
+            config,
+            gateway.clone(),
+            store.clone(),
+            clock,
+            metrics,
+        ))
+    });
+    if let Some((admin_listen, token)) = &admin {
         let mut svc = Service::new(
             "tollgate admin".into(),
-            AdminApp::new(gateway.clone(), registry),
+            AdminApp::new(gateway.clone(), registry, token.clone(), reloader.clone()),
         );
         svc.threads = Some(1);
-        svc.add_tcp(&admin.listen.to_string());
+        svc.add_tcp(&admin_listen.to_string());
         server.add_service(svc);
     }
-    let jwks = gateway.load().jwks();
-    if !jwks.is_empty() {
-        server.add_service(background_service("jwks refresh", JwksRefresh { jwks }));
+    if let Some(reloader) = reloader {
+        server.add_service(background_service(
+            "config reload",
+            ReloadTriggers { reloader },
+        ));
     }
+    server.add_service(background_service("plan overrides", PlanFollower { store }));
+    server.add_service(background_service(
+        "jwks refresh",
+        JwksRefresh {
+            gateway: gateway.clone(),
+        },
+    ));
     server.add_service(background_service("housekeeping", Housekeeping { gateway }));
 
-    tracing::info!(listen = %config.server.listen, admin = ?config.admin.as_ref().map(|a| a.listen), "Starting tollgate.");
+    tracing::info!(listen = %listen, admin = ?admin.map(|a| a.0), "Starting tollgate.");
     server.run_forever()
 }
 
@@ -107,19 +130,70 @@ impl BackgroundService for Housekeeping {
     }
 }
 
-/// Fetches every issuer's JWKS at startup and keeps it fresh (see `Jwks::refresh`).
+/// Fetches every issuer's JWKS at startup and keeps it fresh (see `Jwks::refresh_if_due`).
+/// The key sets are taken from the gateway on every tick, so a reload's new issuers are
+/// followed too.
 struct JwksRefresh {
-    jwks: Vec<Arc<crate::pipeline::jwt::Jwks>>,
+    gateway: Arc<ArcSwap<Gateway>>,
 }
 
 #[async_trait]
 impl BackgroundService for JwksRefresh {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for set in &self.jwks {
-            let (set, shutdown) = (set.clone(), shutdown.clone());
-            tasks.spawn(async move { set.refresh(shutdown).await });
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let sets = self.gateway.load().jwks();
+            let mut due = tokio::task::JoinSet::new();
+            for set in sets.into_iter().filter(|s| s.is_due()) {
+                due.spawn(async move { set.refresh_if_due().await });
+            }
+            while due.join_next().await.is_some() {}
         }
-        while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// Applies plan overrides set on any instance (see `Store::follow_plans`).
+struct PlanFollower {
+    store: StoreHandle,
+}
+
+#[async_trait]
+impl BackgroundService for PlanFollower {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.store.follow_plans(shutdown).await;
+    }
+}
+
+/// Reloads the config on SIGHUP and when its file changes.
+struct ReloadTriggers {
+    reloader: Arc<Reloader>,
+}
+
+#[async_trait]
+impl BackgroundService for ReloadTriggers {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let watch = self.reloader.watch(shutdown.clone());
+        let hangups = async {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::warn!(
+                    "Cannot listen for SIGHUP; reload with the admin API or by editing the file."
+                );
+                return std::future::pending().await;
+            };
+            while hup.recv().await.is_some() {
+                let _ = self.reloader.reload("SIGHUP");
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => {}
+            _ = watch => {}
+            _ = hangups => {}
+        }
     }
 }

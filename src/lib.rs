@@ -14,6 +14,7 @@ pub mod meter {
 }
 pub mod pipeline;
 pub mod proxy;
+pub mod reload;
 pub mod store;
 pub mod telemetry {
     //! Metrics and call outcomes.

@@ -18,6 +18,16 @@ pub enum Period {
     Month,
 }
 
+impl Period {
+    /// `day` or `month`, as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Month => "month",
+        }
+    }
+}
+
 /// The source of "now". Injected so tests can move time.
 pub trait Clock: Send + Sync + 'static {
     /// The current moment.

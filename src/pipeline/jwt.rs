@@ -431,6 +431,8 @@ pub struct Jwks {
     keys: ArcSwap<KeySet>,
     /// Bumped each time a key set is swapped in; voids remembered verifications.
     generation: AtomicU64,
+    /// When the background refresher fetches next (`None`: at once).
+    next_refresh: std::sync::Mutex<Option<Instant>>,
     /// When an unknown `kid` last caused a refetch. Held across that fetch, so a burst of
     /// unknown kids waits for one fetch instead of starting many.
     last_kid_refetch: tokio::sync::Mutex<Option<Instant>>,
@@ -552,6 +554,7 @@ impl Jwks {
             client: http_client(),
             keys: ArcSwap::from_pointee(KeySet::default()),
             generation: AtomicU64::new(0),
+            next_refresh: std::sync::Mutex::new(None),
             last_kid_refetch: tokio::sync::Mutex::new(None),
         }
     }
@@ -621,24 +624,32 @@ impl Jwks {
         }
     }
 
-    /// Keeps the key set fresh until `shutdown` fires: fetches at once, then again when the
-    /// last answer's lifetime runs out; after a failure, retries at the floor.
-    pub async fn refresh(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        loop {
-            let wait = match self.fetch().await {
-                Ok(ttl) => {
-                    tracing::debug!(issuer = %self.issuer, ttl_s = ttl.as_secs(), "JWKS refreshed.");
-                    ttl
-                }
-                Err(e) => {
-                    tracing::warn!(issuer = %self.issuer, error = %e, "Fetching the JWKS failed; the last good key set stays.");
-                    self.min_refresh
-                }
-            };
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(wait) => {}
+    /// Whether the key set's lifetime has run out.
+    pub fn is_due(&self) -> bool {
+        self.next_refresh
+            .lock()
+            .map(|n| n.is_none_or(|t| Instant::now() >= t))
+            .unwrap_or(true)
+    }
+
+    /// Fetches the key set when its lifetime has run out (at once, the first time): the last
+    /// answer's `max-age` clamped to `jwks_refresh`; after a failure, `jwks_refresh.min`.
+    pub async fn refresh_if_due(&self) {
+        if !self.is_due() {
+            return;
+        }
+        let wait = match self.fetch().await {
+            Ok(ttl) => {
+                tracing::debug!(issuer = %self.issuer, ttl_s = ttl.as_secs(), "JWKS refreshed.");
+                ttl
             }
+            Err(e) => {
+                tracing::warn!(issuer = %self.issuer, error = %e, "Fetching the JWKS failed; the last good key set stays.");
+                self.min_refresh
+            }
+        };
+        if let Ok(mut next) = self.next_refresh.lock() {
+            *next = Some(Instant::now() + wait);
         }
     }
 }

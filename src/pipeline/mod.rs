@@ -181,7 +181,7 @@ impl Gateway {
         if route.auth == RouteAuth::None {
             return Ok(Admission::Public(route));
         }
-        let caller = step!(self.identify(headers, peer).await); // 2. who
+        let caller = self.with_plan_override(step!(self.identify(headers, peer).await)); // 2. who
         refused.caller = Some(caller.clone());
         let plan = step!(self.plans.resolve(&caller)); // 3. what they bought
         refused.plan = Some(plan.plan.clone());
@@ -220,6 +220,27 @@ impl Gateway {
             burst,
             usage,
         })))
+    }
+
+    /// The caller on the plan an operator set for its tenant (`PUT /admin/v1/tenants/{t}/plan`),
+    /// which wins over the config, the token's claim and the key record. An override naming a
+    /// plan this config lacks (set before a reload removed it) is ignored, with a warning.
+    fn with_plan_override(&self, mut caller: Caller) -> Caller {
+        let Some(plan) = self.store.plan_override(&caller.tenant.name) else {
+            return caller;
+        };
+        if plan == caller.tenant.plan || caller.identity == identity::IdentityKind::Anonymous {
+            return caller;
+        }
+        if !self.plans.contains(&plan) {
+            tracing::warn!(tenant = %caller.tenant.name, plan = %plan, "The tenant's plan override names no configured plan; ignoring it.");
+            return caller;
+        }
+        caller.tenant = Arc::new(Tenant {
+            plan,
+            ..Tenant::clone(&caller.tenant)
+        });
+        caller
     }
 
     /// A JWT (a bearer credential with two dots, when issuers are configured), else an API key,
@@ -376,6 +397,11 @@ impl Gateway {
     /// Headers that carry credentials: never forwarded upstream.
     pub fn credential_headers(&self) -> &[http::HeaderName] {
         self.keys.headers()
+    }
+
+    /// A tenant of the config.
+    pub fn tenant(&self, name: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(name)
     }
 
     /// The JWKS-backed key sets of `auth.jwt`, for the background refresher.

@@ -48,12 +48,24 @@ impl Plans {
         Plans { plans }
     }
 
-    /// The caller's plan: the tenant's configured plan. (Admin overrides and token claims come
-    /// first once they exist.)
+    /// The caller's plan: the tenant's, after admin overrides and token claims were applied in
+    /// step 2.
     pub fn resolve(&self, caller: &Caller) -> Result<&PlanState, Rejection> {
         self.plans
             .get(&caller.tenant.plan)
             .ok_or(Rejection::Internal("the tenant's plan is not configured"))
+    }
+
+    /// The plan called `name`.
+    pub fn get(&self, name: &str) -> Option<&Arc<Plan>> {
+        self.plans.get(name).map(|s| &s.plan)
+    }
+
+    /// Every plan name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.plans.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     /// Whether a plan of that name is configured.

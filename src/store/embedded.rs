@@ -242,6 +242,20 @@ impl Store for EmbeddedStore {
     async fn delete_key(&self, _sha256_hex: &str) -> Result<bool, StoreError> {
         Err(StoreError::Backend(RUNTIME_KEYS.into()))
     }
+
+    async fn key_by_id(&self, _tenant: &str, _id: &str) -> Result<Option<String>, StoreError> {
+        Ok(None)
+    }
+
+    async fn set_plan(&self, _tenant: &str, _plan: Option<&str>) -> Result<(), StoreError> {
+        Err(StoreError::Backend(
+            "the embedded store keeps no plan overrides; change the plan in the config and reload, or use store kind redis".into(),
+        ))
+    }
+
+    async fn plan_overrides(&self) -> Result<HashMap<String, String>, StoreError> {
+        Ok(HashMap::new())
+    }
 }
 
 const RUNTIME_KEYS: &str =

@@ -20,6 +20,15 @@ pub fn replay(tenant: &str, key_sha256_hex: &str) -> String {
     format!("tg:{{{tenant}}}:idem:{key_sha256_hex}")
 }
 
+/// `tg:{<tenant>}:keys` — a tenant's runtime keys: key id → SHA-256 hex (hash), so a key can be
+/// revoked by its id.
+pub fn tenant_keys(tenant: &str) -> String {
+    format!("tg:{{{tenant}}}:keys")
+}
+
+/// Pub/sub channel on which a tenant whose overrides changed is announced.
+pub const TENANT_CHANGES: &str = "tollgate:tenant-changes";
+
 /// `tg:key:<sha256 hex>` — a runtime API key (hash).
 pub fn api_key(sha256_hex: &str) -> String {
     format!("tg:key:{sha256_hex}")

@@ -10,10 +10,13 @@ pub mod embedded;
 pub mod keys;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::config::{Store as StoreConfig, StoreKind};
 use pingora::time::fast_timeout::fast_timeout;
@@ -126,6 +129,55 @@ pub trait Store: Send + Sync + 'static {
     async fn put_key(&self, sha256_hex: &str, record: &KeyRecord) -> Result<(), StoreError>;
     /// Revokes a runtime API key; `false` when there was none.
     async fn delete_key(&self, sha256_hex: &str) -> Result<bool, StoreError>;
+    /// The SHA-256 (hex) of `tenant`'s runtime key with id `id`, if any.
+    async fn key_by_id(&self, tenant: &str, id: &str) -> Result<Option<String>, StoreError>;
+    /// Sets (or, with `None`, clears) a tenant's plan override and tells every instance.
+    async fn set_plan(&self, tenant: &str, plan: Option<&str>) -> Result<(), StoreError>;
+    /// Every tenant's plan override.
+    async fn plan_overrides(&self) -> Result<HashMap<String, String>, StoreError>;
+    /// Keeps `overrides` in step with changes other instances make, until `shutdown` fires.
+    /// A store only one instance can use has nothing to follow.
+    async fn follow_plans(&self, overrides: &PlanOverrides, shutdown: watch::Receiver<bool>) {
+        let _ = (overrides, shutdown);
+    }
+}
+
+/// Tenants' plan overrides as this instance knows them (`tg:{<tenant>}:tenant` field `plan`).
+///
+/// Read on every call, so the request path pays a map look-up and no store round trip; kept
+/// current by [`Store::follow_plans`] (Redis pub/sub), which applies a change made on any
+/// instance within milliseconds. Changes are rare, so the map is copied on write.
+#[derive(Default)]
+pub struct PlanOverrides {
+    map: ArcSwap<HashMap<String, String>>,
+}
+
+impl PlanOverrides {
+    /// The override of `tenant`, if any.
+    pub fn get(&self, tenant: &str) -> Option<String> {
+        let map = self.map.load();
+        if map.is_empty() {
+            return None;
+        }
+        map.get(tenant).cloned()
+    }
+
+    /// Sets or clears one tenant's override.
+    pub fn set(&self, tenant: &str, plan: Option<String>) {
+        self.map.rcu(|m| {
+            let mut m = HashMap::clone(m);
+            match &plan {
+                Some(p) => m.insert(tenant.to_string(), p.clone()),
+                None => m.remove(tenant),
+            };
+            m
+        });
+    }
+
+    /// Replaces every override (after a full reload from the store).
+    pub fn replace(&self, all: HashMap<String, String>) {
+        self.map.store(Arc::new(all));
+    }
 }
 
 /// A runtime API key on file, with what the store knows of its tenant.
@@ -145,6 +197,7 @@ pub struct StoreHandle {
     inner: Arc<dyn Store>,
     timeout: Duration,
     ops: Arc<OpMetrics>,
+    overrides: Arc<PlanOverrides>,
 }
 
 /// Metric handles resolved once, so the hot path does no label look-ups.
@@ -187,6 +240,7 @@ impl StoreHandle {
             inner,
             timeout,
             ops: Arc::new(OpMetrics::new(metrics)),
+            overrides: Arc::default(),
         }
     }
 
@@ -266,6 +320,31 @@ impl StoreHandle {
     pub async fn delete_key(&self, sha256_hex: &str) -> Result<bool, StoreError> {
         self.bounded(&self.ops.get, self.inner.delete_key(sha256_hex))
             .await
+    }
+
+    /// See [`Store::key_by_id`].
+    pub async fn key_by_id(&self, tenant: &str, id: &str) -> Result<Option<String>, StoreError> {
+        self.bounded(&self.ops.get, self.inner.key_by_id(tenant, id))
+            .await
+    }
+
+    /// The plan override of `tenant` as this instance knows it (no store call).
+    pub fn plan_override(&self, tenant: &str) -> Option<String> {
+        self.overrides.get(tenant)
+    }
+
+    /// Sets or clears a plan override in the store (for every instance) and here.
+    pub async fn set_plan(&self, tenant: &str, plan: Option<&str>) -> Result<(), StoreError> {
+        self.bounded(&self.ops.get, self.inner.set_plan(tenant, plan))
+            .await?;
+        self.overrides.set(tenant, plan.map(str::to_string));
+        Ok(())
+    }
+
+    /// Loads every override, then follows changes until `shutdown` fires (see
+    /// [`Store::follow_plans`]).
+    pub async fn follow_plans(&self, shutdown: watch::Receiver<bool>) {
+        self.inner.follow_plans(&self.overrides, shutdown).await;
     }
 
     /// See [`Store::ping`].

@@ -1,7 +1,11 @@
 //! The Redis backend: one Lua script per reservation, over one multiplexed connection.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -10,7 +14,7 @@ use tokio::sync::OnceCell;
 
 use super::batch::Batcher;
 
-use super::{keys, Adjustment, KeyRecord, Reservation, Reserved, Store, StoreError};
+use super::{keys, Adjustment, KeyRecord, PlanOverrides, Reservation, Reserved, Store, StoreError};
 
 /// How long a reply may take before redis-rs gives up on it.
 const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
@@ -285,7 +289,10 @@ impl Store for RedisStore {
     async fn put_key(&self, sha256_hex: &str, record: &KeyRecord) -> Result<(), StoreError> {
         let mut conn = self.shared.conn().await?;
         let created_at = jiff::Timestamp::now().to_string();
-        let _: i64 = redis::cmd("HSET")
+        // The key and its entry in the tenant's id index, together.
+        let _: () = redis::pipe()
+            .atomic()
+            .cmd("HSET")
             .arg(keys::api_key(sha256_hex))
             .arg("tenant")
             .arg(&record.tenant)
@@ -293,6 +300,12 @@ impl Store for RedisStore {
             .arg(&record.id)
             .arg("created_at")
             .arg(created_at)
+            .ignore()
+            .cmd("HSET")
+            .arg(keys::tenant_keys(&record.tenant))
+            .arg(&record.id)
+            .arg(sha256_hex)
+            .ignore()
             .query_async(&mut conn)
             .await
             .map_err(backend)?;
@@ -301,12 +314,143 @@ impl Store for RedisStore {
 
     async fn delete_key(&self, sha256_hex: &str) -> Result<bool, StoreError> {
         let mut conn = self.shared.conn().await?;
-        let n: i64 = redis::cmd("DEL")
+        let owner: (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(keys::api_key(sha256_hex))
+            .arg("tenant")
+            .arg("id")
             .query_async(&mut conn)
             .await
             .map_err(backend)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("DEL").arg(keys::api_key(sha256_hex));
+        if let (Some(tenant), Some(id)) = owner {
+            pipe.cmd("HDEL")
+                .arg(keys::tenant_keys(&tenant))
+                .arg(id)
+                .ignore();
+        }
+        let (n,): (i64,) = pipe.query_async(&mut conn).await.map_err(backend)?;
         Ok(n > 0)
+    }
+
+    async fn key_by_id(&self, tenant: &str, id: &str) -> Result<Option<String>, StoreError> {
+        let mut conn = self.shared.conn().await?;
+        redis::cmd("HGET")
+            .arg(keys::tenant_keys(tenant))
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)
+    }
+
+    async fn set_plan(&self, tenant: &str, plan: Option<&str>) -> Result<(), StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        match plan {
+            Some(p) => pipe
+                .cmd("HSET")
+                .arg(keys::tenant(tenant))
+                .arg("plan")
+                .arg(p),
+            None => pipe.cmd("HDEL").arg(keys::tenant(tenant)).arg("plan"),
+        };
+        pipe.ignore()
+            .cmd("PUBLISH")
+            .arg(keys::TENANT_CHANGES)
+            .arg(tenant)
+            .ignore();
+        let _: () = pipe.query_async(&mut conn).await.map_err(backend)?;
+        Ok(())
+    }
+
+    async fn plan_overrides(&self) -> Result<HashMap<String, String>, StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let mut names: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("tg:{*}:tenant")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            names.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = HashMap::new();
+        for chunk in names.chunks(500) {
+            let mut pipe = redis::pipe();
+            for key in chunk {
+                pipe.cmd("HGET").arg(key).arg("plan");
+            }
+            let plans: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(backend)?;
+            for (key, plan) in chunk.iter().zip(plans) {
+                let tenant = key
+                    .strip_prefix("tg:{")
+                    .and_then(|k| k.strip_suffix("}:tenant"));
+                if let (Some(t), Some(p)) = (tenant, plan) {
+                    out.insert(t.to_string(), p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Subscribes to tenant changes, then loads every override (so nothing published between
+    /// the load and the subscription is missed), then applies each announced change. When the
+    /// subscription drops it starts over after a second, reloading everything, so changes
+    /// made while it was down are not lost either.
+    async fn follow_plans(&self, overrides: &PlanOverrides, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            let followed = async {
+                let mut pubsub = self.shared.client.get_async_pubsub().await?;
+                pubsub.subscribe(keys::TENANT_CHANGES).await?;
+                match self.plan_overrides().await {
+                    Ok(all) => overrides.replace(all),
+                    Err(e) => tracing::warn!(error = %e, "Loading plan overrides failed."),
+                }
+                let mut messages = pubsub.on_message();
+                while let Some(msg) = messages.next().await {
+                    let Ok(tenant) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    let mut conn = self.shared.conn().await.map_err(|e| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "no connection",
+                            e.to_string(),
+                        ))
+                    })?;
+                    let plan: Option<String> = redis::cmd("HGET")
+                        .arg(keys::tenant(&tenant))
+                        .arg("plan")
+                        .query_async(&mut conn)
+                        .await?;
+                    tracing::info!(tenant = %tenant, plan = ?plan, "Plan override changed.");
+                    overrides.set(&tenant, plan);
+                }
+                Ok::<(), redis::RedisError>(())
+            };
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                result = followed => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "Following plan changes failed; retrying in 1s.");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

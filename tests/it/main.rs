@@ -20,6 +20,7 @@ mod jwt;
 mod limits;
 mod measured;
 mod model;
+mod operations;
 mod outage;
 mod periods;
 mod problems;

@@ -83,6 +83,29 @@ impl Gateway {
         std::fs::read_to_string(path).unwrap_or_default()
     }
 
+    /// Replaces the config file with `yaml` (same placeholders as `start`, same ports) the way
+    /// editors do: written beside it, then renamed over it.
+    pub fn rewrite_config(&self, yaml: &str) {
+        let dir = self.dir.path().display().to_string();
+        let text = yaml
+            .replace("{listen}", &self.listen)
+            .replace("{admin}", &self.admin)
+            .replace("{dir}", &dir);
+        let tmp = self.dir.path().join("tollgate.yaml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+
+    /// Sends `signal` (e.g. `HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the gateway is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Stops the process: SIGTERM, then SIGKILL if it has not exited after 10 s.
     pub async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

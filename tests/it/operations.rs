@@ -1,0 +1,489 @@
+//! Operating a fleet: the admin API changes plans and keys on every instance at once, and the
+//! config reloads without a failed call.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{render, Answer, Gateway, RedisServer, Upstream, ACME_KEY};
+
+const TOKEN: &str = "an-admin-token-for-the-tests";
+
+const YAML: &str = r#"
+server:
+  listen: "{listen}"
+admin:
+  listen: "{admin}"
+  token: "an-admin-token-for-the-tests"
+store:
+  kind: redis
+  url: "{redis}"
+  timeout: 2s
+upstreams:
+  product:
+    targets: ["{upstream}"]
+tenants:
+  acme:
+    plan: free
+    keys:
+      - id: acme-1
+        sha256: "{acme_sha}"
+plans:
+  free:
+    meters:
+      requests: { limit: 1000, period: month }
+  pro:
+    meters:
+      requests: { limit: 100000, period: month }
+routes:
+  - name: api
+    match: { path_prefix: / }
+    upstream: product
+    meter: { requests: 1 }
+"#;
+
+/// Two gateways sharing one Redis and one upstream.
+struct Fleet {
+    a: Gateway,
+    b: Gateway,
+    redis: RedisServer,
+    _upstream: Upstream,
+    client: reqwest::Client,
+}
+
+impl Fleet {
+    async fn start(yaml: &str) -> Fleet {
+        let redis = RedisServer::start().await;
+        let upstream = Upstream::start().await;
+        let rendered = render(yaml, &redis.url(), &upstream.addr());
+        Fleet {
+            a: Gateway::start(&rendered).await,
+            b: Gateway::start(&rendered).await,
+            redis,
+            _upstream: upstream,
+            client: crate::common::client(),
+        }
+    }
+}
+
+async fn admin(
+    client: &reqwest::Client,
+    gw: &Gateway,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut req = client.request(method, gw.admin_url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    crate::common::http::read(req.send().await.unwrap()).await
+}
+
+async fn call(client: &reqwest::Client, gw: &Gateway, key: &str) -> Answer {
+    crate::common::get(client, &gw.url("/v1/items"), Some(key)).await
+}
+
+/// Polls `probe` until it returns true, for at most `within`; returns how long it took.
+async fn within<F, Fut>(within: Duration, mut probe: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() <= within {
+        if probe().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plan_change_through_one_instance_applies_on_the_other_within_a_second() {
+    let f = Fleet::start(YAML).await;
+    let plan_on_b = || async {
+        call(&f.client, &f.b, ACME_KEY).await.echoed_headers()["x-tollgate-plan"][0].clone()
+    };
+    assert_eq!(plan_on_b().await, "free");
+
+    let set = admin(
+        &f.client,
+        &f.a,
+        reqwest::Method::PUT,
+        "/admin/v1/tenants/acme/plan",
+        Some(TOKEN),
+        Some(json!({"plan": "pro"})),
+    )
+    .await;
+    assert_eq!(set.status, 200, "{}", set.body);
+    assert_eq!(set.json()["plan"], "pro");
+    let took = within(Duration::from_secs(1), || async {
+        plan_on_b().await == "pro"
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "instance b still bills acme on free after 1 s"
+    );
+    let mut conn = f.redis.conn().await;
+    let stored: Option<String> = redis::cmd("HGET")
+        .arg("tg:{acme}:tenant")
+        .arg("plan")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.as_deref(),
+        Some("pro"),
+        "the override is in the store (SPEC §9)"
+    );
+
+    // The usage route shows the new plan's meters, on either instance.
+    let usage = admin(
+        &f.client,
+        &f.b,
+        reqwest::Method::GET,
+        "/admin/v1/tenants/acme/usage",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(usage.status, 200, "{}", usage.body);
+    let u = usage.json();
+    assert_eq!(u["plan"], "pro");
+    let used = u["meters"]["requests"]["used"].as_u64().unwrap();
+    assert!(used >= 2, "{u}");
+    assert_eq!(u["meters"]["requests"]["limit"], 100000);
+    assert_eq!(u["meters"]["requests"]["remaining"], 100000 - used);
+    assert!(u["meters"]["requests"]["resets_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+
+    // An unknown plan is a 400 that names the configured ones; nothing changes.
+    let bad = admin(
+        &f.client,
+        &f.a,
+        reqwest::Method::PUT,
+        "/admin/v1/tenants/acme/plan",
+        Some(TOKEN),
+        Some(json!({"plan": "gold"})),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("free, pro"), "{}", bad.body);
+    assert_eq!(plan_on_b().await, "pro");
+
+    // A new instance started later loads the override at startup.
+    let mut c = Gateway::start(&render(YAML, &f.redis.url(), &f._upstream.addr())).await;
+    let took = within(Duration::from_secs(1), || async {
+        call(&f.client, &c, ACME_KEY).await.echoed_headers()["x-tollgate-plan"][0] == "pro"
+    })
+    .await;
+    assert!(took.is_some());
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_created_on_one_instance_works_on_both_and_once_revoked_fails_on_both() {
+    let f = Fleet::start(YAML).await;
+    let created = admin(
+        &f.client,
+        &f.a,
+        reqwest::Method::POST,
+        "/admin/v1/tenants/acme/keys",
+        Some(TOKEN),
+        Some(json!({"id": "ci"})),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let key = created.json()["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("tg_live_"));
+    assert_eq!(call(&f.client, &f.a, &key).await.status, 200);
+    assert_eq!(call(&f.client, &f.b, &key).await.status, 200);
+
+    let dup = admin(
+        &f.client,
+        &f.b,
+        reqwest::Method::POST,
+        "/admin/v1/tenants/acme/keys",
+        Some(TOKEN),
+        Some(json!({"id": "ci"})),
+    )
+    .await;
+    assert_eq!(dup.status, 409, "one id, one key");
+
+    let revoked = admin(
+        &f.client,
+        &f.b,
+        reqwest::Method::DELETE,
+        "/admin/v1/tenants/acme/keys/ci",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(revoked.status, 204, "{}", revoked.body);
+    for gw in [&f.a, &f.b] {
+        let took = within(Duration::from_secs(1), || async {
+            call(&f.client, gw, &key).await.status == 401
+        })
+        .await;
+        assert!(took.is_some(), "a revoked key still works after 1 s");
+    }
+    let again = admin(
+        &f.client,
+        &f.a,
+        reqwest::Method::DELETE,
+        "/admin/v1/tenants/acme/keys/ci",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(again.status, 404);
+    let static_key = admin(
+        &f.client,
+        &f.a,
+        reqwest::Method::DELETE,
+        "/admin/v1/tenants/acme/keys/acme-1",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        static_key.status, 409,
+        "a key in the config is revoked there"
+    );
+
+    // Only hashes are stored.
+    let mut conn = f.redis.conn().await;
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for k in &all {
+        let dump: Vec<u8> = redis::cmd("DUMP")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            !String::from_utf8_lossy(&dump).contains(&key),
+            "{k} holds the plaintext key"
+        );
+    }
+    assert!(!f.a.stderr().contains(&key) && !f.b.stderr().contains(&key));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_routes_refuse_a_missing_or_wrong_token_and_change_nothing() {
+    let f = Fleet::start(YAML).await;
+    for token in [
+        None,
+        Some("wrong"),
+        Some("an-admin-token-for-the-tests-but-longer"),
+    ] {
+        let put = admin(
+            &f.client,
+            &f.a,
+            reqwest::Method::PUT,
+            "/admin/v1/tenants/acme/plan",
+            token,
+            Some(json!({"plan": "pro"})),
+        )
+        .await;
+        assert_eq!(put.status, 401, "{token:?}");
+        assert_eq!(
+            put.problem(401)["type"],
+            "urn:tollgate:admin-unauthenticated"
+        );
+        assert!(put
+            .header("www-authenticate")
+            .unwrap()
+            .starts_with("Bearer"));
+        let key = admin(
+            &f.client,
+            &f.a,
+            reqwest::Method::POST,
+            "/admin/v1/tenants/acme/keys",
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(key.status, 401);
+        let usage = admin(
+            &f.client,
+            &f.a,
+            reqwest::Method::GET,
+            "/admin/v1/tenants/acme/usage",
+            token,
+            None,
+        )
+        .await;
+        assert_eq!(usage.status, 401);
+    }
+    let mut conn = f.redis.conn().await;
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(all.is_empty(), "refused admin calls wrote {all:?}");
+
+    // Without `admin.token` the routes are off, not open.
+    let off = Gateway::start(&render(
+        &YAML.replace("  token: \"an-admin-token-for-the-tests\"\n", ""),
+        &f.redis.url(),
+        &f._upstream.addr(),
+    ))
+    .await;
+    let put = admin(
+        &f.client,
+        &off,
+        reqwest::Method::PUT,
+        "/admin/v1/tenants/acme/plan",
+        Some(TOKEN),
+        Some(json!({"plan": "pro"})),
+    )
+    .await;
+    assert_eq!(put.status, 404);
+    assert!(put.body.contains("admin.token"));
+    // Bodies are bounded.
+    let big = admin(
+        &f.client,
+        &f.a,
+        reqwest::Method::PUT,
+        "/admin/v1/tenants/acme/plan",
+        Some(TOKEN),
+        Some(json!({"plan": "x".repeat(100_000)})),
+    )
+    .await;
+    assert_eq!(big.status, 413);
+}
+
+/// `YAML` with the free plan's limit set to `limit`.
+fn with_limit(limit: u64) -> String {
+    YAML.replace(
+        "requests: { limit: 1000, period: month }",
+        &format!("requests: {{ limit: {limit}, period: month }}"),
+    )
+}
+
+fn policy_limit(answer: &Answer) -> String {
+    answer
+        .header("ratelimit-policy")
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reloads_under_load_fail_no_call_and_a_broken_config_keeps_the_old_one() {
+    let f = Fleet::start(YAML).await;
+    let gw = &f.a;
+    let rendered = |limit| render(&with_limit(limit), &f.redis.url(), &f._upstream.addr());
+
+    // A bounded loop of calls runs through every reload below.
+    let (client, url) = (f.client.clone(), gw.url("/v1/items"));
+    let load = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for _ in 0..600 {
+            statuses.push(
+                crate::common::get(&client, &url, Some(ACME_KEY))
+                    .await
+                    .status,
+            );
+        }
+        statuses
+    });
+
+    // 1. The file changes (written beside it and renamed over it, as editors do).
+    gw.rewrite_config(&rendered(2000));
+    let took = within(Duration::from_secs(3), || async {
+        policy_limit(&call(&f.client, gw, ACME_KEY).await).contains("q=2000")
+    })
+    .await;
+    assert!(took.is_some(), "the file change was not picked up");
+    // 2. SIGHUP.
+    gw.rewrite_config(&rendered(3000));
+    gw.signal("HUP");
+    let took = within(Duration::from_secs(3), || async {
+        policy_limit(&call(&f.client, gw, ACME_KEY).await).contains("q=3000")
+    })
+    .await;
+    assert!(took.is_some(), "SIGHUP did not reload");
+    // 3. The admin API.
+    let mut broken_free = rendered(4000);
+    let reply = admin(
+        &f.client,
+        gw,
+        reqwest::Method::POST,
+        "/admin/v1/reload",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // 4. A broken config is refused; the old one keeps serving.
+    broken_free = broken_free.replace("plan: free\n", "plan: gold\n");
+    gw.rewrite_config(&broken_free);
+    let reply = admin(
+        &f.client,
+        gw,
+        reqwest::Method::POST,
+        "/admin/v1/reload",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(
+        reply.body.contains("gold"),
+        "the errors are listed: {}",
+        reply.body
+    );
+    assert!(policy_limit(&call(&f.client, gw, ACME_KEY).await).contains("q=3000"));
+
+    let statuses = load.await.unwrap();
+    let failed: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(failed.is_empty(), "calls failed during reloads: {failed:?}");
+
+    let metrics = crate::common::get(&f.client, &gw.admin_url("/metrics"), None)
+        .await
+        .body;
+    let count = |result: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("tollgate_config_reloads_total")
+                    && l.contains(&format!("result=\"{result}\""))
+            })
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(count("ok") >= 3.0, "{metrics}");
+    assert!(count("error") >= 1.0, "{metrics}");
+    // A listener change is reported, not half-applied.
+    gw.rewrite_config(&rendered(3000).replace("listen: \"{admin}\"", "listen: \"127.0.0.1:1\""));
+    let reply = admin(
+        &f.client,
+        gw,
+        reqwest::Method::POST,
+        "/admin/v1/reload",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(
+        reply.json()["needs_restart"],
+        json!(["admin"]),
+        "{}",
+        reply.body
+    );
+}
