@@ -35,6 +35,8 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Print a JSON Schema of the config file (for editors: see config/tollgate.schema.json).
+    Schema,
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -105,6 +107,16 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Schema => {
+            match serde_json::to_string_pretty(&tollgate::config::schema::schema()) {
+                Ok(text) => println!("{text}"),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+            ExitCode::SUCCESS
         }
         Command::Keys { command } => match keys(command) {
             Ok(()) => ExitCode::SUCCESS,

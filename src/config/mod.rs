@@ -7,6 +7,7 @@ pub mod model;
 pub mod node;
 mod plans;
 mod routes;
+pub mod schema;
 mod sections;
 
 use std::collections::BTreeSet;

@@ -26,3 +26,4 @@ mod periods;
 mod problems;
 mod refunds;
 mod runtime_keys;
+mod schema;

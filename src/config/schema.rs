@@ -1,0 +1,379 @@
+//! `tollgate schema`: a JSON Schema (draft 2020-12) of the config file, for editors.
+//!
+//! The decoder in this module's siblings stays the authority (it checks references between
+//! sections, ranges and files, which a schema cannot); the schema gives editors completion,
+//! hover docs and early red squiggles. `config/tollgate.schema.json` is this output, committed;
+//! a test fails when it is stale, and another checks that every shipped config validates
+//! against it and that every unknown-key fixture does not.
+
+use serde_json::{json, Map, Value};
+
+/// The schema, as `tollgate schema` prints it.
+pub fn schema() -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://tollgate.dev/schema/config.json",
+        "title": "tollgate configuration",
+        "description": "A reverse-proxy metering gateway. Reference: docs/configuration.md.",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "server": obj("The public listener.", &["listen"], &[
+                ("listen", addr("Address of the public listener, IP:PORT.")),
+                ("threads", int("Worker threads of the proxy (default: number of cores).", 1)),
+                ("grace_period", duration("How long SIGTERM waits for in-flight calls.")),
+                ("read_timeout", duration("Downstream read timeout (per read).")),
+            ]),
+            "admin": obj("The admin listener: /metrics, /healthz, /readyz and /admin/v1.", &["listen"], &[
+                ("listen", addr("Address of the admin listener.")),
+                ("token", string("Bearer token of the /admin/v1 routes; without it they are off.")),
+            ]),
+            "store": obj("Where usage counters live.", &["kind"], &[
+                ("kind", words("embedded (one file, one instance) or redis (shared).", &["embedded", "redis", "redis-cluster"])),
+                ("url", string("redis://host:port/db or redis+unix:///path (kind: redis).")),
+                ("urls", list("Redis Cluster seed URLs (not supported yet).", string("A URL."))),
+                ("path", string("The embedded store's file.")),
+                ("timeout", duration("Bound on every store call.")),
+                ("on_outage", on_outage()),
+            ]),
+            "upstreams": named("Named upstream pools.", obj("One upstream pool.", &["targets"], &[
+                ("targets", list("host:port targets, load-balanced round-robin.", string("host:port"))),
+                ("connect_timeout", duration("Connect timeout per target.")),
+                ("read_timeout", duration("Upstream read timeout.")),
+            ])),
+            "tenants": named("Static tenants, by id (letters, digits, _-.@).", obj("One tenant.", &["plan"], &[
+                ("plan", string("The tenant's plan.")),
+                ("billing_anchor", int("Monthly periods start on this day (UTC), 1-31.", 1)),
+                ("keys", list("API keys, by SHA-256 of the key.", obj("One key.", &["id", "sha256"], &[
+                    ("id", string("Shown in logs and events instead of the key.")),
+                    ("sha256", string("Lowercase hex SHA-256 of the key (tollgate keys new prints it).")),
+                ]))),
+            ])),
+            "auth": obj("How callers are identified.", &[], &[
+                ("api_key", obj("API keys.", &[], &[
+                    ("headers", list("Headers searched for a key, in order.", string("A header name."))),
+                ])),
+                ("jwt", list("Trusted JWT issuers.", jwt_issuer())),
+                ("anonymous", obj("Callers with no credentials at all, counted per client IP.", &["plan", "secret"], &[
+                    ("plan", string("Their plan.")),
+                    ("trusted_proxies", list("Peers whose X-Forwarded-For is believed.", string("An IP or CIDR block."))),
+                    ("secret", string("At least 16 characters; keys the anonymous-id hash.")),
+                ])),
+            ]),
+            "plans": named("Plans, by name.", plan()),
+            "routes": list("Routes; the first match wins.", route()),
+            "telemetry": telemetry(),
+            "onboarding": {"description": "Lifecycle milestones and webhooks (not supported yet).", "type": "object"},
+        }
+    })
+}
+
+fn obj(description: &str, required: &[&str], properties: &[(&str, Value)]) -> Value {
+    let props: Map<String, Value> = properties
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), v.clone()))
+        .collect();
+    let mut o = json!({
+        "description": description,
+        "type": "object",
+        "additionalProperties": false,
+        "properties": props,
+    });
+    if !required.is_empty() {
+        o["required"] = json!(required);
+    }
+    o
+}
+
+fn named(description: &str, value: Value) -> Value {
+    json!({"description": description, "type": "object", "additionalProperties": value})
+}
+
+fn list(description: &str, items: Value) -> Value {
+    json!({"description": description, "type": "array", "items": items})
+}
+
+fn string(description: &str) -> Value {
+    json!({"description": description, "type": "string"})
+}
+
+fn int(description: &str, minimum: i64) -> Value {
+    json!({"description": description, "type": "integer", "minimum": minimum})
+}
+
+fn boolean(description: &str) -> Value {
+    json!({"description": description, "type": "boolean"})
+}
+
+fn words(description: &str, words: &[&str]) -> Value {
+    json!({"description": description, "enum": words})
+}
+
+fn addr(description: &str) -> Value {
+    json!({"description": description, "type": "string", "pattern": "^(\\$\\{.*\\}|.+:[0-9]+)$"})
+}
+
+fn duration(description: &str) -> Value {
+    json!({
+        "description": format!("{description} A duration: 50ms, 2s, 1m, 1h, 1d."),
+        "type": "string",
+        "pattern": "^(\\$\\{.*\\}|[0-9]+(ms|s|m|h|d))$",
+    })
+}
+
+fn on_outage() -> Value {
+    words(
+        "When the store is down: admit unmetered (fail_open) or answer 503 (fail_closed).",
+        &["fail_open", "fail_closed"],
+    )
+}
+
+fn jwt_issuer() -> Value {
+    obj(
+        "One token issuer. Exactly one of jwks_url, public_key_file, secret.",
+        &["issuer", "audience", "algorithms", "tenant_claim"],
+        &[
+            ("issuer", string("The exact `iss` of its tokens.")),
+            (
+                "audience",
+                json!({"description": "Accepted `aud` values.", "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+            ),
+            (
+                "algorithms",
+                list(
+                    "Pinned algorithms; never taken from the token.",
+                    words(
+                        "A JOSE algorithm.",
+                        &[
+                            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
+                            "EdDSA", "HS256", "HS384", "HS512",
+                        ],
+                    ),
+                ),
+            ),
+            ("jwks_url", string("The issuer's JWKS (http or https).")),
+            (
+                "public_key_file",
+                string("One PEM public key, relative to the config file."),
+            ),
+            ("secret", string("HMAC secret for HS*, at least 32 bytes.")),
+            ("tenant_claim", string("The claim naming the tenant.")),
+            ("plan_claim", string("The claim naming the plan.")),
+            (
+                "default_plan",
+                string("Plan of tenants known only from their token."),
+            ),
+            (
+                "user_claim",
+                string("The claim naming the end user (goes into events)."),
+            ),
+            (
+                "leeway",
+                duration("Clock skew allowed on exp and nbf (at most 5m)."),
+            ),
+            (
+                "jwks_refresh",
+                obj(
+                    "Bounds on how long a fetched JWKS is kept.",
+                    &[],
+                    &[("min", duration("Floor.")), ("max", duration("Ceiling."))],
+                ),
+            ),
+        ],
+    )
+}
+
+fn plan() -> Value {
+    obj(
+        "One plan.",
+        &[],
+        &[
+            (
+                "rate_limit",
+                obj(
+                    "Burst limit per tenant, per instance.",
+                    &["requests", "per"],
+                    &[
+                        ("requests", int("Calls allowed per `per`.", 1)),
+                        ("per", duration("The window.")),
+                        (
+                            "burst",
+                            int("Calls allowed at once (default: requests).", 1),
+                        ),
+                    ],
+                ),
+            ),
+            (
+                "meters",
+                named(
+                    "Metered quotas, by meter name.",
+                    obj(
+                        "One quota.",
+                        &["limit", "period"],
+                        &[
+                            ("limit", int("Units allowed per period.", 1)),
+                            ("period", words("Billing period.", &["day", "month"])),
+                            (
+                                "warn_at",
+                                json!({"description": "Fraction of the limit past which callers are warned, in (0, 1].", "type": "number", "exclusiveMinimum": 0, "maximum": 1}),
+                            ),
+                            (
+                                "overage",
+                                boolean("Past the limit, keep admitting and count overage."),
+                            ),
+                        ],
+                    ),
+                ),
+            ),
+            (
+                "features",
+                list("Features of the plan.", string("A feature name.")),
+            ),
+            (
+                "upgrade",
+                obj(
+                    "The upgrade offered near and at the limits.",
+                    &["plan", "url"],
+                    &[
+                        ("plan", string("The plan to upgrade to.")),
+                        ("url", string("Where to upgrade.")),
+                    ],
+                ),
+            ),
+            ("on_outage", on_outage()),
+        ],
+    )
+}
+
+fn route() -> Value {
+    let measured = obj(
+        "A quantity read from the response.",
+        &["from_response"],
+        &[
+            (
+                "from_response",
+                string("json:<path>, header:<name> (JSON bodies and SSE streams)."),
+            ),
+            (
+                "reserve",
+                int("Units reserved on admission, settled after the answer.", 0),
+            ),
+            (
+                "default",
+                int("Units settled when the response does not say.", 0),
+            ),
+        ],
+    );
+    obj(
+        "One route.",
+        &["name", "match"],
+        &[
+            ("name", string("Unique route name (metrics label, events).")),
+            (
+                "match",
+                obj(
+                    "What the route matches.",
+                    &[],
+                    &[
+                        ("path", string("An exact path.")),
+                        ("path_prefix", string("A path prefix (whole segments).")),
+                        ("methods", list("HTTP methods.", string("A method."))),
+                    ],
+                ),
+            ),
+            ("upstream", string("The upstream pool.")),
+            (
+                "respond",
+                obj(
+                    "Answer by itself instead of proxying.",
+                    &[],
+                    &[
+                        ("status", int("Status code.", 100)),
+                        ("body", string("Body.")),
+                        ("content_type", string("Content-Type.")),
+                    ],
+                ),
+            ),
+            (
+                "auth",
+                words(
+                    "`none`: public, not identified, not metered.",
+                    &["none", "required"],
+                ),
+            ),
+            (
+                "meter",
+                json!({
+                    "description": "Units charged per admitted call, by meter.",
+                    "type": "object",
+                    "additionalProperties": {"anyOf": [{"type": "integer", "minimum": 0}, measured]},
+                }),
+            ),
+            ("feature", string("A feature the plan must include.")),
+            (
+                "refund_on",
+                json!({"description": "Which upstream failures refund the call.", "anyOf": [
+                    {"type": "string"}, {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}}
+                ]}),
+            ),
+        ],
+    )
+}
+
+fn telemetry() -> Value {
+    let sink = json!({
+        "description": "One sink; the keys allowed depend on `kind`.",
+        "type": "object",
+        "required": ["kind"],
+        "additionalProperties": false,
+        "properties": {
+            "kind": words("Where events go.", &["file", "redis_stream", "http", "nats"]),
+            "name": string("Unique sink name (metrics label, position file)."),
+            "path": string("file: the JSON-lines file."),
+            "url": string("redis_stream: redis://…; http: http://…; nats: nats://…"),
+            "stream": string("redis_stream: the stream key; nats: a stream to create on the subject."),
+            "max_len": int("redis_stream: MAXLEN ~ of every XADD.", 1),
+            "subject": string("nats: the subject."),
+            "timeout": duration("http, nats: bound on one delivery."),
+        }
+    });
+    obj(
+        "Usage events: spooled on disk, delivered to every sink.",
+        &[],
+        &[
+            ("spool", string("The spool directory.")),
+            (
+                "instance",
+                string("The <instance> of source: tollgate/<instance> (default: host name)."),
+            ),
+            (
+                "queue",
+                int(
+                    "Events queued in memory before the spool writer takes them.",
+                    1,
+                ),
+            ),
+            (
+                "batch",
+                int("Most events one spool write or delivery carries.", 1),
+            ),
+            ("max_spool_mb", int("The spool's size bound, in MiB.", 1)),
+            (
+                "on_full",
+                words(
+                    "What a full spool gives up.",
+                    &["drop_newest", "drop_oldest"],
+                ),
+            ),
+            (
+                "retry_max",
+                duration("Longest wait between delivery attempts of a failing sink."),
+            ),
+            (
+                "flush_interval",
+                duration("How long the spool writer gathers events before a partial batch."),
+            ),
+            ("sinks", list("Where events are delivered.", sink)),
+        ],
+    )
+}
