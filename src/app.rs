@@ -1,5 +1,6 @@
 //! Composition root: a validated config becomes a pingora server with its services.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::server::configuration::ServerConf;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 
@@ -61,6 +62,11 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     server.add_service(proxy);
 
     let listen = config.server.listen;
+    let draining = Arc::new(AtomicBool::new(false));
+    let lifecycle = Lifecycle {
+        draining: draining.clone(),
+        unready_delay: config.server.unready_delay,
+    };
     let admin = config.admin.as_ref().map(|a| (a.listen, a.token.clone()));
     let from_file = !config.source.as_os_str().is_empty();
     let reloader = from_file.then(|| {
@@ -75,7 +81,13 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     if let Some((admin_listen, token)) = &admin {
         let mut svc = Service::new(
             "tollgate admin".into(),
-            AdminApp::new(gateway.clone(), registry, token.clone(), reloader.clone()),
+            AdminApp::new(
+                gateway.clone(),
+                registry,
+                token.clone(),
+                reloader.clone(),
+                draining.clone(),
+            ),
         );
         svc.threads = Some(1);
         svc.add_tcp(&admin_listen.to_string());
@@ -97,7 +109,46 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     server.add_service(background_service("housekeeping", Housekeeping { gateway }));
 
     tracing::info!(listen = %listen, admin = ?admin.map(|a| a.0), "Starting tollgate.");
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(lifecycle),
+    });
+    tracing::info!("Stopped.");
+    Ok(())
+}
+
+/// How the process ends. SIGTERM first turns `/readyz` to 503 and waits `server.unready_delay`
+/// (so load balancers stop sending new calls while they still can), then pingora stops
+/// accepting, lets in-flight calls finish within `server.grace_period` and stops the
+/// background services (the event spool flushes on that signal). SIGINT stops at once;
+/// SIGQUIT is pingora's graceful upgrade.
+struct Lifecycle {
+    draining: Arc<AtomicBool>,
+    unready_delay: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Lifecycle {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("Cannot listen for signals; stop the gateway with SIGKILL.");
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = term.recv() => {
+                self.draining.store(true, Ordering::SeqCst);
+                tracing::info!(unready_delay_ms = self.unready_delay.as_millis() as u64, "SIGTERM: /readyz answers 503; listeners close after the unready delay.");
+                tokio::time::sleep(self.unready_delay).await;
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
 }
 
 /// Fails fast when an address cannot be bound: pingora would otherwise retry every second,

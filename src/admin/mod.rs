@@ -4,6 +4,7 @@
 //! Without `admin.token` the `/admin/v1/…` routes are off (404), never open. Bodies are JSON
 //! both ways, at most 64 KiB in; errors are RFC 9457 problem bodies.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -29,6 +30,7 @@ pub struct AdminApp {
     registry: Registry,
     token: Option<String>,
     reloader: Option<Arc<Reloader>>,
+    draining: Arc<AtomicBool>,
 }
 
 /// One answer: status, content type, body.
@@ -76,7 +78,7 @@ impl Answer {
     }
 }
 
-/// An admin call as the routes see it.
+/// An admin call as the routes see it (the body already read).
 struct Call<'a> {
     method: &'a Method,
     path: &'a str,
@@ -91,12 +93,14 @@ impl AdminApp {
         registry: Registry,
         token: Option<String>,
         reloader: Option<Arc<Reloader>>,
+        draining: Arc<AtomicBool>,
     ) -> AdminApp {
         AdminApp {
             gateway,
             registry,
             token,
             reloader,
+            draining,
         }
     }
 
@@ -104,6 +108,9 @@ impl AdminApp {
         let get = call.method == Method::GET || call.method == Method::HEAD;
         match call.path {
             "/healthz" if get => Answer::text(StatusCode::OK, "ok\n"),
+            "/readyz" if get && self.draining.load(Ordering::SeqCst) => {
+                Answer::text(StatusCode::SERVICE_UNAVAILABLE, "draining: shutting down\n")
+            }
             "/readyz" if get => match self.gateway.load().store.ping().await {
                 Ok(()) => Answer::text(StatusCode::OK, "ready\n"),
                 Err(e) => Answer::text(

@@ -44,8 +44,12 @@ pub struct Server {
     pub threads: usize,
     /// How long SIGTERM waits for in-flight calls.
     pub grace_period: Duration,
+    /// How long `/readyz` answers 503 after SIGTERM before the listeners stop accepting.
+    pub unready_delay: Duration,
     /// Downstream read timeout (per read).
     pub read_timeout: Duration,
+    /// Fraction of calls written to the access log (0: none, 1: every call).
+    pub access_log_sample: f64,
 }
 
 /// `admin:`

@@ -22,6 +22,8 @@ pub fn schema() -> Value {
                 ("listen", addr("Address of the public listener, IP:PORT.")),
                 ("threads", int("Worker threads of the proxy (default: number of cores).", 1)),
                 ("grace_period", duration("How long SIGTERM waits for in-flight calls.")),
+                ("unready_delay", duration("After SIGTERM, how long /readyz answers 503 before the listeners close.")),
+                ("access_log_sample", json!({"description": "Fraction of calls in the access log (0: off, 1: every call).", "type": "number", "minimum": 0, "maximum": 1})),
                 ("read_timeout", duration("Downstream read timeout (per read).")),
             ]),
             "admin": obj("The admin listener: /metrics, /healthz, /readyz and /admin/v1.", &["listen"], &[

@@ -16,7 +16,14 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
     let f = d.fields(
         n,
         "`server`",
-        &["listen", "threads", "grace_period", "read_timeout"],
+        &[
+            "listen",
+            "threads",
+            "grace_period",
+            "unready_delay",
+            "read_timeout",
+            "access_log_sample",
+        ],
     )?;
     let listen = d
         .require(&f, "listen", "`server`")
@@ -40,11 +47,32 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
         "`server.read_timeout`",
         Duration::from_secs(15),
     );
+    let unready_delay = opt_duration(
+        d,
+        f.get("unready_delay"),
+        "`server.unready_delay`",
+        Duration::from_secs(1),
+    );
+    let access_log_sample = match f.get("access_log_sample") {
+        Some(n) => d.number(n, "`server.access_log_sample`").and_then(|v| {
+            if !(0.0..=1.0).contains(&v) {
+                d.err(
+                    n.pos,
+                    "`server.access_log_sample` must be between 0 (off) and 1 (every call)",
+                );
+                return None;
+            }
+            Some(v)
+        }),
+        None => Some(1.0),
+    };
     Some(Server {
         listen: listen?,
         threads: threads?,
         grace_period: grace_period?,
+        unready_delay: unready_delay?,
         read_timeout: read_timeout?,
+        access_log_sample: access_log_sample?,
     })
 }
 

@@ -42,6 +42,8 @@ pub struct Gateway {
     on_outage: OnOutage,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Fraction of calls written to the access log.
+    pub access_log_sample: f64,
 }
 
 /// Why a call is refused before it reaches the upstream. `proxy::respond` turns each into its
@@ -142,6 +144,7 @@ impl Gateway {
             clock,
             on_outage: config.store.on_outage,
             metrics,
+            access_log_sample: config.server.access_log_sample,
         }
     }
 

@@ -128,10 +128,7 @@ impl ProxyHttp for Proxy {
             Ok(a) => a,
             Err(refused) => {
                 ctx.outcome = Outcome::of_rejection(&refused);
-                ctx.labels = Labels {
-                    route: refused.route.clone(),
-                    plan: refused.plan.clone(),
-                };
+                ctx.labels = Labels::of_refused(&refused);
                 let method = req.method.to_string();
                 let problem = respond::rejection(&refused, &path, &method, gw.now());
                 respond::write_problem(session, problem).await?;
@@ -149,6 +146,7 @@ impl ProxyHttp for Proxy {
                 Admission::Admitted(a) => Some(a.plan.clone()),
                 Admission::Public(_) => None,
             },
+            ..Labels::default()
         };
         ctx.admission = Some(admission);
         if let RouteTarget::Respond(fixed) = &route.target {
@@ -388,6 +386,11 @@ impl ProxyHttp for Proxy {
             admission: ctx.admission.as_ref(),
             refunded: ctx.refunded,
             status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            tenant: ctx
+                .admitted()
+                .map(|a| a.caller.tenant.name.as_str())
+                .or(ctx.labels.tenant.as_deref()),
+            exhausted: ctx.labels.exhausted.as_deref(),
         };
         call.record(&gw);
     }

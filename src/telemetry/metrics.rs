@@ -27,6 +27,10 @@ pub const BURST_KEYS: &str = "tollgate_burst_keys";
 /// `tollgate_config_reloads_total{result}`
 pub const CONFIG_RELOADS: &str = "tollgate_config_reloads_total";
 
+/// `tollgate_limit_calls_total{plan,meter,state}`: calls by where they left a meter:
+/// `within` its limit, `near` it (past `warn_at`), `over` it (overage, or refused with 402).
+pub const LIMIT_CALLS: &str = "tollgate_limit_calls_total";
+
 /// Buckets for gateway-side latencies: sub-millisecond to a few seconds.
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -60,6 +64,8 @@ pub struct Metrics {
     pub burst_keys: IntGauge,
     /// Config reloads by result.
     pub config_reloads: IntCounterVec,
+    /// Calls by plan, meter and where they left the meter (within / near / over its limit).
+    pub limit_calls: IntCounterVec,
 }
 
 impl Metrics {
@@ -128,6 +134,13 @@ impl Metrics {
                 Opts::new(CONFIG_RELOADS, "Config reloads by result."),
                 &["result"],
             )?,
+            limit_calls: IntCounterVec::new(
+                Opts::new(
+                    LIMIT_CALLS,
+                    "Metered calls by plan, meter and state: within the limit, near it (past warn_at), over it (overage or 402).",
+                ),
+                &["plan", "meter", "state"],
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -140,6 +153,15 @@ impl Metrics {
         registry.register(Box::new(m.late_refunds.clone()))?;
         registry.register(Box::new(m.burst_keys.clone()))?;
         registry.register(Box::new(m.config_reloads.clone()))?;
+        registry.register(Box::new(m.limit_calls.clone()))?;
+        // Series that are zero until something goes wrong still exist from the start, so
+        // dashboards and alerts see 0 rather than no data.
+        for kind in ["timeout", "backend", "io"] {
+            m.store_errors.with_label_values(&[kind]);
+        }
+        for result in ["ok", "error"] {
+            m.config_reloads.with_label_values(&[result]);
+        }
         Ok(m)
     }
 

@@ -88,6 +88,25 @@ pub struct Labels {
     pub route: Option<Arc<Route>>,
     /// The caller's plan.
     pub plan: Option<Arc<Plan>>,
+    /// The tenant of a refused call that got past identification (for the access log).
+    pub tenant: Option<String>,
+    /// The meter that refused the call with a 402, if one did.
+    pub exhausted: Option<String>,
+}
+
+impl Labels {
+    /// What a refused call got as far as.
+    pub fn of_refused(refused: &Refused) -> Labels {
+        Labels {
+            route: refused.route.clone(),
+            plan: refused.plan.clone(),
+            tenant: refused.caller.as_ref().map(|c| c.tenant.name.clone()),
+            exhausted: match &refused.rejection {
+                Rejection::QuotaExceeded(q) => Some(q.meter.clone()),
+                _ => None,
+            },
+        }
+    }
 }
 
 /// A finished call, as the metrics and the log see it.
@@ -106,6 +125,16 @@ pub struct Finished<'a> {
     pub refunded: bool,
     /// The status sent (0 when none was).
     pub status: u16,
+    /// The caller's tenant, when identified (admitted or refused after step 2).
+    pub tenant: Option<&'a str>,
+    /// The meter whose limit refused the call (402), if one did.
+    pub exhausted: Option<&'a str>,
+}
+
+/// Whether this call goes into the access log: all of them at 1, none at 0, else at random
+/// (a per-call coin, so every instance samples alike without coordination).
+fn sampled(rate: f64) -> bool {
+    rate >= 1.0 || (rate > 0.0 && rand::random::<f64>() < rate)
 }
 
 impl Finished<'_> {
@@ -130,16 +159,34 @@ impl Finished<'_> {
                 m.meter_units
                     .with_label_values(&[plan, &meter.name])
                     .inc_by(meter.units);
+                let state = if meter.in_overage() {
+                    "over"
+                } else if meter.warns() {
+                    "near"
+                } else {
+                    "within"
+                };
+                m.limit_calls
+                    .with_label_values(&[plan, &meter.name, state])
+                    .inc();
             }
         }
-        tracing::debug!(
-            tenant = admitted.map_or("", |a| a.caller.tenant.name.as_str()),
-            route,
-            plan,
-            outcome = self.outcome.as_str(),
-            status = self.status,
-            latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            "Call finished."
-        );
+        if let Some(meter) = self.exhausted {
+            m.limit_calls
+                .with_label_values(&[plan, meter, "over"])
+                .inc();
+        }
+        if sampled(gw.access_log_sample) {
+            tracing::info!(
+                target: "tollgate::access",
+                tenant = self.tenant.unwrap_or(""),
+                route,
+                plan,
+                outcome = self.outcome.as_str(),
+                status = self.status,
+                latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                "Call finished."
+            );
+        }
     }
 }

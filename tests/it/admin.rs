@@ -103,3 +103,100 @@ async fn metrics_count_requests_by_route_plan_and_outcome_without_tenant_ids() {
     assert!(text.contains("tollgate_request_duration_seconds"), "{text}");
     assert!(!text.contains("acme"), "no tenant ids in metrics:\n{text}");
 }
+
+/// Every sample of `metric` summed; for a histogram, its observation counts (the parser files
+/// a histogram's `_sum` and `_count` lines under its name too, as untyped samples: skipped).
+fn total(scrape: &prometheus_parse::Scrape, metric: &str) -> f64 {
+    let of_metric = || scrape.samples.iter().filter(move |s| s.metric == metric);
+    let histogram = of_metric().any(|s| matches!(s.value, prometheus_parse::Value::Histogram(_)));
+    of_metric()
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Untyped(_) if histogram => 0.0,
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+async fn scrape(stack: &Stack) -> prometheus_parse::Scrape {
+    let text = crate::common::get(&stack.client, &stack.gateway.admin_url("/metrics"), None)
+        .await
+        .body;
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("the /metrics answer parses as Prometheus text format")
+}
+
+/// The metric names of SPEC §8 a gateway without telemetry exports (the event metrics are
+/// checked with telemetry on, in the telemetry tests).
+const SPEC_NAMES: &[&str] = &[
+    "tollgate_requests_total",
+    "tollgate_request_duration_seconds",
+    "tollgate_upstream_duration_seconds",
+    "tollgate_store_duration_seconds",
+    "tollgate_store_errors_total",
+    "tollgate_meter_units_total",
+    "tollgate_config_reloads_total",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_as_prometheus_text_and_the_spec_names_move_with_calls() {
+    let stack = Stack::start(YAML).await;
+    stack.get("/v1/items", Some(ACME_KEY)).await; // one call, so every per-call series exists
+    let before = scrape(&stack).await;
+    for name in SPEC_NAMES {
+        assert!(
+            before.samples.iter().any(|s| s.metric == *name),
+            "{name} is missing from /metrics"
+        );
+    }
+    stack.get("/v1/items", Some(ACME_KEY)).await; // the limit is 2: allowed
+    stack.get("/v1/items", Some(ACME_KEY)).await; // refused, 402
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let after = loop {
+        let after = scrape(&stack).await;
+        if total(&after, "tollgate_requests_total")
+            >= total(&before, "tollgate_requests_total") + 2.0
+            || std::time::Instant::now() > deadline
+        {
+            break after;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let moved = |name: &str| total(&after, name) - total(&before, name);
+    assert_eq!(moved("tollgate_requests_total"), 2.0);
+    assert_eq!(moved("tollgate_request_duration_seconds"), 2.0);
+    assert_eq!(
+        moved("tollgate_upstream_duration_seconds"),
+        1.0,
+        "the 402 never reached it"
+    );
+    assert!(moved("tollgate_store_duration_seconds") >= 2.0);
+    assert_eq!(moved("tollgate_meter_units_total"), 1.0);
+    // Per-plan limit states: the second call left `requests` at its limit (near), the third
+    // was refused (over).
+    let state = |s: &str| {
+        after
+            .samples
+            .iter()
+            .filter(|x| {
+                x.metric == "tollgate_limit_calls_total" && x.labels.get("state") == Some(s)
+            })
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v) => v,
+                _ => 0.0,
+            })
+            .sum::<f64>()
+    };
+    assert_eq!(state("within") + state("near"), 2.0);
+    assert_eq!(state("over"), 1.0);
+    for s in &after.samples {
+        assert!(
+            s.labels.values().all(|v| !v.contains("acme")),
+            "a tenant id in the labels of {}",
+            s.metric
+        );
+    }
+}

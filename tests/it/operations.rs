@@ -487,3 +487,53 @@ async fn reloads_under_load_fail_no_call_and_a_broken_config_keeps_the_old_one()
         reply.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_turns_readyz_unready_then_lets_in_flight_calls_finish_and_exits_0() {
+    let yaml = YAML.replace(
+        "  listen: \"{listen}\"\n",
+        "  listen: \"{listen}\"\n  grace_period: 2s\n  unready_delay: 500ms\n",
+    );
+    let redis = RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let mut gw = Gateway::start(&render(&yaml, &redis.url(), &upstream.addr())).await;
+    let client = crate::common::client();
+    assert_eq!(
+        crate::common::get(&client, &gw.admin_url("/readyz"), None)
+            .await
+            .status,
+        200
+    );
+
+    // Ten calls the upstream takes 1.5 s to answer are in flight when SIGTERM arrives.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let (client, url) = (client.clone(), gw.url("/v1/slow/1500"));
+        calls.spawn(async move {
+            crate::common::get(&client, &url, Some(ACME_KEY))
+                .await
+                .status
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin_url = gw.admin_url("/readyz");
+    let probe = tokio::spawn({
+        let client = client.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            crate::common::get(&client, &admin_url, None).await.status
+        }
+    });
+    let (status, took) = gw.terminate().await;
+    assert_eq!(probe.await.unwrap(), 503, "/readyz goes unready first");
+    let statuses = calls.join_all().await;
+    assert_eq!(statuses, vec![200; 10], "in-flight calls complete");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_eq!(
+        redis
+            .get_int(&crate::common::month_key("acme", "requests"))
+            .await,
+        10
+    );
+}

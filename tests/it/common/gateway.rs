@@ -125,6 +125,26 @@ impl Gateway {
         let _ = child.wait();
     }
 
+    /// Sends SIGTERM and waits (at most 30 s) for the process to exit: its exit status and how
+    /// long it took.
+    pub async fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let mut child = self.child.take().expect("the gateway is running");
+        let started = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, started.elapsed());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                panic!("the gateway did not exit within 30 s of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Kills the process with SIGKILL: a crash, with no chance to flush anything.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

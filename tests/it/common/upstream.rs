@@ -17,7 +17,8 @@ use tokio::task::JoinHandle;
 
 /// An HTTP/1 server on `127.0.0.1:<free port>`.
 ///
-/// `/status/<code>` answers that status; every other path answers 200 with a JSON echo of the
+/// `/status/<code>` answers that status; a path containing `/slow/<ms>` answers after that many
+/// milliseconds; every other path answers 200 with a JSON echo of the
 /// request: `{"method", "path", "headers": {name: [values]}}`. Every answer also carries the
 /// hop-by-hop headers `Connection: x-hop`, `X-Hop: 1` and `Keep-Alive: timeout=5`, which the
 /// gateway must not pass down to its client.
@@ -84,6 +85,15 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .to_owned();
     if let Some(answer) = llm(&path) {
         return Ok(answer);
+    }
+    // `/slow/<ms>...`: the echo, after that long.
+    if let Some(ms) = path
+        .split("/slow/")
+        .nth(1)
+        .and_then(|r| r.split(['/', '?']).next())
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
     let (status, content_type, body) = match path.strip_prefix("/status/") {
         Some(code) => {
