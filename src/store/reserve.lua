@@ -49,8 +49,11 @@ for _ = 1, tonumber(ARGV[1]) do
   if status == 1 then
     for i = 1, n do
       local key = KEYS[k + i]
-      used[i] = redis.call('INCRBY', key, ARGV[a + 3 * (i - 1)])
-      redis.call('EXPIREAT', key, ARGV[a + 3 * (i - 1) + 2])
+      local units = tonumber(ARGV[a + 3 * (i - 1)])
+      used[i] = redis.call('INCRBY', key, units)
+      -- The expiry is the same for every call of a period: set it when the counter is created
+      -- (or was refunded back to zero), not on every call.
+      if used[i] == units then redis.call('EXPIREAT', key, ARGV[a + 3 * (i - 1) + 2]) end
     end
     if marker then redis.call('SET', marker, '1', 'EXAT', marker_exp) end
   end

@@ -145,7 +145,15 @@ const SPEC_NAMES: &[&str] = &[
 async fn metrics_parse_as_prometheus_text_and_the_spec_names_move_with_calls() {
     let stack = Stack::start(YAML).await;
     stack.get("/v1/items", Some(ACME_KEY)).await; // one call, so every per-call series exists
-    let before = scrape(&stack).await;
+                                                  // A call is counted just after its answer went out: poll until it is.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let before = loop {
+        let s = scrape(&stack).await;
+        if total(&s, "tollgate_requests_total") >= 1.0 || std::time::Instant::now() > deadline {
+            break s;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
     for name in SPEC_NAMES {
         assert!(
             before.samples.iter().any(|s| s.metric == *name),
