@@ -21,7 +21,7 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     const NAME: &'static str;
 
     /// Per-call state (use `()` when there is none).
-    type Call: Default + Send + 'static;
+    type Call: Default + Send + Sync + 'static;
 
     /// Builds the plugin from its config (`plugins.<NAME>` in the YAML; `Null` when empty),
     /// reporting every mistake with its position.
@@ -73,7 +73,7 @@ pub trait Plugin: Send + Sync + Sized + 'static {
 }
 
 /// Per-call state of one plugin, type-erased so the gateway can hold every plugin's in one list.
-pub struct CallState(Box<dyn Any + Send>);
+pub struct CallState(Box<dyn Any + Send + Sync>);
 
 impl std::fmt::Debug for CallState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

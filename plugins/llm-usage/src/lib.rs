@@ -27,8 +27,11 @@
 //! `gpt-4.1-mini`), so a cheaper sibling model never inherits a price by accident.
 
 use serde::Deserialize;
+use tollgate_plugin::serde_json::json;
 use tollgate_plugin::sse::EventStream;
-use tollgate_plugin::{ConfigError, ConfigNode, Measurements, Plugin, PluginError, Response};
+use tollgate_plugin::{
+    ConfigError, ConfigNode, EventData, Measurements, Plugin, PluginError, Response,
+};
 
 /// The most of a JSON body (and of one streamed event) kept for reading usage.
 pub const MAX_BODY: usize = 1 << 20;
@@ -140,6 +143,18 @@ impl Plugin for LlmUsage {
         call.feed(chunk, end_of_stream);
         if end_of_stream {
             self.report(call, meters);
+        }
+        Ok(())
+    }
+
+    /// Adds `llm: {model, input_tokens, output_tokens}` to the usage event, so a consumer sees
+    /// which model a call's tokens were counted for.
+    fn on_event(&self, call: &Reading, data: &mut EventData) -> Result<(), PluginError> {
+        if call.input.is_some() || call.output.is_some() || call.model.is_some() {
+            data.insert(
+                "llm".into(),
+                json!({ "model": call.model, "input_tokens": call.input, "output_tokens": call.output }),
+            );
         }
         Ok(())
     }
