@@ -4,6 +4,7 @@ pub mod clock;
 pub mod gateway;
 pub mod http;
 pub mod jwt;
+pub mod providers;
 pub mod redis;
 pub mod upstream;
 
