@@ -80,6 +80,11 @@ pub fn request_view<'a>(
     view
 }
 
+/// Whether any plugin of the route reads response bodies (so they must come uncompressed).
+pub fn reads_body(route: &Route) -> bool {
+    route.plugins.iter().any(|p| p.0.reads_body())
+}
+
 // === impl Calls ===
 
 impl Calls {

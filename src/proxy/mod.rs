@@ -243,10 +243,10 @@ impl ProxyHttp for Proxy {
                 up.remove_header(name);
             }
         }
-        // A measured meter reads the body: ask for it uncompressed.
+        // A measured meter or a plugin reads the body: ask for it uncompressed.
         if ctx
             .route()
-            .is_some_and(|r| r.meter.iter().any(|m| m.measure.is_some()))
+            .is_some_and(|r| r.meter.iter().any(|m| m.measure.is_some()) || plugins::reads_body(r))
             && up.headers.contains_key(http::header::ACCEPT_ENCODING)
         {
             up.remove_header(&http::header::ACCEPT_ENCODING);

@@ -59,6 +59,10 @@ routes:
     upstream: product
     plugins: [debug-fail, deny-header]
     meter: { requests: 1 }
+  - name: reads-body
+    match: { path_prefix: /reads-body }
+    upstream: product
+    plugins: [llm-usage]
 "#;
 
 async fn stack(fail_at: &str) -> Stack {
@@ -143,6 +147,33 @@ async fn plugins_run_in_route_order_and_the_first_denial_stops_the_rest() {
     assert_eq!(call(&stack, "/reversed/c", &[]).await.status, 200);
     assert_eq!(stack.upstream.hits(), 3);
     assert_eq!(settled(&stack, "requests", 3).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_reads_bodies_gets_them_uncompressed() {
+    let stack = stack("request").await;
+    let echo = |path: &'static str| {
+        let request = stack
+            .client
+            .get(stack.gateway.url(path))
+            .bearer_auth(ACME_KEY);
+        async move {
+            let answer = read(
+                request
+                    .header("accept-encoding", "gzip")
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            answer.echoed_headers()
+        }
+    };
+    assert!(!echo("/reads-body/x").await.contains_key("accept-encoding"));
+    assert!(
+        echo("/ordered/x").await.contains_key("accept-encoding"),
+        "plugins that do not read bodies change nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

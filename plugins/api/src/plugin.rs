@@ -27,6 +27,13 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// reporting every mistake with its position.
     fn from_config(config: &ConfigNode) -> Result<Self, Vec<ConfigError>>;
 
+    /// Whether [`Plugin::on_response_body`] reads the body's bytes. When true, the gateway asks
+    /// the upstream for an uncompressed answer (it drops `Accept-Encoding`), as it does for its
+    /// own response-measured meters: a plugin should not have to inflate gzip to count tokens.
+    fn reads_body(&self) -> bool {
+        false
+    }
+
     /// After the gateway admitted the call (route, caller, plan and reservation known), before
     /// it goes upstream. May deny, add upstream request headers or add meter quantities.
     fn on_request(
@@ -86,6 +93,8 @@ impl std::fmt::Debug for CallState {
 pub trait DynPlugin: Send + Sync + 'static {
     /// [`Plugin::NAME`].
     fn name(&self) -> &'static str;
+    /// [`Plugin::reads_body`].
+    fn reads_body(&self) -> bool;
     /// A fresh [`Plugin::Call`] for a new call.
     fn new_call(&self) -> CallState;
     /// [`Plugin::on_request`].
@@ -123,6 +132,9 @@ fn foreign(name: &str) -> PluginError {
 impl<P: Plugin> DynPlugin for P {
     fn name(&self) -> &'static str {
         P::NAME
+    }
+    fn reads_body(&self) -> bool {
+        Plugin::reads_body(self)
     }
     fn new_call(&self) -> CallState {
         CallState(Box::new(P::Call::default()))

@@ -111,6 +111,10 @@ impl Plugin for LlmUsage {
         }
     }
 
+    fn reads_body(&self) -> bool {
+        true
+    }
+
     fn on_response_headers(
         &self,
         call: &mut Reading,
