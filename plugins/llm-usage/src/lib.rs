@@ -57,10 +57,16 @@ struct Weight {
     output: f64,
 }
 
-/// What one call's answer said so far.
+/// One call's reading of its answer.
 #[derive(Debug, Default)]
 pub struct Reading {
     body: Body,
+    usage: Usage,
+}
+
+/// What the answer said so far.
+#[derive(Debug, Default)]
+struct Usage {
     input: Option<u64>,
     output: Option<u64>,
     model: Option<String>,
@@ -154,10 +160,10 @@ impl Plugin for LlmUsage {
     /// Adds `llm: {model, input_tokens, output_tokens}` to the usage event, so a consumer sees
     /// which model a call's tokens were counted for.
     fn on_event(&self, call: &Reading, data: &mut EventData) -> Result<(), PluginError> {
-        if call.input.is_some() || call.output.is_some() || call.model.is_some() {
+        if call.usage.input.is_some() || call.usage.output.is_some() || call.usage.model.is_some() {
             data.insert(
                 "llm".into(),
-                json!({ "model": call.model, "input_tokens": call.input, "output_tokens": call.output }),
+                json!({ "model": call.usage.model, "input_tokens": call.usage.input, "output_tokens": call.usage.output }),
             );
         }
         Ok(())
@@ -179,18 +185,18 @@ impl LlmUsage {
     }
 
     fn report(&self, call: &Reading, meters: &mut Measurements) {
-        if let Some(n) = call.input {
+        if let Some(n) = call.usage.input {
             meters.set(INPUT_TOKENS, n);
         }
-        if let Some(n) = call.output {
+        if let Some(n) = call.usage.output {
             meters.set(OUTPUT_TOKENS, n);
         }
-        if call.input.is_none() && call.output.is_none() {
+        if call.usage.input.is_none() && call.usage.output.is_none() {
             return;
         }
-        if let Some(w) = self.weight(call.model.as_deref()) {
-            let credits = call.input.unwrap_or(0) as f64 * w.input
-                + call.output.unwrap_or(0) as f64 * w.output;
+        if let Some(w) = self.weight(call.usage.model.as_deref()) {
+            let credits = call.usage.input.unwrap_or(0) as f64 * w.input
+                + call.usage.output.unwrap_or(0) as f64 * w.output;
             // A partial credit is still a credit used; `as` saturates on overflow.
             meters.set(CREDITS, credits.ceil() as u64);
         }
@@ -221,24 +227,25 @@ fn weight(n: &ConfigNode, model: &str) -> Result<Weight, Vec<ConfigError>> {
 // === impl Reading ===
 
 impl Reading {
+    /// Reads one chunk; documents are read as they complete, without copying them.
     fn feed(&mut self, chunk: &[u8], end: bool) {
-        let mut docs: Vec<Vec<u8>> = Vec::new();
+        let usage = &mut self.usage;
         match &mut self.body {
             Body::Skip => {}
+            Body::Json(buf) if buf.len() + chunk.len() > MAX_BODY => self.body = Body::Skip,
             Body::Json(buf) => {
-                if buf.len() + chunk.len() > MAX_BODY {
-                    self.body = Body::Skip;
-                } else {
-                    buf.extend_from_slice(chunk);
-                    if end {
-                        docs.push(std::mem::take(buf));
-                    }
+                buf.extend_from_slice(chunk);
+                if end {
+                    usage.read(&std::mem::take(buf));
                 }
             }
             Body::Events(stream) => {
                 let mut on_event = |data: &[u8]| {
-                    if data != b"[DONE]" {
-                        docs.push(data.to_vec());
+                    // Most events of a stream are content deltas: only those that mention
+                    // usage (`usage`, `usageMetadata`) are worth parsing. Every provider puts
+                    // the model in those events too.
+                    if data != b"[DONE]" && data.windows(4).any(|w| w == b"sage") {
+                        usage.read(data);
                     }
                 };
                 stream.feed(chunk, &mut on_event);
@@ -247,11 +254,12 @@ impl Reading {
                 }
             }
         }
-        for doc in docs {
-            self.read(&doc);
-        }
     }
+}
 
+// === impl Usage ===
+
+impl Usage {
     /// One JSON document: a body, a streamed event, or (Gemini without `alt=sse`) an array.
     fn read(&mut self, json: &[u8]) {
         if json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
@@ -262,7 +270,6 @@ impl Reading {
             self.take(doc);
         }
     }
-
     /// Keeps the latest value of every field the document carries.
     fn take(&mut self, doc: Doc) {
         let nested = [doc.message, doc.response]
