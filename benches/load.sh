@@ -338,12 +338,14 @@ GW_PID=$!
 GW=http://127.0.0.1:$GW_PORT
 wait_until 30 "${PIDS[-1]}" tollgate curl -fsS --max-time 1 "$GW/open"
 
-# Sum of the tenant's `requests` counters (there is one per period; a run may cross midnight).
-counter() {
-  redis-cli -p "$REDIS_PORT" --scan --pattern "tg:{$TENANT}:m:requests:*" |
+# meter_sum METER: sum of the tenant's counters of METER (one per period; a run may cross
+# midnight). counter: the `requests` meter's.
+meter_sum() {
+  redis-cli -p "$REDIS_PORT" --scan --pattern "tg:{$TENANT}:m:$1:*" |
     while read -r k; do redis-cli -p "$REDIS_PORT" get "$k"; done |
     awk '{ s += $1 } END { printf "%d\n", s }'
 }
+counter() { meter_sum requests; }
 
 # ---------------------------------------------------------------- sanity checks
 status_of() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
@@ -356,11 +358,6 @@ c1=$(counter)
 ((c1 == c0 + 1)) || die "one metered call moved the Redis counter from $c0 to $c1"
 ((c0 == 0)) || die "the 401 call changed the counter ($c0)"
 # The plugin route settles to the stream's usage.
-meter_sum() {
-  redis-cli -p "$REDIS_PORT" --scan --pattern "tg:{$TENANT}:m:$1:*" |
-    while read -r k; do redis-cli -p "$REDIS_PORT" get "$k"; done |
-    awk '{ s += $1 } END { printf "%d\n", s }'
-}
 s=$(status_of -H "Authorization: Bearer $KEY" "$GW/llm/sse-plugin"); [[ $s == 200 ]] ||
   die "GET /llm/sse-plugin answered $s, expected 200"
 sleep 0.2
