@@ -5,7 +5,10 @@
 //! gateway serving.
 
 use crate::common::http::read;
-use crate::common::{Answer, Stack, ACME_KEY};
+use std::time::Duration;
+
+use crate::common::streamer::Streamer;
+use crate::common::{refused_addr, Answer, Stack, ACME_KEY};
 use crate::measured::settled;
 
 const YAML: &str = r#"
@@ -20,6 +23,8 @@ store:
 upstreams:
   product:
     targets: ["{upstream}"]
+  streamer:
+    targets: ["{streamer}"]
 tenants:
   acme:
     plan: free
@@ -63,10 +68,25 @@ routes:
     match: { path_prefix: /reads-body }
     upstream: product
     plugins: [llm-usage]
+  - name: stream
+    match: { path_prefix: /stream }
+    upstream: streamer
+    plugins: [llm-usage]
+    meter:
+      input_tokens: { from_response: "plugin:llm-usage", reserve: 1000 }
+      output_tokens: { from_response: "plugin:llm-usage", reserve: 1000 }
+      credits: { from_response: "plugin:llm-usage", reserve: 10000 }
 "#;
 
 async fn stack(fail_at: &str) -> Stack {
-    Stack::start(&YAML.replace("{fail_at}", fail_at)).await
+    stack_with(fail_at, &refused_addr()).await
+}
+
+async fn stack_with(fail_at: &str, streamer: &str) -> Stack {
+    let yaml = YAML
+        .replace("{fail_at}", fail_at)
+        .replace("{streamer}", streamer);
+    Stack::start(&yaml).await
 }
 
 /// `GET path` as acme, with each of `headers` set to `1`.
@@ -187,4 +207,50 @@ async fn a_plugin_failing_on_the_response_head_answers_500_and_charges_nothing()
         assert_eq!(call(&stack, "/ordered/b", &[]).await.status, 200);
     }
     assert_eq!(settled(&stack, "requests", 3).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_answer_passes_undelayed_and_settles_exact_tokens() {
+    // An Anthropic-shaped stream whose second part (cut inside an event) is held back by the
+    // upstream until the client has the first: a gateway that waited for the whole body would
+    // deliver nothing and time out here.
+    let model = crate::common::providers::ANTHROPIC_MODEL;
+    let first = vec![
+        format!("event: message_start\ndata: {{\"type\":\"message_start\",\"message\":{{\"model\":\"{model}\",\"content\":[],\"usage\":{{\"input_tokens\":31,\"output_tokens\":1}}}}}}\n\n"),
+        "event: content_block_delta\ndata: {\"type\":\"content_bl".to_string(),
+    ];
+    let rest = vec![
+        "ock_delta\",\"delta\":{\"text\":\"Hello\"}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_to".to_string(),
+        "kens\":17}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string(),
+    ];
+    let streamer = Streamer::start(first, rest).await;
+    let stack = stack_with("request", &streamer.addr()).await;
+    let mut response = stack
+        .client
+        .get(stack.gateway.url("/stream/v1/messages"))
+        .bearer_auth(ACME_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut seen = String::new();
+    while !seen.contains("message_start") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("the first part reaches the client while the rest is held back")
+            .unwrap()
+            .expect("the body goes on");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    streamer.release();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.ends_with("{\"type\":\"message_stop\"}\n\n"), "{seen}");
+    assert_eq!(settled(&stack, "input_tokens", 31).await, 31);
+    assert_eq!(settled(&stack, "output_tokens", 17).await, 17);
+    assert_eq!(
+        settled(&stack, "credits", 31 * 3 + 17 * 15).await,
+        31 * 3 + 17 * 15
+    );
 }

@@ -6,6 +6,7 @@ pub mod http;
 pub mod jwt;
 pub mod providers;
 pub mod redis;
+pub mod streamer;
 pub mod upstream;
 
 pub use gateway::{run_check, Gateway};
