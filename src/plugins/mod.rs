@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use tollgate_plugin::{
-    CallState, Denial, DynPlugin, EventData, Measurements, Request, RequestActions, Response,
+    CallState, Denial, DynPlugin, EventData, Measurements, PluginError, Request, RequestActions,
+    Response,
 };
 
 pub use config::{decode, Configured};
@@ -80,6 +81,16 @@ pub fn request_view<'a>(
     view
 }
 
+/// Runs one hook, turning a panic into an error: a bug in a plugin fails that call like any
+/// other plugin error (a 500 problem body, or the plugin sitting out the rest of the call),
+/// instead of dropping the client's connection with the task. Catching costs nothing on the
+/// path that does not panic. After a panic the plugin's per-call state may be half-updated,
+/// which is why a failed plugin is never called again for the same call.
+fn guarded<T>(hook: impl FnOnce() -> Result<T, PluginError>) -> Result<T, PluginError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(hook))
+        .unwrap_or_else(|_| Err(PluginError::new("the plugin panicked")))
+}
+
 /// Whether any plugin of the route reads response bodies (so they must come uncompressed).
 pub fn reads_body(route: &Route) -> bool {
     route.plugins.iter().any(|p| p.0.reads_body())
@@ -119,7 +130,8 @@ impl Calls {
         for e in &mut self.entries {
             let plugin = e.plugin.name();
             let mut actions = RequestActions::default();
-            if let Err(error) = e.plugin.on_request(&mut e.state, request, &mut actions) {
+            if let Err(error) = guarded(|| e.plugin.on_request(&mut e.state, request, &mut actions))
+            {
                 tracing::warn!(plugin, route = request.route, error = %error, "A plugin failed on a request; answering 500.");
                 return Err(Stop::Failed { plugin });
             }
@@ -146,7 +158,7 @@ impl Calls {
     ) -> Result<(), Stop> {
         let response = Response::new(status, headers);
         for e in &mut self.entries {
-            if let Err(error) = e.plugin.on_response_headers(&mut e.state, &response) {
+            if let Err(error) = guarded(|| e.plugin.on_response_headers(&mut e.state, &response)) {
                 let plugin = e.plugin.name();
                 tracing::warn!(plugin, error = %error, "A plugin failed on a response head; answering 500.");
                 return Err(Stop::Failed { plugin });
@@ -163,9 +175,10 @@ impl Calls {
         }
         self.ended = end_of_stream;
         for e in self.entries.iter_mut().filter(|e| !e.failed) {
-            let result =
+            let result = guarded(|| {
                 e.plugin
-                    .on_response_body(&mut e.state, chunk, end_of_stream, &mut e.meters);
+                    .on_response_body(&mut e.state, chunk, end_of_stream, &mut e.meters)
+            });
             if let Err(error) = result {
                 let plugin = e.plugin.name();
                 tracing::warn!(plugin, error = %error, "A plugin failed on a response body; its meters settle to their defaults.");
@@ -211,7 +224,7 @@ impl Calls {
     pub fn on_event(&self, data: &mut EventData) {
         for e in &self.entries {
             let mut extra = EventData::new();
-            if let Err(error) = e.plugin.on_event(&e.state, &mut extra) {
+            if let Err(error) = guarded(|| e.plugin.on_event(&e.state, &mut extra)) {
                 let plugin = e.plugin.name();
                 tracing::warn!(plugin, error = %error, "A plugin failed on a usage event; the event goes out without its fields.");
                 continue;

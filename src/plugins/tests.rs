@@ -109,3 +109,42 @@ fn plugin_meters_settle_to_reports_or_defaults_and_events_gain_fields() {
     calls.on_event(&mut data);
     assert_eq!(data["llm"]["output_tokens"], 9);
 }
+
+#[test]
+fn a_panicking_plugin_fails_its_call_and_the_others_go_on() {
+    let yaml = YAML
+        .replace(
+            "debug-fail: { when_header: x-fail, trace: true }",
+            "debug-fail: { when_header: x-fail, at: response_body, panic: true }",
+        )
+        .replace(
+            "plugins: [deny-header, debug-fail, llm-usage]",
+            "plugins: [debug-fail, llm-usage]",
+        );
+    let env = |_: &str| None;
+    let routes = load_str("t.yaml", &yaml, &env).unwrap().routes;
+    let mut calls = Calls::start(&routes[0]).unwrap();
+    request(&mut calls, "ordered", &["x-fail"]).unwrap();
+    let mut h = HeaderMap::new();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    calls.on_response_headers(StatusCode::OK, &h).unwrap();
+    // debug-fail panics on the first chunk and sits out the rest; llm-usage reads on.
+    calls.on_response_body(b"data: {\"usage\":{\"prompt_tokens\":4,", false);
+    calls.on_response_body(b"\"completion_tokens\":6}}\n\n", false);
+    calls.finish();
+    let got: Vec<u64> = calls.measured(&routes[0]).iter().map(|m| m.units).collect();
+    assert_eq!(got, [4, 6]);
+
+    let yaml = yaml.replace("at: response_body", "at: request");
+    let routes = load_str("t.yaml", &yaml, &env).unwrap().routes;
+    let mut calls = Calls::start(&routes[0]).unwrap();
+    assert!(matches!(
+        request(&mut calls, "ordered", &["x-fail"]),
+        Err(Stop::Failed {
+            plugin: "debug-fail"
+        })
+    ));
+}

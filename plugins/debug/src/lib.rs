@@ -28,11 +28,15 @@ pub struct DenyHeader {
     trace: bool,
 }
 
-/// `debug-fail: { when_header: x-fail, at: request | response_headers | response_body, trace: false }`
+/// `debug-fail: { when_header: x-fail, at: request | response_headers | response_body, panic: false, trace: false }`
+///
+/// With `panic: true` it panics instead of returning an error, to show that the gateway
+/// contains a plugin's bug the same way.
 #[derive(Debug)]
 pub struct DebugFail {
     when_header: HeaderName,
     at: Hook,
+    panic: bool,
     trace: bool,
 }
 
@@ -54,9 +58,9 @@ fn header_name(config: &ConfigNode, key: &str, what: &str) -> Result<HeaderName,
         .map_err(|_| node.error(format!("`{key}` must be a header name, found \"{text}\"")))
 }
 
-/// `trace:` (default false).
-fn trace(config: &ConfigNode, errors: &mut Vec<ConfigError>) -> bool {
-    match config.get("trace").map(|t| t.bool("`trace`")) {
+/// A true/false setting (default false).
+fn flag(config: &ConfigNode, key: &str, errors: &mut Vec<ConfigError>) -> bool {
+    match config.get(key).map(|t| t.bool(&format!("`{key}`"))) {
         Some(Ok(b)) => b,
         Some(Err(e)) => {
             errors.push(e);
@@ -98,7 +102,7 @@ impl Plugin for DenyHeader {
                 })
                 .map_err(|e| errors.push(e)),
         };
-        let trace = trace(config, &mut errors);
+        let trace = flag(config, "trace", &mut errors);
         match (header, status) {
             (Ok(header), Ok(status)) if errors.is_empty() => Ok(DenyHeader {
                 header,
@@ -138,10 +142,14 @@ impl DebugFail {
     /// Fails when the call carries the header and this is the configured hook.
     fn check(&self, triggered: bool, hook: Hook) -> Result<(), PluginError> {
         if triggered && self.at == hook {
-            return Err(PluginError::new(format!(
+            let message = format!(
                 "debug-fail: failing at {hook:?} as configured (the call carries `{}`)",
                 self.when_header
-            )));
+            );
+            if self.panic {
+                panic!("{message}");
+            }
+            return Err(PluginError::new(message));
         }
         Ok(())
     }
@@ -158,7 +166,7 @@ impl Plugin for DebugFail {
 
     fn from_config(config: &ConfigNode) -> Result<Self, Vec<ConfigError>> {
         let what = "`debug-fail`";
-        let mut errors = config.unknown_keys(what, &["when_header", "at", "trace"]);
+        let mut errors = config.unknown_keys(what, &["when_header", "at", "panic", "trace"]);
         let when_header = header_name(config, "when_header", what).map_err(|e| errors.push(e));
         let at = match config.get("at") {
             None => Ok(Hook::Request),
@@ -173,11 +181,13 @@ impl Plugin for DebugFail {
             }
             .map_err(|e| errors.push(e)),
         };
-        let trace = trace(config, &mut errors);
+        let panic = flag(config, "panic", &mut errors);
+        let trace = flag(config, "trace", &mut errors);
         match (when_header, at) {
             (Ok(when_header), Ok(at)) if errors.is_empty() => Ok(DebugFail {
                 when_header,
                 at,
+                panic,
                 trace,
             }),
             _ => Err(errors),
