@@ -43,7 +43,7 @@ plugins:
       claude-sonnet-4-5: { input: 3, output: 15 }
       gemini-2.5-flash: { input: 0.5, output: 2.5 }
   deny-header: { header: x-deny, trace: true }
-  debug-fail: { when_header: x-fail, at: {fail_at}, trace: true }
+  debug-fail: { when_header: x-fail, {debug_fail}, trace: true }
 routes:
   - name: ai
     match: { path_prefix: /ai/ }
@@ -78,13 +78,14 @@ routes:
       credits: { from_response: "plugin:llm-usage", reserve: 10000 }
 "#;
 
-async fn stack(fail_at: &str) -> Stack {
-    stack_with(fail_at, &refused_addr()).await
+/// The stack, with `debug_fail` completing `debug-fail`'s settings (`at: request`, ...).
+async fn stack(debug_fail: &str) -> Stack {
+    stack_with(debug_fail, &refused_addr()).await
 }
 
-async fn stack_with(fail_at: &str, streamer: &str) -> Stack {
+async fn stack_with(debug_fail: &str, streamer: &str) -> Stack {
     let yaml = YAML
-        .replace("{fail_at}", fail_at)
+        .replace("{debug_fail}", debug_fail)
         .replace("{streamer}", streamer);
     Stack::start(&yaml).await
 }
@@ -103,7 +104,7 @@ async fn call(stack: &Stack, path: &str, headers: &[&str]) -> Answer {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_provider_json_and_sse_settles_exact_tokens_and_credits() {
-    let stack = stack("request").await;
+    let stack = stack("at: request").await;
     // (path, input, output, credits by the configured weights, rounded up)
     let cases = [
         ("/ai/openai/json/11/7", 11, 7, 11 + 7 * 4),
@@ -139,7 +140,7 @@ async fn every_provider_json_and_sse_settles_exact_tokens_and_credits() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn plugins_run_in_route_order_and_the_first_denial_stops_the_rest() {
-    let stack = stack("request").await;
+    let stack = stack("at: request").await;
     let trace = |a: &Answer| a.echoed_headers()["x-tollgate-plugin-trace"].clone();
     let ordered = call(&stack, "/ordered/a", &[]).await;
     assert_eq!(trace(&ordered), ["deny-header", "debug-fail"]);
@@ -170,8 +171,20 @@ async fn plugins_run_in_route_order_and_the_first_denial_stops_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_panicking_plugin_answers_500_and_the_gateway_keeps_serving() {
+    let stack = stack("at: request, panic: true").await;
+    for _ in 0..3 {
+        let failed = call(&stack, "/ordered/a", &["x-fail"]).await;
+        assert_eq!(failed.problem(500)["plugin"], "debug-fail");
+        assert_eq!(call(&stack, "/ordered/b", &[]).await.status, 200);
+    }
+    assert_eq!(stack.upstream.hits(), 3);
+    assert_eq!(settled(&stack, "requests", 3).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_that_reads_bodies_gets_them_uncompressed() {
-    let stack = stack("request").await;
+    let stack = stack("at: request").await;
     let echo = |path: &'static str| {
         let request = stack
             .client
@@ -198,7 +211,7 @@ async fn a_plugin_that_reads_bodies_gets_them_uncompressed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_failing_on_the_response_head_answers_500_and_charges_nothing() {
-    let stack = stack("response_headers").await;
+    let stack = stack("at: response_headers").await;
     let failed = call(&stack, "/ordered/a", &["x-fail"]).await;
     assert_eq!(failed.problem(500)["plugin"], "debug-fail");
     assert_eq!(stack.upstream.hits(), 1, "the upstream had answered");
@@ -224,7 +237,7 @@ async fn a_streamed_answer_passes_undelayed_and_settles_exact_tokens() {
         "kens\":17}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".to_string(),
     ];
     let streamer = Streamer::start(first, rest).await;
-    let stack = stack_with("request", &streamer.addr()).await;
+    let stack = stack_with("at: request", &streamer.addr()).await;
     let mut response = stack
         .client
         .get(stack.gateway.url("/stream/v1/messages"))
