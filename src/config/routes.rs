@@ -173,7 +173,7 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         None => RouteAuth::Required,
     };
     let (plugin_names, plugins) = match f.get("plugins") {
-        Some(p) => route_plugins(d, p, &what, known)?,
+        Some(p) => crate::plugins::route_list(d, p, &what, known.plugins)?,
         None => Default::default(),
     };
     let meter = match f.get("meter") {
@@ -217,42 +217,6 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         refund_on,
         plugins,
     })
-}
-
-/// `plugins: [name, …]`: each must be set up under the top-level `plugins:` (where its config
-/// lives), so one plugin has one config however many routes use it. Returns the names as
-/// written (for `plugin:<name>` meters) and the plugins that built.
-fn route_plugins(
-    d: &mut Decoder,
-    n: &Node,
-    what: &str,
-    known: &Known,
-) -> Option<(BTreeSet<String>, Vec<crate::plugins::RoutePlugin>)> {
-    let mut names = BTreeSet::new();
-    let mut out = Vec::new();
-    for (name, pos) in d.strings(n, "`plugins`")? {
-        if !names.insert(name.clone()) {
-            d.err(pos, format!("{what} lists plugin `{name}` twice"));
-            continue;
-        }
-        match known.plugins.built.get(&name) {
-            Some(p) => out.push(crate::plugins::RoutePlugin(p.clone())),
-            // Declared but broken: its own error says why.
-            None if known.plugins.declared.contains(&name) => {}
-            None if crate::plugins::registry::find(&name).is_some() => d.err(
-                pos,
-                format!("{what} uses plugin `{name}`, which is not set up under the top-level `plugins`; add `{name}: {{}}` there"),
-            ),
-            None => d.err(
-                pos,
-                format!(
-                    "{what} uses unknown plugin `{name}`; this tollgate is built with: {}",
-                    crate::plugins::registry::names()
-                ),
-            ),
-        }
-    }
-    Some((names, out))
 }
 
 fn refund_on(d: &mut Decoder, n: &Node) -> Option<RefundOn> {

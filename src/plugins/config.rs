@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tollgate_plugin::{ConfigNode, ConfigValue, DynPlugin};
 
-use super::registry;
+use super::{registry, RoutePlugin};
 use crate::config::decode::Decoder;
 use crate::config::node::{Node, Pos, Value};
 
@@ -26,13 +26,7 @@ pub fn decode(d: &mut Decoder, n: &Node) -> Configured {
     for (name, pos, value) in d.named(n, "`plugins`") {
         out.declared.insert(name.clone());
         let Some(registration) = registry::find(&name) else {
-            d.err(
-                pos,
-                format!(
-                    "unknown plugin `{name}`; this tollgate is built with: {}",
-                    registry::names()
-                ),
-            );
+            d.err(pos, unknown("", &name));
             continue;
         };
         let Some(config) = convert(d, value) else {
@@ -56,6 +50,44 @@ pub fn decode(d: &mut Decoder, n: &Node) -> Configured {
         }
     }
     out
+}
+
+/// A route's `plugins: [name, …]`. Each must be set up under the top-level `plugins:` (where its
+/// settings live), so one plugin has one configuration however many routes use it. Returns the
+/// names as written (for checking `plugin:<name>` meters) and the plugins that built.
+pub fn route_list(
+    d: &mut Decoder,
+    n: &Node,
+    route: &str,
+    configured: &Configured,
+) -> Option<(BTreeSet<String>, Vec<RoutePlugin>)> {
+    let mut names = BTreeSet::new();
+    let mut out = Vec::new();
+    for (name, pos) in d.strings(n, "`plugins`")? {
+        if !names.insert(name.clone()) {
+            d.err(pos, format!("{route} lists plugin `{name}` twice"));
+            continue;
+        }
+        match configured.built.get(&name) {
+            Some(p) => out.push(RoutePlugin(p.clone())),
+            // Declared but broken: its own error says why.
+            None if configured.declared.contains(&name) => {}
+            None if registry::find(&name).is_some() => d.err(
+                pos,
+                format!("{route} uses plugin `{name}`, which is not set up under the top-level `plugins`; add `{name}: {{}}` there"),
+            ),
+            None => d.err(pos, unknown(&format!("{route} uses "), &name)),
+        }
+    }
+    Some((names, out))
+}
+
+/// "unknown plugin `x`; this tollgate is built with: …"
+fn unknown(prefix: &str, name: &str) -> String {
+    format!(
+        "{prefix}unknown plugin `{name}`; this tollgate is built with: {}",
+        registry::names()
+    )
 }
 
 /// tollgate's node tree → the API's [`ConfigNode`], expanding `${VAR}` in strings like every

@@ -16,7 +16,7 @@ use tollgate_plugin::{
     Response,
 };
 
-pub use config::{decode, Configured};
+pub use config::{decode, route_list, Configured};
 
 use crate::config::{MeasureSource, Route};
 use crate::pipeline::measure::Measured;
