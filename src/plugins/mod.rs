@@ -52,6 +52,7 @@ pub enum Stop {
 /// The route's plugins for one call, with each one's per-call state.
 pub struct Calls {
     entries: Vec<Entry>,
+    /// The body hooks saw `end_of_stream`, or the call was stopped (it has no body to see).
     ended: bool,
 }
 
@@ -133,6 +134,7 @@ impl Calls {
             if let Err(error) = guarded(|| e.plugin.on_request(&mut e.state, request, &mut actions))
             {
                 tracing::warn!(plugin, route = request.route, error = %error, "A plugin failed on a request; answering 500.");
+                self.ended = true;
                 return Err(Stop::Failed { plugin });
             }
             let (denial, added, meters) = actions.into_parts();
@@ -140,6 +142,7 @@ impl Calls {
                 if !(denial.status.is_client_error() || denial.status.is_server_error()) {
                     denial.status = StatusCode::FORBIDDEN;
                 }
+                self.ended = true;
                 return Err(Stop::Denied { plugin, denial });
             }
             headers.extend(added);
@@ -161,6 +164,7 @@ impl Calls {
             if let Err(error) = guarded(|| e.plugin.on_response_headers(&mut e.state, &response)) {
                 let plugin = e.plugin.name();
                 tracing::warn!(plugin, error = %error, "A plugin failed on a response head; answering 500.");
+                self.ended = true;
                 return Err(Stop::Failed { plugin });
             }
         }

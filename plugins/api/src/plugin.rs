@@ -59,7 +59,8 @@ pub trait Plugin: Send + Sync + Sized + 'static {
     /// For each chunk of the answer body as it passes to the client. The chunk is already on
     /// its way: a plugin looks, it never holds the stream back, so keep this cheap and keep
     /// memory bounded (parse incrementally, do not buffer whole bodies). `end_of_stream` is
-    /// true exactly once per call, possibly with an empty chunk. Reported quantities settle the
+    /// true exactly once per call that was not stopped by a denial or an error before its
+    /// answer, possibly with an empty chunk. Reported quantities settle the
     /// route's `plugin:<NAME>` meters when the call ends.
     fn on_response_body(
         &self,
