@@ -16,7 +16,11 @@
 #   (d0) tokens fixed like (c) with a second meter, `tokens: 42` at a fixed cost, on a JSON answer
 #   (d)/(e) tokens    the same two meters, `tokens` read from the response's JSON body / SSE
 #                     stream (reserve 1000, settle to 42): against (d0), the cost of inspection
-# (a) runs once; (b)-(e) run ROUNDS times, interleaved, and the table shows medians.
+#   (f0)/(f) plugin   one OpenAI-style SSE answer on two routes charging the same three meters
+#                     (`requests: 1`, `input_tokens` / `output_tokens` reserved at 1000 and
+#                     settled to 12 / 30): (f) measures them with the llm-usage plugin, (f0) with
+#                     the built-in `from_response: json:…`; against (f0), the plugin host's cost
+# (a) runs once; (b)-(f) run ROUNDS times, interleaved, and the table shows medians.
 # "metered/unmetered" is the median of the per-round ratios of req/s. The table also shows how
 # busy each CPU was during a run and the CPU time the gateway (and Redis) spent per request
 # (from /proc/<pid>/stat): when the machine is shared, CPU per request is the steadier number.
@@ -226,6 +230,10 @@ $temp_paths
             default_type application/json;
             return 200 '{"id":"chatcmpl-1","choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}';
         }
+        location ~ ^/llm/sse-(plain|plugin) {
+            default_type text/event-stream;
+            return 200 'data: {"model":"gpt-4.1","choices":[{"delta":{"content":"h"}}],"usage":null}\n\ndata: {"model":"gpt-4.1","choices":[{"delta":{"content":"i"}}],"usage":null}\n\ndata: {"model":"gpt-4.1","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":30,"total_tokens":42}}\n\ndata: [DONE]\n\n';
+        }
         location /llm/sse {
             default_type text/event-stream;
             return 200 'data: {"choices":[{"delta":{"content":"h"}}],"usage":null}\n\ndata: {"choices":[{"delta":{"content":"i"}}],"usage":null}\n\ndata: {"choices":[],"usage":{"total_tokens":42}}\n\ndata: [DONE]\n\n';
@@ -272,7 +280,26 @@ plans:
     meters:
       requests: { limit: 1000000000, period: month }
       tokens: { limit: 1000000000000, period: month }
+      input_tokens: { limit: 1000000000000, period: month }
+      output_tokens: { limit: 1000000000000, period: month }
+plugins:
+  llm-usage: {}
 routes:
+  - name: sse-plain
+    match: { path_prefix: /llm/sse-plain }
+    upstream: origin
+    meter:
+      requests: 1
+      input_tokens: { from_response: "json:usage.prompt_tokens", reserve: 1000 }
+      output_tokens: { from_response: "json:usage.completion_tokens", reserve: 1000 }
+  - name: sse-plugin
+    match: { path_prefix: /llm/sse-plugin }
+    upstream: origin
+    plugins: [llm-usage]
+    meter:
+      requests: 1
+      input_tokens: { from_response: "plugin:llm-usage", reserve: 1000 }
+      output_tokens: { from_response: "plugin:llm-usage", reserve: 1000 }
   - name: tokens-fixed
     match: { path_prefix: /llm/fixed }
     upstream: origin
@@ -311,12 +338,14 @@ GW_PID=$!
 GW=http://127.0.0.1:$GW_PORT
 wait_until 30 "${PIDS[-1]}" tollgate curl -fsS --max-time 1 "$GW/open"
 
-# Sum of the tenant's `requests` counters (there is one per period; a run may cross midnight).
-counter() {
-  redis-cli -p "$REDIS_PORT" --scan --pattern "tg:{$TENANT}:m:requests:*" |
+# meter_sum METER: sum of the tenant's counters of METER (one per period; a run may cross
+# midnight). counter: the `requests` meter's.
+meter_sum() {
+  redis-cli -p "$REDIS_PORT" --scan --pattern "tg:{$TENANT}:m:$1:*" |
     while read -r k; do redis-cli -p "$REDIS_PORT" get "$k"; done |
     awk '{ s += $1 } END { printf "%d\n", s }'
 }
+counter() { meter_sum requests; }
 
 # ---------------------------------------------------------------- sanity checks
 status_of() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
@@ -328,7 +357,12 @@ s=$(status_of -H "Authorization: Bearer $KEY" "$GW/"); [[ $s == 200 ]] ||
 c1=$(counter)
 ((c1 == c0 + 1)) || die "one metered call moved the Redis counter from $c0 to $c1"
 ((c0 == 0)) || die "the 401 call changed the counter ($c0)"
-log "sanity ok: /open 200, / without key 401, / with key 200 and counted once"
+# The plugin route settles to the stream's usage.
+s=$(status_of -H "Authorization: Bearer $KEY" "$GW/llm/sse-plugin"); [[ $s == 200 ]] ||
+  die "GET /llm/sse-plugin answered $s, expected 200"
+sleep 0.2
+o=$(meter_sum output_tokens); ((o == 30)) || die "llm-usage settled output_tokens to $o, expected 30"
+log "sanity ok: /open 200, / without key 401, / with key 200 and counted once, llm-usage settled 30"
 
 # ---------------------------------------------------------------- wrk
 # parse FILE -> "rps p50_ms p99_ms requests non2xx socket_errors"
@@ -456,6 +490,7 @@ read -r o_rps o_p50 o_p99 o_reqs o_non o_err o_c0 o_c1 o_gw o_rd <"$RESULTS_DIR/
 
 : >"$RESULTS_DIR/rounds.txt"
 : >"$RESULTS_DIR/measured_rounds.txt"
+: >"$RESULTS_DIR/plugin_rounds.txt"
 mismatch=0
 AUTH=(-H "Authorization: Bearer $KEY")
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -506,6 +541,18 @@ for ((r = 1; r <= ROUNDS; r++)); do
     "$(awk -v a="$j_rps" -v b="$f_rps" 'BEGIN { printf "%.4f", a / b }')" \
     "$(awk -v a="$s_rps" -v b="$f_rps" 'BEGIN { printf "%.4f", a / b }')" \
     "$f_rps" "$f_p99" >>"$RESULTS_DIR/measured_rounds.txt"
+
+  # (f0)/(f): the same SSE answer without and with the llm-usage plugin.
+  for kind in sse-plain sse-plugin; do
+    log "round $r/$ROUNDS: ($kind)"
+    warm "$kind.$r" "$GW/llm/$kind" "${AUTH[@]}"
+    measure "$kind.$r" "$GW/llm/$kind" "${AUTH[@]}"
+  done
+  read -r p0_rps _ p0_p99 _ _ _ _ _ p0_gw _ <"$RESULTS_DIR/sse-plain.$r.parsed"
+  read -r p1_rps _ p1_p99 _ _ _ _ _ p1_gw _ <"$RESULTS_DIR/sse-plugin.$r.parsed"
+  # columns: 1 round, 2-4 without: rps p99 gw_us, 5-7 with llm-usage: rps p99 gw_us, 8 req/s ratio
+  printf '%d %s %s %s %s %s %s %s\n' "$r" "$p0_rps" "$p0_p99" "$p0_gw" "$p1_rps" "$p1_p99" "$p1_gw" \
+    "$(awk -v a="$p1_rps" -v b="$p0_rps" 'BEGIN { printf "%.4f", a / b }')" >>"$RESULTS_DIR/plugin_rounds.txt"
 done
 
 # ---------------------------------------------------------------- report
@@ -533,8 +580,12 @@ ratios=$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $8 }' "$RESULTS_DIR/rounds
   row "(d0) tokens at a fixed cost *" "$(printf %.0f "$(mcol 8)")" "-" "$(printf %.3f "$(mcol 9)")" "-" "-" "-" "-"
   row "(d) tokens from JSON body *" "$(printf %.0f "$(mcol 2)")" "-" "$(printf %.3f "$(mcol 3)")" "-" "-" "-" "-"
   row "(e) tokens from SSE stream *" "$(printf %.0f "$(mcol 4)")" "-" "$(printf %.3f "$(mcol 5)")" "-" "-" "-" "-"
+  pcol() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/plugin_rounds.txt" | median; }
+  row "(f0) SSE tokens, from_response *" "$(printf %.0f "$(pcol 2)")" "-" "$(printf %.3f "$(pcol 3)")" "-" "-" "$(pcol 4)" "-"
+  row "(f) SSE tokens, llm-usage plugin *" "$(printf %.0f "$(pcol 5)")" "-" "$(printf %.3f "$(pcol 6)")" "-" "-" "$(pcol 7)" "-"
   echo
   printf 'response-measured/fixed-cost req/s, same two meters: JSON %.3f, SSE %.3f (medians of per-round ratios)\n' "$(mcol 6)" "$(mcol 7)"
+  printf 'llm-usage plugin on SSE / same route without it, req/s: %.3f (median of per-round ratios)\n' "$(pcol 8)"
   printf 'metered/unmetered req/s: %.3f  (median of per-round ratios: %s)\n' "$ratio" "$ratios"
   printf 'gateway CPU per request, metered/unmetered: %.3f (median of per-round ratios)\n' "$cpu_ratio"
   printf '* median of %d rounds.\n' "$ROUNDS"

@@ -13,6 +13,7 @@ pub mod meter {
     pub mod period;
 }
 pub mod pipeline;
+pub mod plugins;
 pub mod proxy;
 pub mod reload;
 pub mod store;

@@ -102,6 +102,7 @@ const TOP: &[&str] = &[
     "routes",
     "telemetry",
     "onboarding",
+    "plugins",
 ];
 
 /// Sections of the contract that later releases implement: rejected clearly, never ignored.
@@ -168,8 +169,12 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
             jwt: Vec::new(),
         }),
     };
+    let plugins = f
+        .get("plugins")
+        .map(|n| crate::plugins::decode(d, n))
+        .unwrap_or_default();
     let routes = match f.get("routes") {
-        Some(n) => routes::routes(d, n, &upstreams, &declared),
+        Some(n) => routes::routes(d, n, &upstreams, &declared, &plugins),
         None => {
             d.err(f.pos, "the configuration is missing `routes`");
             Vec::new()

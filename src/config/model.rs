@@ -263,6 +263,8 @@ pub struct Route {
     pub feature: Option<String>,
     /// Which upstream outcomes refund the call's reservation.
     pub refund_on: RefundOn,
+    /// `plugins: [name, …]`: the plugins called on this route, in this order.
+    pub plugins: Vec<crate::plugins::RoutePlugin>,
 }
 
 /// One meter a route charges: `requests: 1`, or
@@ -287,13 +289,15 @@ pub struct Measure {
     pub default: u64,
 }
 
-/// `json:<dotted.path>` or `header:<name>`.
+/// `json:<dotted.path>`, `header:<name>` or `plugin:<name>`.
 #[derive(Debug, Clone)]
 pub enum MeasureSource {
     /// A dotted path into the JSON body; for `text/event-stream`, into each event's data.
     Json(Vec<String>),
     /// A response header holding an integer.
     Header(HeaderName),
+    /// What the named plugin (listed on the route) reports for this meter.
+    Plugin(String),
 }
 
 /// `refund_on:` which upstream outcomes take back what a call reserved.

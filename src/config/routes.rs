@@ -15,6 +15,7 @@ pub(super) fn routes(
     n: &Node,
     upstreams: &BTreeMap<String, Arc<Upstream>>,
     declared: &Declared,
+    plugins: &crate::plugins::Configured,
 ) -> Vec<Arc<Route>> {
     let Some(items) = d.list(n, "`routes`") else {
         return Vec::new();
@@ -25,6 +26,7 @@ pub(super) fn routes(
     let known = Known {
         upstreams,
         declared,
+        plugins,
     };
     let mut names = BTreeSet::new();
     let mut out = Vec::new();
@@ -49,6 +51,7 @@ pub(super) fn routes(
 struct Known<'a> {
     upstreams: &'a BTreeMap<String, Arc<Upstream>>,
     declared: &'a Declared,
+    plugins: &'a crate::plugins::Configured,
 }
 
 /// Names declared anywhere in the file, valid or not. References are checked against these, so
@@ -112,6 +115,7 @@ const ROUTE_KEYS: &[&str] = &[
     "meter",
     "feature",
     "refund_on",
+    "plugins",
 ];
 
 fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route> {
@@ -168,8 +172,12 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         )?,
         None => RouteAuth::Required,
     };
+    let (plugin_names, plugins) = match f.get("plugins") {
+        Some(p) => crate::plugins::route_list(d, p, &what, known.plugins)?,
+        None => Default::default(),
+    };
     let meter = match f.get("meter") {
-        Some(m) => meter(d, m, &what, known)?,
+        Some(m) => meter(d, m, &what, known, &plugin_names)?,
         None => Vec::new(),
     };
     if auth == RouteAuth::None && !meter.is_empty() {
@@ -207,6 +215,7 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         meter,
         feature,
         refund_on,
+        plugins,
     })
 }
 
@@ -316,7 +325,13 @@ fn respond(d: &mut Decoder, n: &Node) -> Option<FixedResponse> {
     })
 }
 
-fn meter(d: &mut Decoder, n: &Node, what: &str, known: &Known) -> Option<Vec<RouteMeter>> {
+fn meter(
+    d: &mut Decoder,
+    n: &Node,
+    what: &str,
+    known: &Known,
+    plugins: &BTreeSet<String>,
+) -> Option<Vec<RouteMeter>> {
     let mut out = Vec::new();
     for (name, pos, v) in d.named(n, "`meter`") {
         if !known.declared.meters.contains(&name) {
@@ -331,7 +346,7 @@ fn meter(d: &mut Decoder, n: &Node, what: &str, known: &Known) -> Option<Vec<Rou
             continue;
         }
         let meter = match v.value {
-            Value::Map(_) => measured(d, v, &name),
+            Value::Map(_) => measured(d, v, &name, what, plugins),
             _ => d
                 .int(v, &format!("units of meter `{name}`"), 1, i64::MAX)
                 .and_then(|u| NonZeroU64::new(u as u64))
@@ -346,8 +361,14 @@ fn meter(d: &mut Decoder, n: &Node, what: &str, known: &Known) -> Option<Vec<Rou
     Some(out)
 }
 
-/// `{ from_response: "json:a.b" | "header:x-units", reserve: N, default: M }`
-fn measured(d: &mut Decoder, n: &Node, name: &str) -> Option<RouteMeter> {
+/// `{ from_response: "json:a.b" | "header:x-units" | "plugin:<name>", reserve: N, default: M }`
+fn measured(
+    d: &mut Decoder,
+    n: &Node,
+    name: &str,
+    route: &str,
+    plugins: &BTreeSet<String>,
+) -> Option<RouteMeter> {
     let what = format!("meter `{name}`");
     let f = d.fields(n, &what, &["from_response", "reserve", "default"])?;
     let source = d.require(&f, "from_response", &what).and_then(|s| {
@@ -359,10 +380,18 @@ fn measured(d: &mut Decoder, n: &Node, name: &str) -> Option<RouteMeter> {
             Some(("header", h)) => http::HeaderName::from_bytes(h.trim().to_ascii_lowercase().as_bytes())
                 .ok()
                 .map(MeasureSource::Header),
+            Some(("plugin", p)) if !p.trim().is_empty() => {
+                let p = p.trim();
+                if !plugins.contains(p) {
+                    d.err(s.pos, format!("{what} is measured by plugin `{p}`, which {route} does not list under `plugins`"));
+                    return None;
+                }
+                Some(MeasureSource::Plugin(p.to_string()))
+            }
             _ => None,
         };
         if source.is_none() {
-            d.err(s.pos, format!("`from_response` must be \"json:<dotted.path>\" or \"header:<name>\", found \"{text}\""));
+            d.err(s.pos, format!("`from_response` must be \"json:<dotted.path>\", \"header:<name>\" or \"plugin:<name>\", found \"{text}\""));
         }
         source
     });

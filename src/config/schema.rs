@@ -64,6 +64,11 @@ pub fn schema() -> Value {
             ]),
             "plans": named("Plans, by name.", plan()),
             "routes": list("Routes; the first match wins.", route()),
+            "plugins": {
+                "description": "Compiled-in plugins to set up, by name, each with its own settings ({} for none).",
+                "type": "object",
+                "additionalProperties": {"type": "object"},
+            },
             "telemetry": telemetry(),
             "onboarding": {"description": "Lifecycle milestones and webhooks (not supported yet).", "type": "object"},
         }
@@ -312,6 +317,7 @@ fn route() -> Value {
                 }),
             ),
             ("feature", string("A feature the plan must include.")),
+        ("plugins", list("Plugins run on this route, in order (each set up under the top-level plugins).", string("A plugin name."))),
             (
                 "refund_on",
                 json!({"description": "Which upstream failures refund the call.", "anyOf": [

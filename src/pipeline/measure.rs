@@ -10,6 +10,8 @@ use bytes::Bytes;
 use http::HeaderMap;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use tollgate_plugin::sse::EventStream;
+
 use crate::config::{Measure, MeasureSource, RouteMeter};
 
 /// The most of a JSON body kept for measuring (and the most of one server-sent event).
@@ -30,20 +32,22 @@ pub struct Measured {
 pub struct ResponseMeter {
     meters: Vec<(usize, Measure)>,
     found: Vec<Option<u64>>,
-    event_stream: bool,
+    /// `Some` for a `text/event-stream` answer: read one event at a time.
+    events: Option<EventStream>,
+    /// A JSON answer's body, up to [`MAX_BODY`].
     buf: Vec<u8>,
-    /// SSE: the `data:` lines of the event being read.
-    event: Vec<u8>,
     overflow: bool,
 }
 
 impl ResponseMeter {
-    /// Starts measuring a response, or `None` when the route has no measured meter.
+    /// Starts measuring a response, or `None` when the route has no measured meter. Meters a
+    /// plugin measures (`plugin:<name>`) are the plugin host's, not read here.
     pub fn start(meters: &[RouteMeter], headers: &HeaderMap) -> Option<ResponseMeter> {
         let meters: Vec<(usize, Measure)> = meters
             .iter()
             .enumerate()
             .filter_map(|(i, m)| m.measure.clone().map(|x| (i, x)))
+            .filter(|(_, m)| !matches!(m.source, MeasureSource::Plugin(_)))
             .collect();
         if meters.is_empty() {
             return None;
@@ -55,7 +59,7 @@ impl ResponseMeter {
                     .get(name)
                     .and_then(|v| v.to_str().ok())
                     .and_then(number_str),
-                MeasureSource::Json(_) => None,
+                MeasureSource::Json(_) | MeasureSource::Plugin(_) => None,
             })
             .collect();
         let event_stream = headers
@@ -65,9 +69,8 @@ impl ResponseMeter {
         Some(ResponseMeter {
             meters,
             found,
-            event_stream,
+            events: event_stream.then(|| EventStream::new(MAX_BODY)),
             buf: Vec::new(),
-            event: Vec::new(),
             overflow: false,
         })
     }
@@ -80,82 +83,31 @@ impl ResponseMeter {
 
     /// Looks at one chunk of the body.
     pub fn feed(&mut self, chunk: &Bytes) {
-        if !self.wants_body() || self.overflow && !self.event_stream {
+        if !self.wants_body() {
             return;
         }
-        if !self.event_stream {
-            if self.buf.len() + chunk.len() > MAX_BODY {
+        let (meters, found) = (&self.meters, &mut self.found);
+        match &mut self.events {
+            Some(events) => events.feed(chunk, |data| sse_event(meters, found, data)),
+            None if self.overflow => {}
+            None if self.buf.len() + chunk.len() > MAX_BODY => {
                 self.overflow = true;
                 self.buf = Vec::new();
-            } else {
-                self.buf.extend_from_slice(chunk);
             }
-            return;
-        }
-        let mut rest: &[u8] = chunk;
-        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
-            let (head, tail) = rest.split_at(nl);
-            rest = &tail[1..];
-            if self.buf.is_empty() {
-                self.sse_line(head);
-            } else {
-                let room = MAX_BODY.saturating_sub(self.buf.len());
-                self.buf.extend_from_slice(&head[..head.len().min(room)]);
-                let line = std::mem::take(&mut self.buf);
-                self.sse_line(&line);
-            }
-        }
-        let room = MAX_BODY.saturating_sub(self.buf.len());
-        self.buf.extend_from_slice(&rest[..rest.len().min(room)]);
-    }
-
-    /// One line of an event stream: `data:` lines gather; a blank line ends the event.
-    fn sse_line(&mut self, line: &[u8]) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            let data = std::mem::take(&mut self.event);
-            self.sse_event(&data);
-        } else if let Some(data) = line.strip_prefix(b"data:") {
-            let data = data.strip_prefix(b" ").unwrap_or(data);
-            if self.event.len() + data.len() < MAX_BODY {
-                if !self.event.is_empty() {
-                    self.event.push(b'\n');
-                }
-                self.event.extend_from_slice(data);
-            }
-        }
-    }
-
-    /// An event's data: the last event that carries an amount wins.
-    fn sse_event(&mut self, data: &[u8]) {
-        if data.is_empty() || data == b"[DONE]" {
-            return;
-        }
-        self.take_from(data);
-    }
-
-    fn take_from(&mut self, json: &[u8]) {
-        for ((_, m), found) in self.meters.iter().zip(self.found.iter_mut()) {
-            if let MeasureSource::Json(path) = &m.source {
-                if let Some(n) = probe(json, path) {
-                    *found = Some(n);
-                }
-            }
+            None => self.buf.extend_from_slice(chunk),
         }
     }
 
     /// The end of the body: the amount of every measured meter (its default when missing).
     pub fn finish(&mut self) -> Vec<Measured> {
-        if self.event_stream {
-            if !self.buf.is_empty() {
-                let line = std::mem::take(&mut self.buf);
-                self.sse_line(&line);
+        let (meters, found) = (&self.meters, &mut self.found);
+        match &mut self.events {
+            Some(events) => events.finish(|data| sse_event(meters, found, data)),
+            None if !self.overflow && !self.buf.is_empty() => {
+                let body = std::mem::take(&mut self.buf);
+                take_from(meters, found, &body);
             }
-            let data = std::mem::take(&mut self.event);
-            self.sse_event(&data);
-        } else if self.wants_body() && !self.overflow && !self.buf.is_empty() {
-            let body = std::mem::take(&mut self.buf);
-            self.take_from(&body);
+            None => {}
         }
         self.meters
             .iter()
@@ -166,6 +118,23 @@ impl ResponseMeter {
                 defaulted: found.is_none(),
             })
             .collect()
+    }
+}
+
+/// An event's data: the last event that carries an amount wins.
+fn sse_event(meters: &[(usize, Measure)], found: &mut [Option<u64>], data: &[u8]) {
+    if data != b"[DONE]" {
+        take_from(meters, found, data);
+    }
+}
+
+fn take_from(meters: &[(usize, Measure)], found: &mut [Option<u64>], json: &[u8]) {
+    for ((_, m), found) in meters.iter().zip(found.iter_mut()) {
+        if let MeasureSource::Json(path) = &m.source {
+            if let Some(n) = probe(json, path) {
+                *found = Some(n);
+            }
+        }
     }
 }
 

@@ -23,6 +23,7 @@ use crate::config::RouteTarget;
 use crate::pipeline::headers::{usage_headers, UsageView};
 use crate::pipeline::measure::{Measured, ResponseMeter};
 use crate::pipeline::{Admission, Gateway};
+use crate::plugins::{self, Calls, Stop};
 use crate::telemetry::outcome::{Labels, Outcome};
 
 /// Tells the upstream which tenant is calling.
@@ -51,6 +52,14 @@ pub struct Ctx {
     measure: Option<ResponseMeter>,
     /// What it read, once the body ended.
     measured: Vec<Measured>,
+    /// The route's plugins for this call, when it lists any.
+    plugins: Option<Calls>,
+    /// Headers the plugins add to the upstream request.
+    plugin_headers: Vec<(HeaderName, http::HeaderValue)>,
+    /// A plugin stopped the call after the upstream answered; `fail_to_proxy` answers it.
+    plugin_stop: Option<Stop>,
+    /// The reservation stands once the answer starts, so plugin-measured meters settle.
+    settle_plugins: bool,
 }
 
 impl Proxy {
@@ -110,6 +119,10 @@ impl ProxyHttp for Proxy {
             refunded: false,
             measure: None,
             measured: Vec::new(),
+            plugins: None,
+            plugin_headers: Vec::new(),
+            plugin_stop: None,
+            settle_plugins: false,
         }
     }
 
@@ -149,6 +162,9 @@ impl ProxyHttp for Proxy {
             ..Labels::default()
         };
         ctx.admission = Some(admission);
+        if let Err(stop) = self.request_plugins(session, ctx) {
+            return self.stop_for_plugin(session, ctx, stop, &path).await;
+        }
         if let RouteTarget::Respond(fixed) = &route.target {
             let headers = self.usage_headers(ctx);
             respond::write_fixed(session, fixed, headers).await?;
@@ -206,6 +222,10 @@ impl ProxyHttp for Proxy {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // Plugins' headers first, so the gateway's own rules below still apply to them.
+        for (name, value) in &ctx.plugin_headers {
+            up.append_header(name.clone(), value.clone())?;
+        }
         for name in hygiene::hop_by_hop(&up.headers) {
             up.remove_header(&name);
         }
@@ -221,10 +241,10 @@ impl ProxyHttp for Proxy {
                 up.remove_header(name);
             }
         }
-        // A measured meter reads the body: ask for it uncompressed.
+        // A measured meter or a plugin reads the body: ask for it uncompressed.
         if ctx
             .route()
-            .is_some_and(|r| r.meter.iter().any(|m| m.measure.is_some()))
+            .is_some_and(|r| r.meter.iter().any(|m| m.measure.is_some()) || plugins::reads_body(r))
             && up.headers.contains_key(http::header::ACCEPT_ENCODING)
         {
             up.remove_header(&http::header::ACCEPT_ENCODING);
@@ -267,11 +287,18 @@ impl ProxyHttp for Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if let Some(calls) = ctx.plugins.as_mut() {
+            if let Err(stop) = calls.on_response_headers(resp.status, &resp.headers) {
+                ctx.plugin_stop = Some(stop);
+                return Err(Error::explain(ErrorType::InternalError, "a plugin failed"));
+            }
+        }
         if let Some(a) = ctx
             .admitted()
             .filter(|a| a.usage.metered && !a.usage.replayed && !ctx.refunded)
         {
             ctx.measure = ResponseMeter::start(&a.route.meter, &resp.headers);
+            ctx.settle_plugins = true;
         }
         for (name, value) in self.usage_headers(ctx) {
             resp.insert_header(name, value)?;
@@ -297,6 +324,9 @@ impl ProxyHttp for Proxy {
         end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<Option<Duration>> {
+        if let Some(calls) = ctx.plugins.as_mut() {
+            calls.on_response_body(body.as_deref().unwrap_or_default(), end_of_stream);
+        }
         if let Some(m) = ctx.measure.as_mut() {
             if let Some(chunk) = body.as_ref() {
                 m.feed(chunk);
@@ -311,6 +341,9 @@ impl ProxyHttp for Proxy {
 
     /// Upstream failures: refund, then answer 502/504 with a problem body if nothing was sent yet.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        // The connection is not reused after a failure (see the end): say so in the answer,
+        // so the client does not send its next call on a connection about to close.
+        session.set_keepalive(None);
         let code = match e.esource() {
             ErrorSource::Upstream => {
                 ctx.outcome = Outcome::UpstreamError;
@@ -352,10 +385,17 @@ impl ProxyHttp for Proxy {
                     400
                 }
             },
-            ErrorSource::Internal | ErrorSource::Unset => {
-                let _ = session.respond_error(500).await;
-                500
-            }
+            ErrorSource::Internal | ErrorSource::Unset => match ctx.plugin_stop.take() {
+                Some(stop) => {
+                    let path = session.req_header().uri.path().to_string();
+                    let _ = self.stop_for_plugin(session, ctx, stop, &path).await;
+                    500
+                }
+                None => {
+                    let _ = session.respond_error(500).await;
+                    500
+                }
+            },
         };
         FailToProxy {
             error_code: code,
@@ -372,6 +412,12 @@ impl ProxyHttp for Proxy {
         // the end, so a measurement still open here is finished here.
         if let Some(mut m) = ctx.measure.take() {
             ctx.measured = m.finish();
+        }
+        if let Some(calls) = ctx.plugins.as_mut() {
+            calls.finish();
+            if let (true, Some(Admission::Admitted(a))) = (ctx.settle_plugins, &ctx.admission) {
+                ctx.measured.extend(calls.measured(&a.route));
+            }
         }
         if !ctx.measured.is_empty() && !ctx.refunded {
             if let Some(Admission::Admitted(a)) = ctx.admission.as_mut() {
@@ -397,6 +443,49 @@ impl ProxyHttp for Proxy {
 }
 
 impl Proxy {
+    /// Starts the route's plugins for this call and runs their request hooks; on success the
+    /// headers they add wait in `ctx` for the upstream request.
+    fn request_plugins(&self, session: &Session, ctx: &mut Ctx) -> std::result::Result<(), Stop> {
+        let Some(admission) = &ctx.admission else {
+            return Ok(());
+        };
+        let route = match admission {
+            Admission::Public(r) => r,
+            Admission::Admitted(a) => &a.route,
+        };
+        let Some(mut calls) = Calls::start(route) else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        let result = calls.on_request(&plugins::request_view(
+            &req.method,
+            &req.uri,
+            &req.headers,
+            admission,
+        ));
+        ctx.plugins = Some(calls);
+        ctx.plugin_headers = result?;
+        Ok(())
+    }
+
+    /// A plugin denied or failed the call before its answer started: nothing is charged, and
+    /// the client gets the denial's problem body, or a 500 one for a failure.
+    async fn stop_for_plugin(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        stop: Stop,
+        path: &str,
+    ) -> Result<bool> {
+        ctx.refund().await;
+        ctx.outcome = match stop {
+            Stop::Denied { .. } => Outcome::PluginDenied,
+            Stop::Failed { .. } => Outcome::Internal,
+        };
+        respond::write_problem(session, respond::plugin_stop(&stop, path)).await?;
+        Ok(true)
+    }
+
     fn usage_headers(&self, ctx: &Ctx) -> Vec<(&'static str, String)> {
         let (Some(a), Some(gw)) = (ctx.admitted(), &ctx.gateway) else {
             return Vec::new();

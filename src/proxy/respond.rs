@@ -221,6 +221,29 @@ pub fn upstream_unavailable(timed_out: bool, charged: bool, path: &str) -> Probl
     )
 }
 
+/// A plugin's denial (its own status, type, title and detail), or a 500 for a plugin's error,
+/// whose message stays in the log: it may name internals.
+pub fn plugin_stop(stop: &crate::plugins::Stop, path: &str) -> Problem {
+    match stop {
+        crate::plugins::Stop::Denied { plugin, denial } => Problem::new(
+            denial.status,
+            &denial.problem_type,
+            &denial.title,
+            denial.detail.clone(),
+            path,
+        )
+        .with("plugin", json!(plugin)),
+        crate::plugins::Stop::Failed { plugin } => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "urn:tollgate:plugin-error",
+            "Plugin error",
+            format!("The gateway's `{plugin}` plugin failed on this call; it was not charged. Try again, or tell the API's operator if it persists."),
+            path,
+        )
+        .with("plugin", json!(plugin)),
+    }
+}
+
 /// Writes a problem answer; the connection stays open for the next call.
 pub async fn write_problem(session: &mut Session, p: Problem) -> Result<()> {
     let body = Bytes::from(serde_json::to_vec(&Value::Object(p.body)).unwrap_or_default());

@@ -32,6 +32,8 @@ pub enum Outcome {
     BadRequest,
     /// 503: store down under fail_closed.
     StoreUnavailable,
+    /// A plugin on the route refused the call.
+    PluginDenied,
     /// 500.
     Internal,
 }
@@ -51,6 +53,7 @@ impl Outcome {
             Outcome::NoRoute => "no_route",
             Outcome::BadRequest => "bad_request",
             Outcome::StoreUnavailable => "store_unavailable",
+            Outcome::PluginDenied => "plugin_denied",
             Outcome::Internal => "internal_error",
         }
     }

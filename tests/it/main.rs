@@ -23,6 +23,7 @@ mod model;
 mod operations;
 mod outage;
 mod periods;
+mod plugins;
 mod problems;
 mod refunds;
 mod runtime_keys;

@@ -47,7 +47,7 @@ async fn stack(token_limit: u64) -> Stack {
 }
 
 /// Settlement happens once the answer is sent: wait (bounded) for the counter to read `want`.
-async fn settled(stack: &Stack, meter: &str, want: i64) -> i64 {
+pub(crate) async fn settled(stack: &Stack, meter: &str, want: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let got = stack.month_counter("acme", meter).await;

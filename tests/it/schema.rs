@@ -143,10 +143,9 @@ fn configs_with_an_unknown_key_fail_the_schema_too() {
         if path.extension().is_none_or(|e| e != "expect") {
             continue;
         }
-        if !std::fs::read_to_string(&path)
-            .unwrap()
-            .contains("unknown key")
-        {
+        // Plugins check their own settings (`tollgate check` does); the schema does not know them.
+        let expected = std::fs::read_to_string(&path).unwrap();
+        if !expected.contains("unknown key") || expected.contains("plugin `") {
             continue;
         }
         let config = path.with_extension("yaml");

@@ -4,7 +4,9 @@ pub mod clock;
 pub mod gateway;
 pub mod http;
 pub mod jwt;
+pub mod providers;
 pub mod redis;
+pub mod streamer;
 pub mod upstream;
 
 pub use gateway::{run_check, Gateway};

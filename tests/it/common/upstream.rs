@@ -83,7 +83,7 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    if let Some(answer) = llm(&path) {
+    if let Some(answer) = llm(&path).or_else(|| super::providers::answer(&path)) {
         return Ok(answer);
     }
     // `/slow/<ms>...`: the echo, after that long.
