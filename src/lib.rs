@@ -16,7 +16,13 @@ pub mod pipeline;
 pub mod proxy;
 pub mod store;
 pub mod telemetry {
-    //! Metrics and call outcomes.
+    //! Metrics, call outcomes, and usage events: built on the request path, spooled to disk,
+    //! delivered to every sink.
+    pub mod emit;
+    pub mod event;
     pub mod metrics;
     pub mod outcome;
+    pub mod service;
+    pub mod sinks;
+    pub mod spool;
 }

@@ -24,3 +24,4 @@ mod periods;
 mod problems;
 mod refunds;
 mod runtime_keys;
+mod telemetry;

@@ -1,0 +1,418 @@
+//! Usage events (SPEC §6): one per identified call, spooled to disk, delivered to every sink,
+//! none lost while a sink is down or the gateway is killed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::events::{
+    assert_cloudevent, file_events, ids, metric, metrics, stream_events, unique_ids, wait_for,
+};
+use crate::common::{
+    clock, get, render, Gateway, RedisServer, Upstream, ACME_KEY, BETA_KEY, GAMMA_KEY,
+};
+
+/// `acme` (plan `free`): plenty of requests. `beta` (plan `tiny`): 5 requests a month, then 402.
+/// `gamma` (plan `bursty`): one call, then 429. Calls without a key: 401.
+/// `{sinks}` is filled in per test; the spool lives in the gateway's directory.
+const YAML: &str = r#"
+server:
+  listen: "{listen}"
+  threads: 2
+  grace_period: 1s
+admin:
+  listen: "{admin}"
+store:
+  kind: redis
+  url: "{redis}"
+  timeout: 2s
+upstreams:
+  product:
+    targets: ["{upstream}"]
+tenants:
+  acme:
+    plan: free
+    keys: [{ id: acme-1, sha256: "{acme_sha}" }]
+  beta:
+    plan: tiny
+    keys: [{ id: beta-1, sha256: "{beta_sha}" }]
+  gamma:
+    plan: bursty
+    keys: [{ id: gamma-1, sha256: "{gamma_sha}" }]
+plans:
+  free:
+    meters:
+      requests: { limit: 100000, period: month }
+  tiny:
+    meters:
+      requests: { limit: 5, period: month }
+  bursty:
+    rate_limit: { requests: 1, per: 1h, burst: 1 }
+    meters:
+      requests: { limit: 100000, period: day }
+routes:
+  - name: health
+    match: { path: /health }
+    upstream: product
+    auth: none
+  - name: api
+    match: { path_prefix: / }
+    upstream: product
+    meter: { requests: 1 }
+telemetry:
+  spool: "{dir}/spool"
+  instance: test-gw
+  retry_max: 300ms
+  sinks:
+{sinks}
+"#;
+
+const SOURCE: &str = "tollgate/test-gw";
+
+/// A file sink in the gateway's directory and a Redis stream sink on `{events}`.
+const FILE_AND_STREAM: &str = r#"
+    - kind: file
+      path: "{dir}/events.jsonl"
+    - kind: redis_stream
+      url: "{events}"
+      stream: "tollgate:events"
+      max_len: 100000
+"#;
+
+struct Telemetry {
+    gateway: Gateway,
+    _upstream: Upstream,
+    redis: RedisServer,
+    /// The Redis the `redis_stream` sink writes to (separate, so it can go down alone).
+    events: RedisServer,
+}
+
+impl Telemetry {
+    async fn start(sinks: &str) -> Telemetry {
+        Telemetry::start_with(sinks, &[]).await
+    }
+
+    async fn start_with(sinks: &str, fill: &[(&str, &str)]) -> Telemetry {
+        let redis = RedisServer::start().await;
+        let events = RedisServer::start().await;
+        let upstream = Upstream::start().await;
+        let mut yaml = YAML.replace("{sinks}", sinks.trim_matches('\n'));
+        yaml = yaml.replace("{events}", &events.url());
+        for (k, v) in fill {
+            yaml = yaml.replace(k, v);
+        }
+        let gateway = Gateway::start(&render(&yaml, &redis.url(), &upstream.addr())).await;
+        Telemetry {
+            gateway,
+            _upstream: upstream,
+            redis,
+            events,
+        }
+    }
+
+    fn dir(&self) -> std::path::PathBuf {
+        self.gateway.config_path().parent().unwrap().to_path_buf()
+    }
+
+    fn file_events(&self) -> Vec<Value> {
+        file_events(&self.dir().join("events.jsonl"))
+    }
+
+    async fn wait_for_file(&self, n: usize) {
+        wait_for(
+            &format!("{n} events in the file"),
+            Duration::from_secs(30),
+            || async { self.file_events().len() >= n },
+        )
+        .await;
+    }
+
+    /// Waits until `tollgate_events_spooled` reads `n` (0: every sink has acknowledged all).
+    async fn wait_for_spooled(&self, n: f64) {
+        wait_for(
+            &format!("{n} events spooled"),
+            Duration::from_secs(10),
+            || async {
+                metric(
+                    &metrics(&self.gateway).await,
+                    "tollgate_events_spooled",
+                    &[],
+                ) == n
+            },
+        )
+        .await;
+    }
+
+    async fn wait_for_stream(&self, n: usize) {
+        wait_for(
+            &format!("{n} events in the stream"),
+            Duration::from_secs(30),
+            || async { stream_events(&self.events, "tollgate:events").await.len() >= n },
+        )
+        .await;
+    }
+}
+
+/// `calls` of (key, path), `parallel` at a time; returns the statuses in order.
+async fn call_all(
+    gateway: &Gateway,
+    calls: Vec<(Option<&'static str>, String)>,
+    parallel: usize,
+) -> Vec<u16> {
+    let client = crate::common::client();
+    let base = gateway.base();
+    let calls = Arc::new(calls);
+    let mut tasks = Vec::new();
+    for worker in 0..parallel {
+        let (client, base, calls) = (client.clone(), base.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in (worker..calls.len()).step_by(parallel) {
+                let (key, path) = &calls[i];
+                out.push((i, get(&client, &format!("{base}{path}"), *key).await.status));
+            }
+            out
+        }));
+    }
+    let mut statuses = vec![0; calls.len()];
+    for t in tasks {
+        for (i, s) in t.await.unwrap() {
+            statuses[i] = s;
+        }
+    }
+    statuses
+}
+
+/// 700 allowed calls by acme, 100 by beta (5 allowed, then 402), 100 by gamma (1 allowed, then
+/// 429), 100 without a key (401), interleaved.
+fn mixed_calls() -> Vec<(Option<&'static str>, String)> {
+    (0..1000)
+        .map(|i| match i % 10 {
+            0 => (Some(BETA_KEY), format!("/v1/beta/{i}")),
+            1 => (Some(GAMMA_KEY), format!("/v1/gamma/{i}")),
+            2 => (None, format!("/v1/anon/{i}")),
+            _ => (Some(ACME_KEY), format!("/v1/acme/{i}")),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_call_is_one_cloudevent_in_each_sink() {
+    let t = Telemetry::start(FILE_AND_STREAM).await;
+    // A public route identifies nobody: no event.
+    assert_eq!(
+        get(&crate::common::client(), &t.gateway.url("/health"), None)
+            .await
+            .status,
+        200
+    );
+
+    let statuses = call_all(&t.gateway, mixed_calls(), 8).await;
+
+    let mut by_status = BTreeMap::new();
+    for s in &statuses {
+        *by_status.entry(*s).or_insert(0) += 1;
+    }
+    assert_eq!(
+        by_status,
+        BTreeMap::from([(200, 706), (401, 100), (402, 95), (429, 99)])
+    );
+    t.wait_for_file(1000).await;
+    t.wait_for_stream(1000).await;
+    let from_file = t.file_events();
+    let from_stream = stream_events(&t.events, "tollgate:events").await;
+    assert_eq!(from_file.len(), 1000);
+    assert_eq!(from_stream.len(), 1000);
+    assert_eq!(
+        from_file, from_stream,
+        "both sinks carry the same events in spool order"
+    );
+    unique_ids(&from_file);
+
+    let mut outcomes: BTreeMap<(String, String, u64), usize> = BTreeMap::new();
+    for e in &from_file {
+        assert_cloudevent(e, SOURCE);
+        let d = &e["data"];
+        let tenant = d["tenant"].as_str().unwrap_or("-").to_string();
+        let outcome = d["outcome"].as_str().unwrap().to_string();
+        *outcomes
+            .entry((
+                tenant.clone(),
+                outcome.clone(),
+                d["status"].as_u64().unwrap(),
+            ))
+            .or_default() += 1;
+        assert_eq!(d["route"], "api");
+        assert_eq!(d["method"], "GET");
+        assert!(d["path"].as_str().unwrap().starts_with("/v1/"));
+        let period = if tenant == "gamma" {
+            clock::day_start()
+        } else {
+            clock::month_start()[..7].to_string()
+        };
+        assert_eq!(d["period"], period.as_str(), "{e}");
+        match outcome.as_str() {
+            "allowed" => {
+                assert_eq!(d["meters"], serde_json::json!({"requests": 1}), "{e}");
+                assert_eq!(d["identity"], "api_key");
+                assert_eq!(d["key_id"], format!("{tenant}-1"));
+                assert_eq!(
+                    d["plan"],
+                    match tenant.as_str() {
+                        "acme" => "free",
+                        "beta" => "tiny",
+                        _ => "bursty",
+                    }
+                );
+            }
+            "unauthenticated" => {
+                assert_eq!(d["identity"], Value::Null, "{e}");
+                assert_eq!(d["plan"], Value::Null, "{e}");
+                assert_eq!(d["meters"], serde_json::json!({}), "{e}");
+            }
+            _ => assert_eq!(
+                d["meters"],
+                serde_json::json!({}),
+                "a refused call settles nothing: {e}"
+            ),
+        }
+    }
+    let expected: BTreeMap<(String, String, u64), usize> = [
+        (("acme", "allowed", 200), 700),
+        (("beta", "allowed", 200), 5),
+        (("beta", "quota_exceeded", 402), 95),
+        (("gamma", "allowed", 200), 1),
+        (("gamma", "rate_limited", 429), 99),
+        (("-", "unauthenticated", 401), 100),
+    ]
+    .into_iter()
+    .map(|((t, o, s), n)| ((t.to_string(), o.to_string(), s), n))
+    .collect();
+    assert_eq!(outcomes, expected);
+
+    wait_for(
+        "both sinks acknowledged",
+        Duration::from_secs(10),
+        || async { metric(&metrics(&t.gateway).await, "tollgate_events_spooled", &[]) == 0.0 },
+    )
+    .await;
+    let text = metrics(&t.gateway).await;
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_events_total",
+            &[("sink", "file"), ("result", "delivered")]
+        ),
+        1000.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_events_total",
+            &[("sink", "redis_stream"), ("result", "delivered")]
+        ),
+        1000.0,
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "tollgate_events_dropped_total", &[]),
+        0.0,
+        "{text}"
+    );
+    let _ = &t.redis;
+}
+
+fn acme_calls(n: usize) -> Vec<(Option<&'static str>, String)> {
+    (0..n)
+        .map(|i| (Some(ACME_KEY), format!("/v1/items/{i}")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sink_down_under_load_loses_nothing_and_fails_no_call() {
+    let mut t = Telemetry::start(FILE_AND_STREAM).await;
+    t.events.kill();
+
+    let statuses = call_all(&t.gateway, acme_calls(600), 8).await;
+
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    t.wait_for_file(600).await;
+    wait_for(
+        "failed deliveries to the stream",
+        Duration::from_secs(10),
+        || async {
+            let text = metrics(&t.gateway).await;
+            metric(
+                &text,
+                "tollgate_events_total",
+                &[("sink", "redis_stream"), ("result", "failed")],
+            ) > 0.0
+                && metric(&text, "tollgate_events_lag", &[("sink", "redis_stream")]) == 600.0
+        },
+    )
+    .await;
+    assert_eq!(
+        metric(&metrics(&t.gateway).await, "tollgate_events_spooled", &[]),
+        600.0
+    );
+
+    t.events.restart().await;
+
+    t.wait_for_stream(600).await;
+    let from_stream = stream_events(&t.events, "tollgate:events").await;
+    assert_eq!(ids(&from_stream), unique_ids(&t.file_events()));
+    t.wait_for_spooled(0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_then_restart_delivers_the_spool_and_skips_a_corrupt_tail() {
+    let mut t = Telemetry::start(FILE_AND_STREAM).await;
+    t.events.kill();
+    let statuses = call_all(&t.gateway, acme_calls(300), 8).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    t.wait_for_file(300).await;
+    t.wait_for_spooled(300.0).await;
+
+    t.gateway.kill();
+
+    // The last record's payload loses a bit (its checksum fails), and a crash mid-write leaves
+    // half a record header after it.
+    let spooled = t.file_events();
+    let lost = spooled.last().unwrap()["id"].as_str().unwrap().to_string();
+    let mut segments: Vec<_> = std::fs::read_dir(t.dir().join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let last = segments.last().unwrap();
+    let mut bytes = std::fs::read(last).unwrap();
+    let n = bytes.len();
+    bytes[n - 2] ^= 0x01;
+    bytes.extend_from_slice(&[0x40, 0, 0, 0, 0xde, 0xad]);
+    std::fs::write(last, bytes).unwrap();
+    t.events.restart().await;
+    t.gateway.start_again().await;
+
+    t.wait_for_stream(299).await;
+    t.wait_for_spooled(0.0).await;
+    let mut expected = ids(&spooled);
+    expected.remove(&lost);
+    assert_eq!(
+        ids(&stream_events(&t.events, "tollgate:events").await),
+        expected
+    );
+    let text = metrics(&t.gateway).await;
+    assert_eq!(
+        metric(&text, "tollgate_events_corrupt_total", &[]),
+        2.0,
+        "{text}"
+    );
+    assert!(
+        t.gateway.stderr().contains("failed its checksum"),
+        "the corruption is logged"
+    );
+}
