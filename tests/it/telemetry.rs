@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::common::events::{
     assert_cloudevent, file_events, ids, metric, metrics, stream_events, unique_ids, wait_for,
 };
+use crate::common::receiver::Receiver;
 use crate::common::{
     clock, get, render, Gateway, RedisServer, Upstream, ACME_KEY, BETA_KEY, GAMMA_KEY,
 };
@@ -414,5 +415,95 @@ async fn kill_9_then_restart_delivers_the_spool_and_skips_a_corrupt_tail() {
     assert!(
         t.gateway.stderr().contains("failed its checksum"),
         "the corruption is logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_receiver_sees_every_event_at_least_once_with_stable_ids() {
+    let receiver = Receiver::start(3).await;
+    let sinks = r#"
+    - kind: file
+      path: "{dir}/events.jsonl"
+    - kind: http
+      url: "{ingest}"
+      timeout: 2s
+"#;
+    let t = Telemetry::start_with(sinks, &[("{ingest}", &receiver.url())]).await;
+
+    let statuses = call_all(&t.gateway, acme_calls(300), 8).await;
+
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    t.wait_for_file(300).await;
+    t.wait_for_spooled(0.0).await;
+    let spooled = t.file_events();
+    receiver.seen(|seen| {
+        assert!(seen
+            .content_types
+            .iter()
+            .all(|c| c == "application/cloudevents-batch+json"));
+        let mut copies: BTreeMap<String, Vec<&Value>> = BTreeMap::new();
+        for (_, batch) in &seen.batches {
+            for e in batch {
+                copies
+                    .entry(e["id"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(e);
+            }
+        }
+        assert_eq!(
+            copies
+                .keys()
+                .cloned()
+                .collect::<std::collections::BTreeSet<_>>(),
+            unique_ids(&spooled)
+        );
+        let repeated = copies.values().filter(|c| c.len() > 1).count();
+        assert!(
+            repeated > 0,
+            "the 503-answered batches were delivered again"
+        );
+        for (id, c) in &copies {
+            assert!(c.iter().all(|e| e == &c[0]), "redelivered {id} changed");
+        }
+        let accepted: usize = seen
+            .batches
+            .iter()
+            .filter(|(s, _)| *s == 202)
+            .map(|(_, b)| b.len())
+            .sum();
+        assert_eq!(accepted, 300, "each event acknowledged once");
+    });
+    let text = metrics(&t.gateway).await;
+    assert!(
+        metric(
+            &text,
+            "tollgate_events_total",
+            &[("sink", "http"), ("result", "failed")]
+        ) > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_writes_queued_events_to_the_spool() {
+    let mut t = Telemetry::start(FILE_AND_STREAM).await;
+    t.events.kill();
+    let statuses = call_all(&t.gateway, acme_calls(200), 8).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    t.gateway.stop().await;
+    t.events.restart().await;
+    t.gateway.start_again().await;
+
+    t.wait_for_stream(200).await;
+    t.wait_for_spooled(0.0).await;
+    assert_eq!(
+        ids(&stream_events(&t.events, "tollgate:events").await),
+        ids(&t.file_events())
+    );
+    assert_eq!(ids(&t.file_events()).len(), 200);
+    assert!(
+        t.gateway.stderr().contains("writing queued usage events"),
+        "{}",
+        t.gateway.stderr()
     );
 }
