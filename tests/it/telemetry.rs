@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::common::events::{
     assert_cloudevent, file_events, ids, metric, metrics, stream_events, unique_ids, wait_for,
 };
+use crate::common::nats::NatsServer;
 use crate::common::receiver::Receiver;
 use crate::common::{
     clock, get, render, Gateway, RedisServer, Upstream, ACME_KEY, BETA_KEY, GAMMA_KEY,
@@ -505,5 +506,76 @@ async fn sigterm_writes_queued_events_to_the_spool() {
         t.gateway.stderr().contains("writing queued usage events"),
         "{}",
         t.gateway.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jetstream_keeps_one_message_per_event_even_when_redelivered() {
+    let nats = NatsServer::start().await;
+    // The stream sink stays down, so the spool keeps every segment and the NATS sink can be
+    // sent back to the start.
+    let sinks = r#"
+    - kind: file
+      path: "{dir}/events.jsonl"
+    - kind: nats
+      url: "{nats}"
+      subject: "tollgate.events"
+      stream: "TOLLGATE_EVENTS"
+    - kind: redis_stream
+      url: "{events}"
+"#;
+    let mut t = Telemetry::start_with(sinks, &[("{nats}", &nats.url())]).await;
+    t.events.kill();
+    let statuses = call_all(&t.gateway, acme_calls(300), 8).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    t.wait_for_file(300).await;
+    let messages = || async {
+        let info = nats.api("STREAM.INFO.TOLLGATE_EVENTS", json!({})).await;
+        info["state"]["messages"].as_u64().unwrap_or(0)
+    };
+    wait_for(
+        "300 messages in the stream",
+        Duration::from_secs(20),
+        || async { messages().await == 300 },
+    )
+    .await;
+    let spooled = t.file_events();
+    let first = nats
+        .api("STREAM.MSG.GET.TOLLGATE_EVENTS", json!({"seq": 1}))
+        .await;
+    let headers = String::from_utf8(NatsServer::base64(
+        first["message"]["hdrs"].as_str().unwrap(),
+    ))
+    .unwrap();
+    let body: Value = serde_json::from_slice(&NatsServer::base64(
+        first["message"]["data"].as_str().unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(body, spooled[0]);
+    assert!(
+        headers.contains(&format!(
+            "Nats-Msg-Id: {}",
+            spooled[0]["id"].as_str().unwrap()
+        )),
+        "{headers}"
+    );
+
+    // Forget the NATS sink's position: after a restart it delivers all 300 again.
+    t.gateway.stop().await;
+    std::fs::remove_file(t.dir().join("spool/nats.ack")).unwrap();
+    t.gateway.start_again().await;
+    wait_for("the redelivery", Duration::from_secs(20), || async {
+        metric(
+            &metrics(&t.gateway).await,
+            "tollgate_events_total",
+            &[("sink", "nats"), ("result", "delivered")],
+        ) >= 300.0
+    })
+    .await;
+
+    assert_eq!(
+        messages().await,
+        300,
+        "JetStream dropped the duplicates by Nats-Msg-Id"
     );
 }

@@ -4,6 +4,7 @@ pub mod clock;
 pub mod events;
 pub mod gateway;
 pub mod http;
+pub mod nats;
 pub mod receiver;
 pub mod redis;
 pub mod upstream;
