@@ -518,9 +518,9 @@ impl Reader {
                     .segments
                     .iter()
                     .find(|s| s.end > self.pos)
-                    .map(|s| (s.base, s.end, s.bytes, s.path.clone()))
+                    .map(|s| (s.base, s.bytes, s.path.clone()))
             };
-            let Some((base, end, committed, path)) = seg else {
+            let Some((base, committed, path)) = seg else {
                 return Ok(Batch {
                     events,
                     end: self.pos,
@@ -565,37 +565,41 @@ impl Reader {
                     Frame::Torn => break,
                 }
             }
+            if at == 0 && !buf.is_empty() {
+                // Unreadable bytes below the committed length (damaged after the spool was
+                // opened): skip them rather than stall the sink.
+                tracing::warn!(sink = %self.sink, segment = %path.display(), offset = cursor.offset, "Unreadable spool bytes; skipping to the end of the segment.");
+                at = buf.len();
+            }
             cursor.offset += at as u64;
-            if events.len() >= max || cursor.offset < committed {
-                if !events.is_empty() {
-                    return Ok(Batch {
-                        events,
-                        end: self.pos,
-                    });
-                }
-                if at == 0 {
-                    // Cannot happen for fsynced data; do not spin on it.
-                    return Ok(Batch {
-                        events,
-                        end: self.pos,
-                    });
-                }
+            if events.len() >= max {
+                break;
+            }
+            if cursor.offset < committed {
                 continue;
             }
-            // The segment is read to its committed end.
-            if cursor.offset >= committed && end > self.pos {
-                // Whatever is left below `end` was corrupt, or is not committed yet.
-                let still_writing = self.spool.lock_state().active == Some(base);
-                if !still_writing {
-                    self.pos = end;
-                    continue;
-                }
+            // Read up to the length seen: look again, the writer may have added or closed it.
+            let now = {
+                let state = self.spool.lock_state();
+                let active = state.active == Some(base);
+                state
+                    .segments
+                    .iter()
+                    .find(|s| s.base == base)
+                    .map(|s| (s.end, s.bytes, active))
+            };
+            match now {
+                Some((_, bytes, _)) if cursor.offset < bytes => continue,
+                Some((_, _, true)) => break,
+                // Closed and read to its end: whatever is left below `end` was corrupt.
+                Some((end, _, false)) => self.pos = self.pos.max(end),
+                None => continue,
             }
-            return Ok(Batch {
-                events,
-                end: self.pos,
-            });
         }
+        Ok(Batch {
+            events,
+            end: self.pos,
+        })
     }
 
     /// Waits until records after `pos` may have been committed.

@@ -25,3 +25,4 @@ mod problems;
 mod refunds;
 mod runtime_keys;
 mod telemetry;
+mod telemetry_spool;
