@@ -4,7 +4,7 @@
 //! - `<first seq, 20 digits>.seg`: segment files of records, each framed as
 //!   `len: u32 LE | crc32: u32 LE | seq: u64 LE | payload` (the CRC covers `seq` and the payload);
 //! - `<sink>.ack`: the sequence number of the first record the sink has not acknowledged, as
-//!   decimal text, replaced atomically (write a temporary file, fsync it, rename it over).
+//!   decimal text, replaced atomically (write a temporary file, rename it over).
 //!
 //! Every record carries its own sequence number, so a corrupted record can be skipped without
 //! renumbering the records after it, and positions stay meaningful across restarts.
@@ -22,12 +22,18 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use tokio::sync::watch;
+
+mod reader;
+mod record;
+
+pub use reader::{Batch, Reader};
+use record::{frame, recover};
 
 use super::metrics::Metrics;
 use crate::config::OnFull;
@@ -133,7 +139,10 @@ impl Spool {
         for sink in sinks {
             let path = dir.join(format!("{sink}.ack"));
             let pos = match fs::read_to_string(&path) {
-                Ok(text) => text.trim().parse().unwrap_or(0),
+                Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+                    tracing::warn!(sink = %sink, file = %path.display(), "Unreadable spool position; the sink starts over from the oldest spooled event.");
+                    0
+                }),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
                 Err(e) => return Err(io_err(&path)(e)),
             };
@@ -270,10 +279,10 @@ impl Spool {
     pub fn ack(&self, sink: &str, upto: u64) -> Result<(), SpoolError> {
         let path = self.dir.join(format!("{sink}.ack"));
         let tmp = self.dir.join(format!("{sink}.ack.tmp"));
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(upto.to_string().as_bytes())
-            .and_then(|()| f.sync_data())
-            .map_err(io_err(&tmp))?;
+        // No fsync here, on purpose: a position lost to a power cut (a process crash keeps it,
+        // the page cache survives) only makes the sink deliver again, which at-least-once
+        // allows; an fsync per acknowledgement cost as much as the spool's own write.
+        fs::write(&tmp, upto.to_string()).map_err(io_err(&tmp))?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         let mut state = self.lock_state();
         if let Some(pos) = state.acks.get_mut(sink) {
@@ -287,13 +296,7 @@ impl Spool {
     /// A reader for `sink`, starting at its acknowledged position.
     pub fn reader(self: &Arc<Self>, sink: &str) -> Reader {
         let pos = self.lock_state().acks.get(sink).copied().unwrap_or(0);
-        Reader {
-            spool: self.clone(),
-            sink: sink.to_string(),
-            pos,
-            cursor: None,
-            committed: self.committed.subscribe(),
-        }
+        Reader::new(self.clone(), sink, pos, self.committed.subscribe())
     }
 
     /// Records not yet acknowledged by `sink`.
@@ -396,215 +399,4 @@ fn first_base(state: &State) -> u64 {
 
 fn frame_len(events: &[Bytes]) -> u64 {
     events.iter().map(|e| (HEADER + e.len()) as u64).sum()
-}
-
-fn crc(seq: u64, payload: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&seq.to_le_bytes());
-    h.update(payload);
-    h.finalize()
-}
-
-fn frame(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc(seq, payload).to_le_bytes());
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(payload);
-}
-
-/// One parsed frame.
-enum Frame<'b> {
-    /// A sound record and the bytes it took.
-    Record(u64, &'b [u8], usize),
-    /// A record whose checksum fails: skip this many bytes.
-    Corrupt(usize),
-    /// Not enough bytes for a whole record (or a length no record can have).
-    Torn,
-}
-
-fn parse(buf: &[u8]) -> Frame<'_> {
-    if buf.len() < HEADER {
-        return Frame::Torn;
-    }
-    let word = |at: usize| u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]);
-    let len = word(0) as usize;
-    let sum = word(4);
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&buf[8..16]);
-    let seq = u64::from_le_bytes(seq);
-    if len > MAX_RECORD || buf.len() < HEADER + len {
-        return Frame::Torn;
-    }
-    let payload = &buf[HEADER..HEADER + len];
-    if crc(seq, payload) != sum {
-        return Frame::Corrupt(HEADER + len);
-    }
-    Frame::Record(seq, payload, HEADER + len)
-}
-
-/// Checks a segment after a restart: skips corrupt records, cuts a torn tail off.
-/// Returns (one past the last sound sequence number, sound length in bytes, records lost).
-fn recover(path: &Path, base: u64) -> Result<(u64, u64, u64), SpoolError> {
-    let buf = fs::read(path).map_err(io_err(path))?;
-    let (mut at, mut end, mut corrupt) = (0usize, base, 0u64);
-    while at < buf.len() {
-        match parse(&buf[at..]) {
-            Frame::Record(seq, _, n) => {
-                end = end.max(seq + 1);
-                at += n;
-            }
-            Frame::Corrupt(n) => {
-                tracing::warn!(segment = %path.display(), offset = at, "Spool record failed its checksum; skipping it.");
-                corrupt += 1;
-                at += n;
-            }
-            Frame::Torn => {
-                tracing::warn!(segment = %path.display(), offset = at, bytes = buf.len() - at, "Spool segment ends in a torn record (a crash mid-write); cutting it off.");
-                corrupt += 1;
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .map_err(io_err(path))?;
-                f.set_len(at as u64)
-                    .and_then(|()| f.sync_all())
-                    .map_err(io_err(path))?;
-                break;
-            }
-        }
-    }
-    Ok((end, at as u64, corrupt))
-}
-
-/// Reads one sink's way through the spool, in order, from its acknowledged position.
-pub struct Reader {
-    spool: Arc<Spool>,
-    sink: String,
-    /// The next sequence number to hand out.
-    pos: u64,
-    cursor: Option<Cursor>,
-    committed: watch::Receiver<u64>,
-}
-
-struct Cursor {
-    base: u64,
-    file: File,
-    offset: u64,
-}
-
-/// Records read for one delivery: acknowledge `end` once delivered.
-#[derive(Debug, Default)]
-pub struct Batch {
-    /// The events, in spool order.
-    pub events: Vec<Bytes>,
-    /// One past the last sequence number read.
-    pub end: u64,
-}
-
-// === impl Reader ===
-
-impl Reader {
-    /// The sink this reader serves.
-    pub fn sink(&self) -> &str {
-        &self.sink
-    }
-
-    /// Up to `max` records after the last batch; empty when the sink has caught up.
-    pub fn next_batch(&mut self, max: usize) -> Result<Batch, SpoolError> {
-        let mut events = Vec::new();
-        loop {
-            let seg = {
-                let state = self.spool.lock_state();
-                state
-                    .segments
-                    .iter()
-                    .find(|s| s.end > self.pos)
-                    .map(|s| (s.base, s.bytes, s.path.clone()))
-            };
-            let Some((base, committed, path)) = seg else {
-                return Ok(Batch {
-                    events,
-                    end: self.pos,
-                });
-            };
-            self.pos = self.pos.max(base);
-            if self.cursor.as_ref().map(|c| c.base) != Some(base) {
-                match File::open(&path) {
-                    Ok(file) => {
-                        self.cursor = Some(Cursor {
-                            base,
-                            file,
-                            offset: 0,
-                        })
-                    }
-                    // Deleted meanwhile (drop_oldest): look again.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err(&path)(e)),
-                }
-            }
-            let Some(cursor) = self.cursor.as_mut() else {
-                continue;
-            };
-            let want = (committed.saturating_sub(cursor.offset) as usize).min(READ_CHUNK);
-            let mut buf = vec![0u8; want];
-            cursor
-                .file
-                .seek(SeekFrom::Start(cursor.offset))
-                .and_then(|_| cursor.file.read_exact(&mut buf))
-                .map_err(io_err(&path))?;
-            let mut at = 0;
-            while at < buf.len() && events.len() < max {
-                match parse(&buf[at..]) {
-                    Frame::Record(seq, payload, n) => {
-                        if seq >= self.pos {
-                            events.push(Bytes::copy_from_slice(payload));
-                            self.pos = seq + 1;
-                        }
-                        at += n;
-                    }
-                    Frame::Corrupt(n) => at += n,
-                    Frame::Torn => break,
-                }
-            }
-            if at == 0 && !buf.is_empty() {
-                // Unreadable bytes below the committed length (damaged after the spool was
-                // opened): skip them rather than stall the sink.
-                tracing::warn!(sink = %self.sink, segment = %path.display(), offset = cursor.offset, "Unreadable spool bytes; skipping to the end of the segment.");
-                at = buf.len();
-            }
-            cursor.offset += at as u64;
-            if events.len() >= max {
-                break;
-            }
-            if cursor.offset < committed {
-                continue;
-            }
-            // Read up to the length seen: look again, the writer may have added or closed it.
-            let now = {
-                let state = self.spool.lock_state();
-                let active = state.active == Some(base);
-                state
-                    .segments
-                    .iter()
-                    .find(|s| s.base == base)
-                    .map(|s| (s.end, s.bytes, active))
-            };
-            match now {
-                Some((_, bytes, _)) if cursor.offset < bytes => continue,
-                Some((_, _, true)) => break,
-                // Closed and read to its end: whatever is left below `end` was corrupt.
-                Some((end, _, false)) => self.pos = self.pos.max(end),
-                None => continue,
-            }
-        }
-        Ok(Batch {
-            events,
-            end: self.pos,
-        })
-    }
-
-    /// Waits until records after `pos` may have been committed.
-    pub async fn wait(&mut self) {
-        let pos = self.pos;
-        let _ = self.committed.wait_for(|c| *c > pos).await;
-    }
 }
