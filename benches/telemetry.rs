@@ -24,7 +24,7 @@ use tollgate::telemetry::metrics::Metrics;
 use tollgate::telemetry::sinks::file::FileSink;
 use tollgate::telemetry::sinks::redis_stream::RedisStreamSink;
 use tollgate::telemetry::sinks::Sink;
-use tollgate::telemetry::spool::{Limits, Spool};
+use tollgate::telemetry::spool::{Limits, Reader, Spool};
 
 const BATCH: usize = 512;
 
@@ -90,8 +90,13 @@ impl Drop for Redis {
 }
 
 /// Append, read back, deliver, acknowledge: one batch through the whole path.
-fn through(rt: &tokio::runtime::Runtime, spool: &Arc<Spool>, sink: &mut dyn Sink, batch: &[Bytes]) {
-    let mut reader = spool.reader("sink");
+fn through(
+    rt: &tokio::runtime::Runtime,
+    spool: &Arc<Spool>,
+    reader: &mut Reader,
+    sink: &mut dyn Sink,
+    batch: &[Bytes],
+) {
     spool.append(batch).unwrap();
     let read = reader.next_batch(BATCH).unwrap();
     assert_eq!(read.events.len(), BATCH);
@@ -112,9 +117,9 @@ fn bench(c: &mut Criterion) {
 
     let dir = tempfile::tempdir().unwrap();
     let s = spool(&dir.path().join("spool"));
+    let mut reader = s.reader("sink");
     g.bench_function("spool_append", |b| {
         b.iter(|| {
-            let mut reader = s.reader("sink");
             s.append(&batch).unwrap();
             let end = reader.next_batch(BATCH).unwrap().end;
             s.ack("sink", end).unwrap();
@@ -128,13 +133,13 @@ fn bench(c: &mut Criterion) {
 
     let mut file = FileSink::new(dir.path().join("events.jsonl"));
     g.bench_function("spool_to_file", |b| {
-        b.iter(|| through(&rt, &s, &mut file, &batch))
+        b.iter(|| through(&rt, &s, &mut reader, &mut file, &batch))
     });
 
     let redis = Redis::start();
     let mut stream = RedisStreamSink::new(&redis.url(), "tollgate:events", 100_000).unwrap();
     g.bench_function("spool_to_redis_stream", |b| {
-        b.iter(|| through(&rt, &s, &mut stream, &batch))
+        b.iter(|| through(&rt, &s, &mut reader, &mut stream, &batch))
     });
     g.finish();
 }

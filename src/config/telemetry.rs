@@ -27,6 +27,8 @@ pub struct Telemetry {
     pub on_full: OnFull,
     /// The longest wait between two delivery attempts of a failing sink.
     pub retry_max: Duration,
+    /// How long the spool writer gathers events before a write that is not a full batch.
+    pub flush_interval: Duration,
     /// The sinks, in config order; names are unique.
     pub sinks: Vec<SinkConfig>,
 }
@@ -106,6 +108,7 @@ const KEYS: &[&str] = &[
     "max_spool_mb",
     "on_full",
     "retry_max",
+    "flush_interval",
     "sinks",
 ];
 
@@ -154,6 +157,12 @@ pub(super) fn telemetry(d: &mut Decoder, n: &Node) -> Option<Telemetry> {
         "`telemetry.retry_max`",
         Duration::from_secs(5),
     );
+    let flush_interval = opt_duration(
+        d,
+        f.get("flush_interval"),
+        "`telemetry.flush_interval`",
+        Duration::from_millis(20),
+    );
     let sinks = d
         .require(&f, "sinks", "`telemetry`")
         .and_then(|n| sinks(d, n));
@@ -165,6 +174,7 @@ pub(super) fn telemetry(d: &mut Decoder, n: &Node) -> Option<Telemetry> {
         max_spool_bytes: max_spool_mb?.get() as u64 * 1024 * 1024,
         on_full: on_full?,
         retry_max: retry_max?,
+        flush_interval: flush_interval?,
         sinks: sinks?,
     })
 }

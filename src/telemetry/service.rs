@@ -35,6 +35,7 @@ pub struct TelemetryService {
     spool: Arc<Spool>,
     batch: usize,
     retry_max: Duration,
+    flush_interval: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -64,6 +65,7 @@ impl TelemetryService {
                 spool,
                 batch: config.batch.get(),
                 retry_max: config.retry_max,
+                flush_interval: config.flush_interval,
                 metrics,
             },
         ))
@@ -145,7 +147,21 @@ impl BackgroundService for TelemetryService {
                 }
             };
             if n == 0 {
+                // Every sender is gone (the proxy stopped) and the queue is empty.
+                tracing::info!("Usage event queue closed; every queued event is in the spool.");
                 return;
+            }
+            if n < self.batch && !stopping {
+                // Gather for a moment before writing: one fsync (and one delivery per sink)
+                // then serves many calls instead of a few. The wait is what a crash can lose
+                // on top of the batch being written.
+                tokio::time::sleep(self.flush_interval).await;
+                while events.len() < self.batch {
+                    match queue.try_recv() {
+                        Ok(e) => events.push(e),
+                        Err(_) => break,
+                    }
+                }
             }
             self.write(events).await;
         }

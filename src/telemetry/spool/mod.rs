@@ -12,7 +12,7 @@
 //! Durability: one writer appends a whole batch, then `fsync`s, and only then makes the records
 //! visible to the sinks. A crash can therefore lose only what was not yet fsynced: the events
 //! still in the in-memory queue plus the batch being written (at most `queue + batch` events,
-//! normally the few milliseconds of calls since the last write). A crash after a sink delivered
+//! normally the calls of the last `flush_interval` and one fsync). A crash after a sink delivered
 //! but before its position was saved makes that sink deliver the batch again: delivery is
 //! at least once, and every event carries a stable `id` to deduplicate on.
 //!
@@ -108,7 +108,14 @@ struct State {
     acks: BTreeMap<String, u64>,
     /// The segment the writer appends to, if one is open.
     active: Option<u64>,
+    /// The last batches written, by first sequence number: a sink that keeps up reads them
+    /// from here instead of from disk (no read, no copy).
+    tail: VecDeque<(u64, Arc<[Bytes]>)>,
+    tail_bytes: usize,
 }
+
+/// How much of the newest spooled data stays in memory for sinks that keep up.
+const TAIL_BYTES: usize = 8 << 20;
 
 struct Writer {
     file: Option<File>,
@@ -189,6 +196,8 @@ impl Spool {
                 next_seq,
                 acks,
                 active: None,
+                tail: VecDeque::new(),
+                tail_bytes: 0,
             }),
             writer: Mutex::new(Writer { file: None }),
             committed,
@@ -212,6 +221,7 @@ impl Spool {
         };
         let mut buf = Vec::with_capacity(frame_len(events) as usize);
         let first = seq;
+        let mut kept = Vec::with_capacity(events.len());
         for event in events {
             let len = (HEADER + event.len()) as u64;
             if event.len() > MAX_RECORD || len > room {
@@ -220,6 +230,7 @@ impl Spool {
             }
             room -= len;
             frame(&mut buf, seq, event);
+            kept.push(event.clone());
             seq += 1;
         }
         if buf.is_empty() {
@@ -255,6 +266,13 @@ impl Spool {
         out.written = seq - first;
         let mut state = self.lock_state();
         state.next_seq = seq;
+        state.tail_bytes += buf.len();
+        state.tail.push_back((first, kept.into()));
+        while state.tail_bytes > TAIL_BYTES && state.tail.len() > 1 {
+            if let Some((_, old)) = state.tail.pop_front() {
+                state.tail_bytes -= old.iter().map(|e| HEADER + e.len()).sum::<usize>();
+            }
+        }
         let rotate = match state.segments.back_mut() {
             Some(seg) => {
                 seg.end = seq;
@@ -297,6 +315,32 @@ impl Spool {
     pub fn reader(self: &Arc<Self>, sink: &str) -> Reader {
         let pos = self.lock_state().acks.get(sink).copied().unwrap_or(0);
         Reader::new(self.clone(), sink, pos, self.committed.subscribe())
+    }
+
+    /// Up to `max` events from `pos` on, if the in-memory tail still holds `pos`; with the
+    /// sequence number after the last one.
+    fn read_tail(&self, pos: u64, max: usize) -> Option<(Vec<Bytes>, u64)> {
+        let state = self.lock_state();
+        let (oldest, _) = state.tail.front()?;
+        if *oldest > pos || pos >= state.next_seq {
+            return None;
+        }
+        let mut events = Vec::new();
+        let mut end = pos;
+        for (first, batch) in &state.tail {
+            let last = first + batch.len() as u64;
+            if last <= end {
+                continue;
+            }
+            let from = (end - first) as usize;
+            let take = (batch.len() - from).min(max - events.len());
+            events.extend_from_slice(&batch[from..from + take]);
+            end += take as u64;
+            if events.len() >= max {
+                break;
+            }
+        }
+        Some((events, end))
     }
 
     /// Records not yet acknowledged by `sink`.
@@ -346,6 +390,16 @@ impl Spool {
                 if let Some(seg) = state.segments.pop_front() {
                     out.dropped += seg.end - seg.base.max(min).min(seg.end);
                     fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+                    // What is gone from disk is gone for every reader.
+                    while state
+                        .tail
+                        .front()
+                        .is_some_and(|(first, _)| *first < seg.end)
+                    {
+                        if let Some((_, old)) = state.tail.pop_front() {
+                            state.tail_bytes -= old.iter().map(|e| HEADER + e.len()).sum::<usize>();
+                        }
+                    }
                 }
             }
         }

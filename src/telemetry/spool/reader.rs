@@ -18,6 +18,8 @@ pub struct Reader {
     pos: u64,
     cursor: Option<Cursor>,
     committed: watch::Receiver<u64>,
+    /// Read buffer, kept between batches.
+    buf: Vec<u8>,
 }
 
 struct Cursor {
@@ -50,6 +52,7 @@ impl Reader {
             pos,
             cursor: None,
             committed,
+            buf: Vec::new(),
         }
     }
 
@@ -60,6 +63,10 @@ impl Reader {
 
     /// Up to `max` records after the last batch; empty when the sink has caught up.
     pub fn next_batch(&mut self, max: usize) -> Result<Batch, SpoolError> {
+        if let Some((events, end)) = self.spool.read_tail(self.pos, max) {
+            self.pos = end;
+            return Ok(Batch { events, end });
+        }
         let mut events = Vec::new();
         loop {
             let seg = {
@@ -95,11 +102,12 @@ impl Reader {
                 continue;
             };
             let want = (committed.saturating_sub(cursor.offset) as usize).min(READ_CHUNK);
-            let mut buf = vec![0u8; want];
+            let buf = &mut self.buf;
+            buf.resize(want, 0);
             cursor
                 .file
                 .seek(SeekFrom::Start(cursor.offset))
-                .and_then(|_| cursor.file.read_exact(&mut buf))
+                .and_then(|_| cursor.file.read_exact(buf))
                 .map_err(io_err(&path))?;
             let mut at = 0;
             while at < buf.len() && events.len() < max {
