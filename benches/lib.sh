@@ -1,6 +1,26 @@
 # Helpers shared by the load benchmarks (benches/load.sh, benches/telemetry.sh); sourced, not run.
-# The sourcing script defines log, die, TMP (a scratch directory), PIDS (processes to stop on
-# exit), and the pinning arrays LOAD_PIN for wrk.
+# The sourcing script sets ROOT and TAG (the log prefix) before, and TMP (a scratch directory),
+# LOAD_PIN (the pinning of wrk, nginx, Redis) after; `scratch` sets TMP and PIDS.
+
+log() { printf '[%s] %s\n' "$TAG" "$*" >&2; }
+die() { printf '[%s] error: %s\n' "$TAG" "$*" >&2; exit 1; }
+
+# bench_setup PREFIX: the knobs both scripts share (DURATION, CONNECTIONS, WARMUP, PIN,
+# SKIP_BUILD, RESULTS_DIR), PATH with the sbin directories, cd to ROOT, STAMP, and the results
+# directory target/load/<PREFIX><UTC time>.
+bench_setup() {
+  DURATION=${DURATION:-10s}
+  CONNECTIONS=${CONNECTIONS:-32}
+  WARMUP=${WARMUP:-2s}
+  PIN=${PIN:-1}
+  SKIP_BUILD=${SKIP_BUILD:-0}
+  cd "$ROOT"
+  export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
+  STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+  RESULTS_DIR=${RESULTS_DIR:-target/load/$1${STAMP}}
+  mkdir -p "$RESULTS_DIR"
+  RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
+}
 # "10s" / "2m" / "500ms" -> whole seconds (rounded up), for time bounds.
 to_secs() {
   local v=$1
@@ -145,3 +165,30 @@ us_per_req() { awk -v t="$1" -v n="$2" -v hz="$TICKS_PER_S" 'BEGIN { printf "%.1
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
+
+# start_nginx: nginx with $TMP/nginx/nginx.conf on the load CPU; waits until ORIGIN_PORT answers.
+start_nginx() {
+  "${LOAD_PIN[@]}" nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" \
+    >"$RESULTS_DIR/nginx.log" 2>&1 &
+  PIDS+=($!)
+  wait_until 10 "${PIDS[-1]}" nginx curl -fsS --max-time 1 "http://127.0.0.1:$ORIGIN_PORT/"
+}
+
+# start_redis: a Redis without persistence on REDIS_PORT, on the load CPU; sets REDIS_PID.
+start_redis() {
+  "${LOAD_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir "$TMP" --daemonize no --logfile "$RESULTS_DIR/redis.log" &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  wait_until 10 "$REDIS_PID" redis redis-cli -p "$REDIS_PORT" ping
+}
+
+# scratch NAME: TMP, a fresh scratch directory, and PIDS, the processes to stop; on exit (also
+# on Ctrl-C or error) `cleanup` stops them and removes TMP.
+scratch() {
+  TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-$1.XXXXXX")
+  PIDS=()
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}

@@ -38,26 +38,12 @@
 # installed with apt-get when running as root.
 set -euo pipefail
 
-DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-3}
-CONNECTIONS=${CONNECTIONS:-32}
-WARMUP=${WARMUP:-2s}
-PIN=${PIN:-1}
-SKIP_BUILD=${SKIP_BUILD:-0}
-
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
-
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-RESULTS_DIR=${RESULTS_DIR:-target/load/${STAMP}}
-mkdir -p "$RESULTS_DIR"
-RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
-
-log() { printf '[load] %s\n' "$*" >&2; }
-die() { printf '[load] error: %s\n' "$*" >&2; exit 1; }
+TAG=load
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+bench_setup ""
 
 # ---------------------------------------------------------------- prerequisites
 ensure_tools() {
@@ -104,12 +90,7 @@ BIN=${TOLLGATE_BIN:-$ROOT/target/release/tollgate}
 [[ -x $BIN ]] || die "$BIN not found (build it with cargo build --release)"
 
 # ---------------------------------------------------------------- processes and cleanup
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-load.XXXXXX")
-PIDS=()
-
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+scratch load
 
 free_port ORIGIN_PORT
 free_port REDIS_PORT
@@ -153,17 +134,10 @@ $temp_paths
     }
 }
 CONF
-"${LOAD_PIN[@]}" nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" \
-  >"$RESULTS_DIR/nginx.log" 2>&1 &
-PIDS+=($!)
-wait_until 10 "${PIDS[-1]}" nginx curl -fsS --max-time 1 "http://127.0.0.1:$ORIGIN_PORT/"
+start_nginx
 
 # ---------------------------------------------------------------- store: redis
-"${LOAD_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
-  --dir "$TMP" --daemonize no --logfile "$RESULTS_DIR/redis.log" &
-PIDS+=($!)
-REDIS_PID=$!
-wait_until 10 "${PIDS[-1]}" redis redis-cli -p "$REDIS_PORT" ping
+start_redis
 
 # ---------------------------------------------------------------- gateway: tollgate
 TENANT=bench

@@ -20,25 +20,12 @@
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
 
-DURATION=${DURATION:-10s}
 ROUNDS=${ROUNDS:-5}
-CONNECTIONS=${CONNECTIONS:-32}
-WARMUP=${WARMUP:-2s}
-PIN=${PIN:-1}
-SKIP_BUILD=${SKIP_BUILD:-0}
-
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
-STAMP=$(date -u +%Y%m%dT%H%M%SZ)
-RESULTS_DIR=${RESULTS_DIR:-target/load/telemetry-${STAMP}}
-mkdir -p "$RESULTS_DIR"
-RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
-
-log() { printf '[telemetry] %s\n' "$*" >&2; }
-die() { printf '[telemetry] error: %s\n' "$*" >&2; exit 1; }
+TAG=telemetry
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+bench_setup telemetry-
 
 for cmd in cargo nginx redis-server redis-cli wrk curl taskset; do
   command -v "$cmd" >/dev/null 2>&1 || die "$cmd is missing (see benches/load.sh for the packages)"
@@ -60,11 +47,7 @@ if [[ $SKIP_BUILD != 1 ]]; then
 fi
 BIN=$ROOT/target/release/tollgate
 
-TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-telemetry.XXXXXX")
-PIDS=()
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+scratch telemetry
 
 free_port ORIGIN_PORT
 free_port REDIS_PORT
@@ -93,15 +76,9 @@ http {
     }
 }
 CONF
-"${LOAD_PIN[@]}" nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" \
-  >"$RESULTS_DIR/nginx.log" 2>&1 &
-PIDS+=($!)
-wait_until 10 "${PIDS[-1]}" nginx curl -fsS --max-time 1 "http://127.0.0.1:$ORIGIN_PORT/"
+start_nginx
 
-"${LOAD_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
-  --dir "$TMP" --daemonize no --logfile "$RESULTS_DIR/redis.log" &
-PIDS+=($!)
-wait_until 10 "${PIDS[-1]}" redis redis-cli -p "$REDIS_PORT" ping
+start_redis
 
 KEY="tg_bench_$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 KEY_SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
