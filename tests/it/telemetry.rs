@@ -202,7 +202,22 @@ fn mixed_calls() -> Vec<(Option<&'static str>, String)> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_call_is_one_cloudevent_in_each_sink() {
-    let t = Telemetry::start(FILE_AND_STREAM).await;
+    let receiver = Receiver::start(0).await;
+    let nats = NatsServer::start().await;
+    let all_four = format!(
+        "{FILE_AND_STREAM}{}",
+        r#"
+    - kind: http
+      url: "{ingest}"
+    - kind: nats
+      url: "{nats}"
+      subject: "tollgate.events"
+      stream: "TOLLGATE_EVENTS"
+"#
+    );
+    let fill = [("{ingest}", receiver.url()), ("{nats}", nats.url())];
+    let fill: Vec<(&str, &str)> = fill.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let t = Telemetry::start_with(&all_four, &fill).await;
     // A public route identifies nobody: no event.
     assert_eq!(
         get(&crate::common::client(), &t.gateway.url("/health"), None)
@@ -232,6 +247,15 @@ async fn every_call_is_one_cloudevent_in_each_sink() {
         "both sinks carry the same events in spool order"
     );
     unique_ids(&from_file);
+    t.wait_for_spooled(0.0).await;
+    let posted: Vec<Value> =
+        receiver.seen(|seen| seen.batches.iter().flat_map(|(_, b)| b.clone()).collect());
+    assert_eq!(
+        posted, from_file,
+        "the HTTP receiver got the same events, once each"
+    );
+    let info = nats.api("STREAM.INFO.TOLLGATE_EVENTS", json!({})).await;
+    assert_eq!(info["state"]["messages"], 1000, "{info}");
 
     let mut outcomes: BTreeMap<(String, String, u64), usize> = BTreeMap::new();
     for e in &from_file {
