@@ -604,3 +604,127 @@ async fn jetstream_keeps_one_message_per_event_even_when_redelivered() {
         "JetStream dropped the duplicates by Nats-Msg-Id"
     );
 }
+
+/// `acme` (plan `free`, no `export` feature), `beta` (plan `pro`: 2 requests, then overage),
+/// callers without a key are anonymous (plan `anon`). `/status/503` makes the upstream fail.
+const OUTCOMES: &str = r#"
+server:
+  listen: "{listen}"
+  threads: 1
+admin:
+  listen: "{admin}"
+store:
+  kind: redis
+  url: "{redis}"
+  timeout: 2s
+upstreams:
+  product:
+    targets: ["{upstream}"]
+tenants:
+  acme:
+    plan: free
+    keys: [{ id: acme-1, sha256: "{acme_sha}" }]
+  beta:
+    plan: pro
+    keys: [{ id: beta-1, sha256: "{beta_sha}" }]
+auth:
+  anonymous:
+    plan: anon
+    secret: "a-long-enough-test-secret"
+plans:
+  anon:
+    meters:
+      requests: { limit: 100, period: day }
+  free:
+    meters:
+      requests: { limit: 100, period: month }
+    features: [search]
+  pro:
+    meters:
+      requests: { limit: 2, period: month, overage: true }
+    features: [search, export]
+routes:
+  - name: export
+    match: { path_prefix: /v1/export }
+    upstream: product
+    feature: export
+    meter: { requests: 1 }
+  - name: api
+    match: { path_prefix: / }
+    upstream: product
+    meter: { requests: 1 }
+telemetry:
+  spool: "{dir}/spool"
+  instance: test-gw
+  sinks:
+    - kind: file
+      path: "{dir}/events.jsonl"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn events_say_overage_feature_denied_upstream_error_and_anonymous() {
+    let redis = RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let gateway = Gateway::start(&render(OUTCOMES, &redis.url(), &upstream.addr())).await;
+    let client = crate::common::client();
+    let calls: [(Option<&str>, &str, u16); 7] = [
+        (Some(ACME_KEY), "/v1/items", 200),
+        (Some(ACME_KEY), "/status/503", 503),
+        (Some(ACME_KEY), "/v1/export/all", 402),
+        (Some(BETA_KEY), "/v1/items", 200),
+        (Some(BETA_KEY), "/v1/items", 200),
+        (Some(BETA_KEY), "/v1/items", 200),
+        (None, "/v1/items", 200),
+    ];
+    for (key, path, status) in calls {
+        assert_eq!(
+            get(&client, &gateway.url(path), key).await.status,
+            status,
+            "{path}"
+        );
+    }
+    let file = gateway.config_path().parent().unwrap().join("events.jsonl");
+    wait_for("7 events", Duration::from_secs(10), || async {
+        file_events(&file).len() >= 7
+    })
+    .await;
+
+    let events = file_events(&file);
+    let summary: Vec<(String, String, u64, Value)> = events
+        .iter()
+        .map(|e| {
+            assert_cloudevent(e, SOURCE);
+            let d = &e["data"];
+            (
+                d["tenant"].as_str().unwrap()[..4].to_string(),
+                d["outcome"].as_str().unwrap().to_string(),
+                d["status"].as_u64().unwrap(),
+                d["meters"].clone(),
+            )
+        })
+        .collect();
+    let one = json!({"requests": 1});
+    let expected = vec![
+        ("acme".into(), "allowed".into(), 200, one.clone()),
+        (
+            "acme".into(),
+            "upstream_error".into(),
+            503,
+            json!({"requests": 0}),
+        ),
+        ("acme".into(), "feature_denied".into(), 402, json!({})),
+        ("beta".into(), "allowed".into(), 200, one.clone()),
+        ("beta".into(), "allowed".into(), 200, one.clone()),
+        ("beta".into(), "overage".into(), 200, one.clone()),
+        ("anon".into(), "allowed".into(), 200, one),
+    ];
+    assert_eq!(summary, expected);
+    let anonymous = &events[6];
+    let tenant = anonymous["data"]["tenant"].as_str().unwrap();
+    assert_eq!(anonymous["data"]["identity"], "anonymous");
+    assert_eq!(anonymous["data"]["anonymous_id"], tenant);
+    assert_eq!(anonymous["data"]["key_id"], Value::Null);
+    assert_eq!(anonymous["subject"], tenant);
+    assert_eq!(anonymous["data"]["period"], clock::day_start().as_str());
+    assert_eq!(events[2]["data"]["route"], "export");
+}
