@@ -19,21 +19,9 @@ use crate::common::{
 /// `acme` (plan `free`): plenty of requests. `beta` (plan `tiny`): 5 requests a month, then 402.
 /// `gamma` (plan `bursty`): one call, then 429. Calls without a key: 401.
 /// `{sinks}` is filled in per test; the spool lives in the gateway's directory.
+/// `{base}` is [`BASE`].
 const YAML: &str = r#"
-server:
-  listen: "{listen}"
-  threads: 2
-  grace_period: 1s
-admin:
-  listen: "{admin}"
-store:
-  kind: redis
-  url: "{redis}"
-  timeout: 2s
-upstreams:
-  product:
-    targets: ["{upstream}"]
-tenants:
+{base}tenants:
   acme:
     plan: free
     keys: [{ id: acme-1, sha256: "{acme_sha}" }]
@@ -73,6 +61,22 @@ telemetry:
 
 const SOURCE: &str = "tollgate/test-gw";
 
+/// The listeners, the store and the upstream of every config here.
+const BASE: &str = r#"server:
+  listen: "{listen}"
+  threads: 2
+  grace_period: 1s
+admin:
+  listen: "{admin}"
+store:
+  kind: redis
+  url: "{redis}"
+  timeout: 2s
+upstreams:
+  product:
+    targets: ["{upstream}"]
+"#;
+
 /// A file sink in the gateway's directory and a Redis stream sink on `{events}`.
 const FILE_AND_STREAM: &str = r#"
     - kind: file
@@ -100,7 +104,9 @@ impl Telemetry {
         let redis = RedisServer::start().await;
         let events = RedisServer::start().await;
         let upstream = Upstream::start().await;
-        let mut yaml = YAML.replace("{sinks}", sinks.trim_matches('\n'));
+        let mut yaml = YAML
+            .replace("{base}", BASE)
+            .replace("{sinks}", sinks.trim_matches('\n'));
         yaml = yaml.replace("{events}", &events.url());
         for (k, v) in fill {
             yaml = yaml.replace(k, v);
@@ -607,20 +613,9 @@ async fn jetstream_keeps_one_message_per_event_even_when_redelivered() {
 
 /// `acme` (plan `free`, no `export` feature), `beta` (plan `pro`: 2 requests, then overage),
 /// callers without a key are anonymous (plan `anon`). `/status/503` makes the upstream fail.
+/// `{base}` is [`BASE`].
 const OUTCOMES: &str = r#"
-server:
-  listen: "{listen}"
-  threads: 1
-admin:
-  listen: "{admin}"
-store:
-  kind: redis
-  url: "{redis}"
-  timeout: 2s
-upstreams:
-  product:
-    targets: ["{upstream}"]
-tenants:
+{base}tenants:
   acme:
     plan: free
     keys: [{ id: acme-1, sha256: "{acme_sha}" }]
@@ -665,7 +660,12 @@ telemetry:
 async fn events_say_overage_feature_denied_upstream_error_and_anonymous() {
     let redis = RedisServer::start().await;
     let upstream = Upstream::start().await;
-    let gateway = Gateway::start(&render(OUTCOMES, &redis.url(), &upstream.addr())).await;
+    let gateway = Gateway::start(&render(
+        &OUTCOMES.replace("{base}", BASE),
+        &redis.url(),
+        &upstream.addr(),
+    ))
+    .await;
     let client = crate::common::client();
     let calls: [(Option<&str>, &str, u16); 7] = [
         (Some(ACME_KEY), "/v1/items", 200),
