@@ -4,6 +4,8 @@
 //! spool writer appends and fsyncs it, the sink's reader reads it back, the sink delivers it,
 //! and the sink's position is saved (write + fsync + rename). Throughput is in events.
 //!
+//! - `encode_event`: the request path's share: one usage event encoded (UUIDv7, time, JSON) and
+//!   handed to the queue with `try_send` (drained by the bench, as the spool writer would).
 //! - `spool_append`: the writer alone (append + fsync), with the reader acknowledging so the
 //!   spool stays small: the ceiling of what the gateway can accept durably.
 //! - `file_direct`: baseline, no spool: the file sink writing and fsyncing the batch.
@@ -20,6 +22,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tollgate::config::OnFull;
+use tollgate::config::Tenant;
+use tollgate::pipeline::identity::{Caller, IdentityKind};
+use tollgate::telemetry::emit::Emitter;
+use tollgate::telemetry::event::CallEvent;
 use tollgate::telemetry::metrics::Metrics;
 use tollgate::telemetry::sinks::file::FileSink;
 use tollgate::telemetry::sinks::redis_stream::RedisStreamSink;
@@ -114,6 +120,42 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(BATCH as u64));
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(5));
+
+    g.throughput(Throughput::Elements(1));
+    let metrics = Arc::new(Metrics::unregistered().unwrap());
+    let (tx, mut rx) = tokio::sync::mpsc::channel(65_536);
+    let emitter = Emitter::new(tx, "tollgate/bench".into(), metrics);
+    let caller = Caller {
+        tenant: Arc::new(Tenant {
+            name: "acme".into(),
+            plan: "free".into(),
+            billing_anchor: None,
+            keys: Vec::new(),
+        }),
+        identity: IdentityKind::ApiKey,
+        key_id: Some("acme-ci".into()),
+        user: None,
+    };
+    g.bench_function("encode_event", |b| {
+        b.iter(|| {
+            emitter.emit(&CallEvent {
+                source: emitter.source(),
+                time: jiff::Timestamp::now(),
+                caller: Some(&caller),
+                plan: Some("free"),
+                route: Some("api"),
+                method: "GET",
+                path: "/v1/search/items",
+                status: 200,
+                outcome: "allowed",
+                meters: vec![("requests", 1)],
+                period: "2026-11".into(),
+                latency_ms: 3.2,
+            });
+            while rx.try_recv().is_ok() {}
+        })
+    });
+    g.throughput(Throughput::Elements(BATCH as u64));
 
     let dir = tempfile::tempdir().unwrap();
     let s = spool(&dir.path().join("spool"));

@@ -12,9 +12,9 @@
 # nginx (the origin) and Redis (the store and the event stream) run too. Rounds alternate which
 # gateway goes first; the table shows medians and the median of per-round ratios.
 #
-# After the runs every event must be in both sinks: the script waits for the spool to drain and
-# compares the stream's length and the file's lines with the events the spool took, and checks
-# that none was dropped.
+# After the runs every event must be in every sink: the script waits for the spool to drain,
+# compares the distinct event ids in the stream (and the file's lines) with the events the spool
+# took, and checks that none was dropped.
 #
 # Knobs (environment): SINKS (stream, or stream+file), DURATION (10s), ROUNDS (5),
 # CONNECTIONS (32), WARMUP (2s), PIN (1),
@@ -105,6 +105,7 @@ admin: { listen: "127.0.0.1:$ON_ADMIN" }
 telemetry:
   spool: "$TMP/spool"
   instance: bench
+  flush_interval: ${FLUSH_INTERVAL:-20ms}
   sinks:
     - { kind: redis_stream, url: "redis://127.0.0.1:$REDIS_PORT/1", stream: "tollgate:events", max_len: 100000000 }
 CONF
@@ -122,21 +123,36 @@ AUTH=(-H "Authorization: Bearer $KEY")
 wait_until 30 "$PID_OFF" "gateway (off)" curl -fsS --max-time 1 "${AUTH[@]}" "http://127.0.0.1:$OFF_PORT/"
 wait_until 30 "$PID_ON" "gateway (on)" curl -fsS --max-time 1 "${AUTH[@]}" "http://127.0.0.1:$ON_PORT/"
 
-# run WHICH ROUND: warm-up, then the measured run; prints "rps p50 p99 gw_us_per_request".
+# proxy_ticks PID: CPU time (clock ticks) of the gateway's proxy worker threads only.
+proxy_ticks() {
+  local t sum=0 stat
+  for t in /proc/"$1"/task/*; do
+    [[ $(cat "$t/comm" 2>/dev/null) == "tollgate proxy" ]] || continue
+    stat=$(cat "$t/stat" 2>/dev/null) || continue
+    stat=${stat##*) }
+    sum=$((sum + $(awk '{ print $12 + $13 }' <<<"$stat")))
+  done
+  echo "$sum"
+}
+
+# run WHICH ROUND: warm-up, then the measured run; prints
+# "rps p50 p99 gw_us_per_request proxy_thread_us_per_request".
 run() {
-  local which=$1 r=$2 port pid t0 t1 parsed
+  local which=$1 r=$2 port pid t0 t1 p0 p1 parsed
   port=$([[ $1 == on ]] && echo "$ON_PORT" || echo "$OFF_PORT")
   pid=$([[ $1 == on ]] && echo "$PID_ON" || echo "$PID_OFF")
   run_wrk "$RESULTS_DIR/$which.$r.warmup.txt" "$WARM_BOUND" -t1 -c"$CONNECTIONS" -d"$WARMUP" \
     "${AUTH[@]}" "http://127.0.0.1:$port/" || die "wrk warm-up failed"
   t0=$(proc_ticks "$pid")
+  p0=$(proxy_ticks "$pid")
   run_wrk "$RESULTS_DIR/$which.$r.txt" "$WRK_BOUND" -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
     "${AUTH[@]}" "http://127.0.0.1:$port/" || die "wrk failed"
   t1=$(proc_ticks "$pid")
+  p1=$(proxy_ticks "$pid")
   parsed=$(parse_wrk "$RESULTS_DIR/$which.$r.txt") || die "unreadable wrk output"
   read -r rps p50 p99 reqs non2xx errs <<<"$parsed"
   ((non2xx == 0 && errs == 0)) || log "warning: $which round $r: $non2xx non-2xx, $errs socket errors"
-  echo "$rps $p50 $p99 $(us_per_req $((t1 - t0)) "$reqs")"
+  echo "$rps $p50 $p99 $(us_per_req $((t1 - t0)) "$reqs") $(us_per_req $((p1 - p0)) "$reqs")"
 }
 
 : >"$RESULTS_DIR/rounds.txt"
@@ -146,10 +162,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
     log "round $r/$ROUNDS: telemetry $which"
     run "$which" "$r" >"$TMP/$which.parsed"
   done
-  read -r a_rps a_p50 a_p99 a_us <"$TMP/off.parsed"
-  read -r b_rps b_p50 b_p99 b_us <"$TMP/on.parsed"
-  echo "$r $a_rps $a_p50 $a_p99 $a_us $b_rps $b_p50 $b_p99 $b_us" \
-    "$(awk -v b="$b_rps" -v a="$a_rps" 'BEGIN { printf "%.4f", b / a }')" >>"$RESULTS_DIR/rounds.txt"
+  read -r a_rps a_p50 a_p99 a_us a_px <"$TMP/off.parsed"
+  read -r b_rps b_p50 b_p99 b_us b_px <"$TMP/on.parsed"
+  # columns: 1 round, 2-6 off rps p50 p99 gw-us proxy-us, 7-11 the same on, 12 rps ratio,
+  # 13 ratio of gateway CPU per request (on/off)
+  echo "$r $a_rps $a_p50 $a_p99 $a_us $a_px $b_rps $b_p50 $b_p99 $b_us $b_px" \
+    "$(awk -v b="$b_rps" -v a="$a_rps" 'BEGIN { printf "%.4f", b / a }')" \
+    "$(awk -v b="$b_us" -v a="$a_us" 'BEGIN { printf "%.4f", (a > 0 ? b / a : 0) }')" >>"$RESULTS_DIR/rounds.txt"
   log "round $r: off $a_rps req/s, on $b_rps req/s"
 done
 
@@ -161,7 +180,10 @@ for _ in $(seq 1 600); do
 done
 spooled=$(metric 'tollgate_events_total{result="spooled",sink="spool"}')
 dropped=$(metric 'tollgate_events_dropped_total')
+# Delivery is at least once: a batch retried after a timeout can land twice, so count ids.
 in_stream=$(redis-cli -p "$REDIS_PORT" -n 1 xlen tollgate:events)
+unique_in_stream=$(redis-cli -p "$REDIS_PORT" -n 1 --raw xrange tollgate:events - + |
+  grep -o '"id":"[^"]*"' | sort -u | wc -l)
 if [[ $SINKS == stream ]]; then
   in_file=$spooled
   file_note="no file sink"
@@ -175,14 +197,18 @@ col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
   echo
   echo "telemetry cost on the metered route — $STAMP, commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
   echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; gateways on CPU 0 (threads: 1), wrk + nginx + redis on CPU 1"
-  printf '%-26s %9s %8s %8s %9s\n' "" "req/s" "p50 ms" "p99 ms" "gw us/r"
-  printf '%-26s %9.0f %8.3f %8.3f %9s\n' "telemetry off *" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)"
-  printf '%-26s %9.0f %8.3f %8.3f %9s\n' "telemetry on ($SINKS) *" "$(col 6)" "$(col 7)" "$(col 8)" "$(col 9)"
-  printf 'on/off req/s: %.3f (median of per-round ratios: %s)\n' "$(col 10)" \
-    "$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $10 }' "$RESULTS_DIR/rounds.txt")"
-  echo "* median of $ROUNDS rounds; gw us/r = gateway CPU microseconds per request"
-  echo "events: spooled $spooled, in the stream $in_stream, $file_note, dropped $dropped"
+  printf '%-30s %9s %8s %8s %9s %9s\n' "" "req/s" "p50 ms" "p99 ms" "gw us/r" "proxy us/r"
+  printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry off *" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)"
+  printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry on ($SINKS) *" "$(col 7)" "$(col 8)" "$(col 9)" "$(col 10)" "$(col 11)"
+  printf 'on/off req/s: %.3f (median of per-round ratios: %s)\n' "$(col 12)" \
+    "$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $12 }' "$RESULTS_DIR/rounds.txt")"
+  printf 'on/off gateway CPU per request: %.3f (median of per-round ratios: %s)\n' "$(col 13)" \
+    "$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $13 }' "$RESULTS_DIR/rounds.txt")"
+  echo "* median of $ROUNDS rounds; gw us/r = gateway CPU microseconds per request, all threads;"
+  echo "  proxy us/r = the proxy worker threads only (the request path; telemetry's background"
+  echo "  thread and its blocking writes are the difference)"
+  echo "events: spooled $spooled, in the stream $in_stream ($unique_in_stream distinct ids), $file_note, dropped $dropped"
   echo "raw outputs: $RESULTS_DIR"
 } | tee "$RESULTS_DIR/summary.txt"
-((spooled > 0 && in_stream == spooled && in_file == spooled && dropped == 0)) ||
+((spooled > 0 && unique_in_stream == spooled && in_file >= spooled && dropped == 0)) ||
   die "events were lost or dropped (see above)"

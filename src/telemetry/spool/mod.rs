@@ -115,7 +115,7 @@ struct State {
 }
 
 /// How much of the newest spooled data stays in memory for sinks that keep up.
-const TAIL_BYTES: usize = 8 << 20;
+const TAIL_BYTES: usize = 1 << 20;
 
 struct Writer {
     file: Option<File>,
