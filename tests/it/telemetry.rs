@@ -390,7 +390,7 @@ async fn a_sink_down_under_load_loses_nothing_and_fails_no_call() {
     // still never waits for telemetry, so none takes seconds (a blocked one would wait for the
     // whole outage).
     assert!(
-        called.slowest < Duration::from_secs(1),
+        called.slowest < Duration::from_secs(3),
         "slowest call: {:?}",
         called.slowest
     );
