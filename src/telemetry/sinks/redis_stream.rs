@@ -38,8 +38,17 @@ impl Sink for RedisStreamSink {
         let mut conn = match &self.conn {
             Some(c) => c.clone(),
             None => {
+                // redis-rs answers "timed out" after 500 ms by default; a batch of hundreds of
+                // XADDs on a busy server can take longer, and a timed-out batch is sent again
+                // (duplicates). Give each batch the sink's whole bound instead.
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(TIMEOUT))
+                    .set_response_timeout(Some(TIMEOUT));
                 let c = within(TIMEOUT, async {
-                    Ok(self.client.get_multiplexed_async_connection().await?)
+                    Ok(self
+                        .client
+                        .get_multiplexed_async_connection_with_config(&config)
+                        .await?)
                 })
                 .await?;
                 self.conn = Some(c.clone());
