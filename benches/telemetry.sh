@@ -5,18 +5,18 @@
 #   benches/telemetry.sh                  # DURATION=10s ROUNDS=5 by default
 #
 # Two gateways from the same release binary and the same config, except that one has a
-# `telemetry` section (spool in a temporary directory; a redis_stream sink, plus a file sink with
-# SINKS=stream+file), so every call's event is encoded, queued, appended to the spool with fsync
-# and delivered. Both
-# run pinned to CPU 0 with server.threads: 1 and are driven one at a time by wrk on CPU 1, where
-# nginx (the origin) and Redis (the store and the event stream) run too. Rounds alternate which
+# `telemetry` section (spool in a temporary directory; a redis_stream sink on the store's Redis,
+# or with SINKS=file a file sink, or both with SINKS=stream+file), so every call's event is
+# encoded, queued, appended to the spool with fsync and delivered. Both run pinned to CPU 0 with
+# server.threads: 1 and are driven one at a time by wrk on CPU 1, where nginx (the origin) and
+# Redis (the store and the event stream) run too. Rounds alternate which
 # gateway goes first; the table shows medians and the median of per-round ratios.
 #
 # After the runs every event must be in every sink: the script waits for the spool to drain,
 # compares the distinct event ids in the stream (and the file's lines) with the events the spool
 # took, and checks that none was dropped.
 #
-# Knobs (environment): SINKS (stream, or stream+file), DURATION (10s), ROUNDS (5),
+# Knobs (environment): SINKS (stream, file or stream+file), DURATION (10s), ROUNDS (5),
 # CONNECTIONS (32), WARMUP (2s), PIN (1),
 # RESULTS_DIR (target/load/telemetry-<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn).
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset.
@@ -24,7 +24,8 @@ set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
 SINKS=${SINKS:-stream}
-[[ $SINKS == stream || $SINKS == stream+file ]] || { echo "SINKS must be stream or stream+file" >&2; exit 1; }
+[[ $SINKS == stream || $SINKS == file || $SINKS == stream+file ]] ||
+  { echo "SINKS must be stream, file or stream+file" >&2; exit 1; }
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TAG=telemetry
 # shellcheck source=benches/lib.sh
@@ -107,8 +108,9 @@ telemetry:
   instance: bench
   flush_interval: ${FLUSH_INTERVAL:-20ms}
   sinks:
-    - { kind: redis_stream, url: "redis://127.0.0.1:$REDIS_PORT/1", stream: "tollgate:events", max_len: 100000000 }
 CONF
+  [[ $SINKS == file ]] ||
+    echo "    - { kind: redis_stream, url: \"redis://127.0.0.1:$REDIS_PORT/1\", stream: \"tollgate:events\", max_len: 100000000 }"
   [[ $SINKS == stream ]] || echo "    - { kind: file, path: \"$TMP/events.jsonl\" }"
 } >"$TMP/on.yaml"
 for which in off on; do
@@ -181,9 +183,14 @@ done
 spooled=$(metric 'tollgate_events_total{result="spooled",sink="spool"}')
 dropped=$(metric 'tollgate_events_dropped_total')
 # Delivery is at least once: a batch retried after a timeout can land twice, so count ids.
-in_stream=$(redis-cli -p "$REDIS_PORT" -n 1 xlen tollgate:events)
-unique_in_stream=$(redis-cli -p "$REDIS_PORT" -n 1 --raw xrange tollgate:events - + |
-  grep -o '"id":"[^"]*"' | sort -u | wc -l)
+if [[ $SINKS == file ]]; then
+  in_stream=$spooled
+  unique_in_stream=$spooled
+else
+  in_stream=$(redis-cli -p "$REDIS_PORT" -n 1 xlen tollgate:events)
+  unique_in_stream=$(redis-cli -p "$REDIS_PORT" -n 1 --raw xrange tollgate:events - + |
+    grep -o '"id":"[^"]*"' | sort -u | wc -l)
+fi
 if [[ $SINKS == stream ]]; then
   in_file=$spooled
   file_note="no file sink"
@@ -196,7 +203,8 @@ col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
 {
   echo
   echo "telemetry cost on the metered route — $STAMP, commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
-  echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; gateways on CPU 0 (threads: 1), wrk + nginx + redis on CPU 1"
+  echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; server.threads: 1; flush_interval ${FLUSH_INTERVAL:-20ms};" \
+    "$([[ ${#GW_PIN[@]} -gt 0 ]] && echo "gateways on CPU 0, wrk + nginx + redis on CPU 1" || echo "no CPU pinning")"
   printf '%-30s %9s %8s %8s %9s %9s\n' "" "req/s" "p50 ms" "p99 ms" "gw us/r" "proxy us/r"
   printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry off *" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)"
   printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry on ($SINKS) *" "$(col 7)" "$(col 8)" "$(col 9)" "$(col 10)" "$(col 11)"
