@@ -16,7 +16,8 @@
 # compares the distinct event ids in the stream (and the file's lines) with the events the spool
 # took, and checks that none was dropped.
 #
-# Knobs (environment): SINKS (stream, file or stream+file), DURATION (10s), ROUNDS (5),
+# Knobs (environment): SINKS (stream, file or stream+file), STREAM_REDIS (store: the stream on
+# the store's Redis; own: on a Redis of its own), DURATION (10s), ROUNDS (5),
 # CONNECTIONS (32), WARMUP (2s), PIN (1),
 # RESULTS_DIR (target/load/telemetry-<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn).
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset.
@@ -84,6 +85,15 @@ CONF
 start_nginx
 
 start_redis
+# STREAM_REDIS=own: the event stream gets a Redis of its own (same CPU), not the store's.
+STREAM_PORT=$REDIS_PORT
+if [[ ${STREAM_REDIS:-store} == own ]]; then
+  STORE_PORT=$REDIS_PORT
+  free_port REDIS_PORT
+  start_redis
+  STREAM_PORT=$REDIS_PORT
+  REDIS_PORT=$STORE_PORT
+fi
 
 KEY="tg_bench_$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 KEY_SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
@@ -110,7 +120,7 @@ telemetry:
   sinks:
 CONF
   [[ $SINKS == file ]] ||
-    echo "    - { kind: redis_stream, url: \"redis://127.0.0.1:$REDIS_PORT/1\", stream: \"tollgate:events\", max_len: 100000000 }"
+    echo "    - { kind: redis_stream, url: \"redis://127.0.0.1:$STREAM_PORT/1\", stream: \"tollgate:events\", max_len: 100000000 }"
   [[ $SINKS == stream ]] || echo "    - { kind: file, path: \"$TMP/events.jsonl\" }"
 } >"$TMP/on.yaml"
 for which in off on; do
@@ -187,8 +197,8 @@ if [[ $SINKS == file ]]; then
   in_stream=$spooled
   unique_in_stream=$spooled
 else
-  in_stream=$(redis-cli -p "$REDIS_PORT" -n 1 xlen tollgate:events)
-  unique_in_stream=$(redis-cli -p "$REDIS_PORT" -n 1 --raw xrange tollgate:events - + |
+  in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 xlen tollgate:events)
+  unique_in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 --raw xrange tollgate:events - + |
     grep -o '"id":"[^"]*"' | sort -u | wc -l)
 fi
 if [[ $SINKS == stream ]]; then
