@@ -20,6 +20,7 @@ use crate::proxy::Proxy;
 use crate::reload::Reloader;
 use crate::store::StoreHandle;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::service::TelemetryService;
 
 /// Builds every service from `config` and runs until SIGTERM/SIGINT.
 pub fn serve(config: Config) -> anyhow::Result<()> {
@@ -31,6 +32,14 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&registry).context("registering metrics")?);
     let store = StoreHandle::open(&config.store, &metrics).context("opening the store")?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let telemetry = match &config.telemetry {
+        Some(t) => Some(TelemetryService::new(t, metrics.clone())?),
+        None => None,
+    };
+    let (events, telemetry) = match telemetry {
+        Some((emitter, service)) => (Some(Arc::new(emitter)), Some(service)),
+        None => (None, None),
+    };
     let gateway = Arc::new(ArcSwap::from_pointee(Gateway::new(
         &config,
         store.clone(),
@@ -52,7 +61,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy = Proxy::new(gateway.clone(), config.server.read_timeout);
+    let proxy = Proxy::new(gateway.clone(), config.server.read_timeout, events);
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         proxy,
@@ -107,6 +116,9 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         },
     ));
     server.add_service(background_service("housekeeping", Housekeeping { gateway }));
+    if let Some(telemetry) = telemetry {
+        server.add_service(background_service("telemetry", telemetry));
+    }
 
     tracing::info!(listen = %listen, admin = ?admin.map(|a| a.0), "Starting tollgate.");
     server.run(RunArgs {

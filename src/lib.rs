@@ -18,9 +18,15 @@ pub mod proxy;
 pub mod reload;
 pub mod store;
 pub mod telemetry {
-    //! Metrics and call outcomes.
+    //! Metrics, call outcomes, and usage events: built on the request path, spooled to disk,
+    //! delivered to every sink.
+    pub mod emit;
+    pub mod event;
     pub mod metrics;
     pub mod outcome;
+    pub mod service;
+    pub mod sinks;
+    pub mod spool;
 }
 
 /// Makes aws-lc-rs the process's TLS crypto provider (the one jsonwebtoken already uses), so

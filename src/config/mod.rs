@@ -9,6 +9,7 @@ mod plans;
 mod routes;
 pub mod schema;
 mod sections;
+mod telemetry;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -16,6 +17,7 @@ use std::path::Path;
 
 pub use model::*;
 use node::{Pos, Value};
+pub use telemetry::{OnFull, SinkConfig, SinkKind, Telemetry};
 
 /// One configuration mistake, printed as `file:line:col: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +108,7 @@ const TOP: &[&str] = &[
 ];
 
 /// Sections of the contract that later releases implement: rejected clearly, never ignored.
-const NOT_YET: &[&str] = &["telemetry", "onboarding"];
+const NOT_YET: &[&str] = &["onboarding"];
 
 fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
     if matches!(root.value, Value::Null) {
@@ -180,6 +182,7 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
             Vec::new()
         }
     };
+    let telemetry = f.get("telemetry").map(|n| telemetry::telemetry(d, n));
     Some(Config {
         source: Default::default(),
         server: server?,
@@ -190,6 +193,7 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
         auth: auth?,
         plans,
         routes,
+        telemetry: telemetry.flatten(),
     })
 }
 

@@ -33,6 +33,8 @@ pub struct Config {
     pub plans: BTreeMap<String, Arc<Plan>>,
     /// Routes, in match order.
     pub routes: Vec<Arc<Route>>,
+    /// Usage events, if configured.
+    pub telemetry: Option<super::Telemetry>,
 }
 
 /// `server:`

@@ -22,8 +22,9 @@ use pingora::{ErrorSource, ErrorType};
 use crate::config::RouteTarget;
 use crate::pipeline::headers::{usage_headers, UsageView};
 use crate::pipeline::measure::{Measured, ResponseMeter};
-use crate::pipeline::{Admission, Gateway};
+use crate::pipeline::{Admission, Gateway, Refused};
 use crate::plugins::{self, Calls, Stop};
+use crate::telemetry::emit::{Call, Emitter};
 use crate::telemetry::outcome::{Labels, Outcome};
 
 /// Tells the upstream which tenant is calling.
@@ -35,6 +36,8 @@ static X_TOLLGATE_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
 pub struct Proxy {
     gateway: Arc<ArcSwap<Gateway>>,
     read_timeout: Duration,
+    /// Usage events, when `telemetry` is configured.
+    events: Option<Arc<Emitter>>,
 }
 
 /// Per-call state shared by the phases.
@@ -42,6 +45,8 @@ pub struct Ctx {
     started: Instant,
     gateway: Option<Arc<Gateway>>,
     admission: Option<Admission>,
+    /// Why the call was refused, if it was (its usage event names the caller).
+    refused: Option<Box<Refused>>,
     /// Route and plan of the call as far as they are known, for the metrics' labels.
     labels: Labels,
     outcome: Outcome,
@@ -63,11 +68,17 @@ pub struct Ctx {
 }
 
 impl Proxy {
-    /// A proxy over `gateway`; `read_timeout` bounds each read from a client.
-    pub fn new(gateway: Arc<ArcSwap<Gateway>>, read_timeout: Duration) -> Proxy {
+    /// A proxy over `gateway`; `read_timeout` bounds each read from a client; `events` takes
+    /// one usage event per identified call.
+    pub fn new(
+        gateway: Arc<ArcSwap<Gateway>>,
+        read_timeout: Duration,
+        events: Option<Arc<Emitter>>,
+    ) -> Proxy {
         Proxy {
             gateway,
             read_timeout,
+            events,
         }
     }
 }
@@ -112,6 +123,7 @@ impl ProxyHttp for Proxy {
             started: Instant::now(),
             gateway: None,
             admission: None,
+            refused: None,
             labels: Labels::default(),
             outcome: Outcome::NoRoute,
             upstream_started: None,
@@ -144,6 +156,7 @@ impl ProxyHttp for Proxy {
                 ctx.labels = Labels::of_refused(&refused);
                 let method = req.method.to_string();
                 let problem = respond::rejection(&refused, &path, &method, gw.now());
+                ctx.refused = Some(refused);
                 respond::write_problem(session, problem).await?;
                 return Ok(true);
             }
@@ -439,6 +452,27 @@ impl ProxyHttp for Proxy {
             exhausted: ctx.labels.exhausted.as_deref(),
         };
         call.record(&gw);
+        if let Some(events) = &self.events {
+            let extra = ctx.plugins.as_ref().map(|calls| {
+                let mut data = serde_json::Map::new();
+                calls.on_event(&mut data);
+                data.retain(|k, _| !crate::telemetry::event::DATA_FIELDS.contains(&k.as_str()));
+                data
+            });
+            let req = session.req_header();
+            events.emit_call(&Call {
+                admission: ctx.admission.as_ref(),
+                refused: ctx.refused.as_deref(),
+                refunded: ctx.refunded,
+                outcome: ctx.outcome,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status: call.status,
+                latency_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+                now: gw.now(),
+                extra: extra.as_ref(),
+            });
+        }
     }
 }
 

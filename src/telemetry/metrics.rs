@@ -1,7 +1,9 @@
 //! Prometheus metrics. Names are part of the contract (SPEC §8); no tenant ids as labels, so the
 //! series count stays bounded by the config (routes × plans × outcomes).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// `tollgate_requests_total{route,plan,outcome}`
 pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
@@ -26,6 +28,19 @@ pub const METER_DEFAULTS: &str = "tollgate_meter_defaults_total";
 pub const BURST_KEYS: &str = "tollgate_burst_keys";
 /// `tollgate_config_reloads_total{result}`
 pub const CONFIG_RELOADS: &str = "tollgate_config_reloads_total";
+/// `tollgate_events_total{sink,result}`: usage events by sink (`spool` for the spool writer)
+/// and result (`delivered`, `failed`, `spooled`).
+pub const EVENTS_TOTAL: &str = "tollgate_events_total";
+/// `tollgate_events_spooled`: events in the spool not yet acknowledged by every sink.
+pub const EVENTS_SPOOLED: &str = "tollgate_events_spooled";
+/// `tollgate_events_lag{sink}`: events in the spool the sink has not acknowledged yet.
+pub const EVENTS_LAG: &str = "tollgate_events_lag";
+/// `tollgate_events_dropped_total{reason}`: events given up (`queue_full`, `spool_full`,
+/// `spool_error`, `encode_error`, `closed`).
+pub const EVENTS_DROPPED: &str = "tollgate_events_dropped_total";
+/// `tollgate_events_corrupt_total`: spool records skipped because their checksum failed or a
+/// crash tore them.
+pub const EVENTS_CORRUPT: &str = "tollgate_events_corrupt_total";
 
 /// `tollgate_limit_calls_total{plan,meter,state}`: calls by where they left a meter:
 /// `within` its limit, `near` it (past `warn_at`), `over` it (overage, or refused with 402).
@@ -66,6 +81,16 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// Calls by plan, meter and where they left the meter (within / near / over its limit).
     pub limit_calls: IntCounterVec,
+    /// Usage events by sink and result.
+    pub events: IntCounterVec,
+    /// Events spooled and not yet acknowledged by every sink.
+    pub events_spooled: IntGauge,
+    /// Events each sink has yet to acknowledge.
+    pub events_lag: IntGaugeVec,
+    /// Events given up, by reason.
+    pub events_dropped: IntCounterVec,
+    /// Spool records lost to corruption.
+    pub events_corrupt: IntCounter,
 }
 
 impl Metrics {
@@ -141,6 +166,26 @@ impl Metrics {
                 ),
                 &["plan", "meter", "state"],
             )?,
+            events: IntCounterVec::new(
+                Opts::new(EVENTS_TOTAL, "Usage events by sink and result."),
+                &["sink", "result"],
+            )?,
+            events_spooled: IntGauge::new(
+                EVENTS_SPOOLED,
+                "Usage events in the spool not yet acknowledged by every sink.",
+            )?,
+            events_lag: IntGaugeVec::new(
+                Opts::new(EVENTS_LAG, "Usage events the sink has not acknowledged yet."),
+                &["sink"],
+            )?,
+            events_dropped: IntCounterVec::new(
+                Opts::new(EVENTS_DROPPED, "Usage events given up, by reason."),
+                &["reason"],
+            )?,
+            events_corrupt: IntCounter::new(
+                EVENTS_CORRUPT,
+                "Spool records skipped because they were torn or failed their checksum.",
+            )?,
         };
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -162,6 +207,11 @@ impl Metrics {
         for result in ["ok", "error"] {
             m.config_reloads.with_label_values(&[result]);
         }
+        registry.register(Box::new(m.events.clone()))?;
+        registry.register(Box::new(m.events_spooled.clone()))?;
+        registry.register(Box::new(m.events_lag.clone()))?;
+        registry.register(Box::new(m.events_dropped.clone()))?;
+        registry.register(Box::new(m.events_corrupt.clone()))?;
         Ok(m)
     }
 

@@ -208,3 +208,28 @@ async fn metrics_parse_as_prometheus_text_and_the_spec_names_move_with_calls() {
         );
     }
 }
+#[test]
+fn the_grafana_dashboard_only_uses_exported_metric_names() {
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana-dashboard.json"),
+    )
+    .unwrap();
+    let source = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/telemetry/metrics.rs"),
+    )
+    .unwrap();
+    let mut names: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("tollgate_"))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for name in names {
+        let base = name.strip_suffix("_bucket").unwrap_or(name);
+        assert!(
+            source.contains(&format!("\"{base}\"")),
+            "the dashboard uses {name}, which src/telemetry/metrics.rs does not export"
+        );
+    }
+}

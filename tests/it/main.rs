@@ -28,3 +28,5 @@ mod problems;
 mod refunds;
 mod runtime_keys;
 mod schema;
+mod telemetry;
+mod telemetry_spool;

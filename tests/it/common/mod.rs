@@ -1,10 +1,13 @@
 //! The test harness: real Redis, real upstreams, the real gateway binary.
 
 pub mod clock;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod jwt;
+pub mod nats;
 pub mod providers;
+pub mod receiver;
 pub mod redis;
 pub mod streamer;
 pub mod upstream;

@@ -1,0 +1,194 @@
+# Helpers shared by the load benchmarks (benches/load.sh, benches/telemetry.sh); sourced, not run.
+# The sourcing script sets ROOT and TAG (the log prefix) before, and TMP (a scratch directory),
+# LOAD_PIN (the pinning of wrk, nginx, Redis) after; `scratch` sets TMP and PIDS.
+
+log() { printf '[%s] %s\n' "$TAG" "$*" >&2; }
+die() { printf '[%s] error: %s\n' "$TAG" "$*" >&2; exit 1; }
+
+# bench_setup PREFIX: the knobs both scripts share (DURATION, CONNECTIONS, WARMUP, PIN,
+# SKIP_BUILD, RESULTS_DIR), PATH with the sbin directories, cd to ROOT, STAMP, and the results
+# directory target/load/<PREFIX><UTC time>.
+bench_setup() {
+  DURATION=${DURATION:-10s}
+  CONNECTIONS=${CONNECTIONS:-32}
+  WARMUP=${WARMUP:-2s}
+  PIN=${PIN:-1}
+  SKIP_BUILD=${SKIP_BUILD:-0}
+  cd "$ROOT"
+  export PATH="${PATH}:/usr/local/sbin:/usr/sbin:/sbin"
+  STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+  RESULTS_DIR=${RESULTS_DIR:-target/load/$1${STAMP}}
+  mkdir -p "$RESULTS_DIR"
+  RESULTS_DIR=$(cd "$RESULTS_DIR" && pwd)
+}
+# "10s" / "2m" / "500ms" -> whole seconds (rounded up), for time bounds.
+to_secs() {
+  local v=$1
+  case $v in
+    *ms) echo $(((${v%ms} + 999) / 1000)) ;;
+    *s) echo "${v%s}" ;;
+    *m) echo $((${v%m} * 60)) ;;
+    *h) echo $((${v%h} * 3600)) ;;
+    *) echo "$v" ;;
+  esac
+}
+
+# alive PID: the process runs (an exited child that was not waited for yet does not count).
+alive() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+  stat=${stat##*) }
+  [[ ${stat%% *} != Z ]]
+}
+
+cleanup() {
+  local rc=$? pid i
+  trap - EXIT INT TERM
+  if [[ -n ${WRK_PID:-} ]]; then
+    kill -TERM "$WRK_PID" 2>/dev/null || true
+    wait "$WRK_PID" 2>/dev/null || true
+  fi
+  for pid in "${PIDS[@]}"; do
+    kill -TERM "$pid" 2>/dev/null || true
+  done
+  for pid in "${PIDS[@]}"; do
+    for ((i = 0; i < 100; i++)); do   # up to 10 s each
+      alive "$pid" || break
+      sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  rm -rf "$TMP"
+  exit "$rc"
+}
+
+USED_PORTS=" "
+# Pick ports below the kernel's ephemeral range, so that no outgoing connection (wrk, the
+# gateway's upstream pool, TIME_WAIT leftovers of earlier runs) can hold the port we bind.
+read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || EPHEMERAL_LOW=32768
+PORT_LOW=15000
+PORT_HIGH=$((EPHEMERAL_LOW - 1))
+((PORT_HIGH > PORT_LOW + 1000)) || { PORT_LOW=20000; PORT_HIGH=60000; }
+# port_in_use PORT: any TCP socket (listening, connected or TIME_WAIT) has it as local port.
+port_in_use() {
+  if command -v ss >/dev/null 2>&1; then
+    [[ -n $(ss -Htan "sport = :$1" 2>/dev/null) ]]
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
+}
+
+# free_port VAR: a TCP port on 127.0.0.1 that nothing uses (and that we did not pick yet).
+free_port() {
+  local p _
+  for _ in $(seq 1 500); do
+    p=$((PORT_LOW + RANDOM % (PORT_HIGH - PORT_LOW)))
+    [[ $USED_PORTS == *" $p "* ]] && continue
+    if ! port_in_use "$p"; then
+      USED_PORTS+="$p "
+      printf -v "$1" '%s' "$p"
+      return 0
+    fi
+  done
+  die "no free port found"
+}
+
+# wait_until SECONDS PID WHAT CMD...: retries CMD until it succeeds; fails if PID died.
+wait_until() {
+  local secs=$1 pid=$2 what=$3 i
+  shift 3
+  for ((i = 0; i < secs * 10; i++)); do
+    "$@" >/dev/null 2>&1 && return 0
+    alive "$pid" || die "$what exited while starting (logs in $RESULTS_DIR)"
+    sleep 0.1
+  done
+  die "$what did not come up within ${secs}s (logs in $RESULTS_DIR)"
+}
+
+# parse FILE -> "rps p50_ms p99_ms requests non2xx socket_errors"
+parse_wrk() {
+  awk '
+    function ms(v) {
+      if (v ~ /us$/) return substr(v, 1, length(v) - 2) / 1000
+      if (v ~ /ms$/) return substr(v, 1, length(v) - 2) + 0
+      if (v ~ /s$/)  return substr(v, 1, length(v) - 1) * 1000
+      return v + 0
+    }
+    $1 == "50%" && NF == 2 { p50 = ms($2) }
+    $1 == "99%" && NF == 2 { p99 = ms($2) }
+    / requests in /        { reqs = $1 }
+    /Non-2xx or 3xx responses:/ { non2xx = $NF }
+    /Socket errors:/ {
+      for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+,?$/) { gsub(",", "", $i); errs += $i }
+    }
+    /^Requests\/sec:/      { rps = $2 }
+    END {
+      if (rps == "") exit 1
+      printf "%.1f %.3f %.3f %d %d %d\n", rps, p50, p99, reqs, non2xx, errs
+    }' "$1"
+}
+
+# /proc/stat snapshot: "cpuN busy total" per CPU (busy = all but idle and iowait).
+cpu_snapshot() {
+  awk '/^cpu[0-9]/ { t = $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9; print $1, t - $5 - $6, t }' /proc/stat
+}
+
+# cpu_busy BEFORE AFTER -> "cpu0% cpu1%" (busy share of each of the first two CPUs)
+cpu_busy() {
+  awk 'NR == FNR { b[$1] = $2; t[$1] = $3; next }
+       { dt = $3 - t[$1]; pct[$1] = dt > 0 ? 100 * ($2 - b[$1]) / dt : 0 }
+       END { printf "%.0f %.0f\n", pct["cpu0"], ("cpu1" in pct ? pct["cpu1"] : 0) }' "$1" "$2"
+}
+
+WRK_PID=
+run_wrk() {
+  local out=$1 bound=$2 rc=0
+  shift 2
+  timeout "$bound" "${LOAD_PIN[@]}" wrk "$@" >"$out" 2>&1 &
+  WRK_PID=$!
+  wait "$WRK_PID" || rc=$?
+  WRK_PID=
+  return "$rc"
+}
+
+TICKS_PER_S=$(getconf CLK_TCK)
+proc_ticks() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
+  stat=${stat##*) }   # fields after "pid (comm) "; utime and stime are the 12th and 13th
+  awk '{ print $12 + $13 }' <<<"$stat"
+}
+
+# us_per_req TICKS REQUESTS -> CPU microseconds per request
+us_per_req() { awk -v t="$1" -v n="$2" -v hz="$TICKS_PER_S" 'BEGIN { printf "%.1f", (n > 0 ? t * 1e6 / hz / n : 0) }'; }
+
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+
+# start_nginx: nginx with $TMP/nginx/nginx.conf on the load CPU; waits until ORIGIN_PORT answers.
+start_nginx() {
+  "${LOAD_PIN[@]}" nginx -e "$TMP/nginx/error.log" -p "$TMP/nginx/" -c "$TMP/nginx/nginx.conf" \
+    >"$RESULTS_DIR/nginx.log" 2>&1 &
+  PIDS+=($!)
+  wait_until 10 "${PIDS[-1]}" nginx curl -fsS --max-time 1 "http://127.0.0.1:$ORIGIN_PORT/"
+}
+
+# start_redis: a Redis without persistence on REDIS_PORT, on the load CPU; sets REDIS_PID.
+start_redis() {
+  "${LOAD_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --dir "$TMP" --daemonize no --logfile "$RESULTS_DIR/redis.log" &
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
+  wait_until 10 "$REDIS_PID" redis redis-cli -p "$REDIS_PORT" ping
+}
+
+# scratch NAME: TMP, a fresh scratch directory, and PIDS, the processes to stop; on exit (also
+# on Ctrl-C or error) `cleanup` stops them and removes TMP.
+scratch() {
+  TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-$1.XXXXXX")
+  PIDS=()
+  trap cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}

@@ -1,0 +1,232 @@
+#!/usr/bin/env bash
+# What does telemetry cost the request path? The metered route with telemetry off and on,
+# measured side by side in one run, on loopback:
+#
+#   benches/telemetry.sh                  # DURATION=10s ROUNDS=5 by default
+#
+# Two gateways from the same release binary and the same config, except that one has a
+# `telemetry` section (spool in a temporary directory; a redis_stream sink on the store's Redis,
+# or with SINKS=file a file sink, or both with SINKS=stream+file), so every call's event is
+# encoded, queued, appended to the spool with fsync and delivered. Both run pinned to CPU 0 with
+# server.threads: 1 and are driven one at a time by wrk on CPU 1, where nginx (the origin) and
+# Redis (the store and the event stream) run too. Rounds alternate which
+# gateway goes first; the table shows medians and the median of per-round ratios.
+#
+# After the runs every event must be in every sink: the script waits for the spool to drain,
+# compares the distinct event ids in the stream (and the file's lines) with the events the spool
+# took, and checks that none was dropped.
+#
+# Knobs (environment): SINKS (stream, file or stream+file), STREAM_REDIS (store: the stream on
+# the store's Redis; own: on a Redis of its own), DURATION (10s), ROUNDS (5),
+# CONNECTIONS (32), WARMUP (2s), PIN (1),
+# RESULTS_DIR (target/load/telemetry-<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn).
+# Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+SINKS=${SINKS:-stream}
+[[ $SINKS == stream || $SINKS == file || $SINKS == stream+file ]] ||
+  { echo "SINKS must be stream, file or stream+file" >&2; exit 1; }
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TAG=telemetry
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_setup telemetry-
+
+for cmd in cargo nginx redis-server redis-cli wrk curl taskset; do
+  command -v "$cmd" >/dev/null 2>&1 || die "$cmd is missing (see benches/load.sh for the packages)"
+done
+DURATION_S=$(to_secs "$DURATION")
+WRK_BOUND=$((DURATION_S + 30))
+WARM_BOUND=$(($(to_secs "$WARMUP") + 30))
+if [[ $PIN != 0 && $(nproc) -ge 2 ]]; then
+  GW_PIN=(taskset -c 0)
+  LOAD_PIN=(taskset -c 1)
+else
+  GW_PIN=()
+  LOAD_PIN=()
+fi
+
+if [[ $SKIP_BUILD != 1 ]]; then
+  log "cargo build --release"
+  cargo build --release --bin tollgate
+fi
+BIN=$ROOT/target/release/tollgate
+
+scratch telemetry
+
+free_port ORIGIN_PORT
+free_port REDIS_PORT
+free_port OFF_PORT
+free_port ON_PORT
+free_port ON_ADMIN
+
+mkdir -p "$TMP/nginx"
+cat >"$TMP/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT;
+        location / { default_type text/plain; return 200 'ok'; }
+    }
+}
+CONF
+start_nginx
+
+start_redis
+# STREAM_REDIS=own: the event stream gets a Redis of its own (same CPU), not the store's.
+STREAM_PORT=$REDIS_PORT
+if [[ ${STREAM_REDIS:-store} == own ]]; then
+  STORE_PORT=$REDIS_PORT
+  free_port REDIS_PORT
+  start_redis
+  STREAM_PORT=$REDIS_PORT
+  REDIS_PORT=$STORE_PORT
+fi
+
+KEY="tg_bench_$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+KEY_SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+# gateway_config PORT: the shared part of both configs.
+gateway_config() {
+  cat <<CONF
+server: { listen: "127.0.0.1:$1", threads: 1, grace_period: 1s }
+store: { kind: redis, url: "redis://127.0.0.1:$REDIS_PORT/0" }
+upstreams: { origin: { targets: ["127.0.0.1:$ORIGIN_PORT"] } }
+tenants: { bench: { plan: bench, keys: [{ id: bench-key, sha256: "$KEY_SHA" }] } }
+plans: { bench: { meters: { requests: { limit: 1000000000, period: month } } } }
+routes: [{ name: metered, match: { path_prefix: / }, upstream: origin, meter: { requests: 1 } }]
+CONF
+}
+gateway_config "$OFF_PORT" >"$TMP/off.yaml"
+{
+  gateway_config "$ON_PORT"
+  cat <<CONF
+admin: { listen: "127.0.0.1:$ON_ADMIN" }
+telemetry:
+  spool: "$TMP/spool"
+  instance: bench
+  flush_interval: ${FLUSH_INTERVAL:-20ms}
+  sinks:
+CONF
+  [[ $SINKS == file ]] ||
+    echo "    - { kind: redis_stream, url: \"redis://127.0.0.1:$STREAM_PORT/1\", stream: \"tollgate:events\", max_len: 100000000 }"
+  [[ $SINKS == stream ]] || echo "    - { kind: file, path: \"$TMP/events.jsonl\" }"
+} >"$TMP/on.yaml"
+for which in off on; do
+  "$BIN" check --config "$TMP/$which.yaml" >/dev/null || die "tollgate check rejected $which.yaml"
+  sed "s/$KEY_SHA/<sha256>/" "$TMP/$which.yaml" >"$RESULTS_DIR/$which.yaml"
+  TOLLGATE_LOG=${TOLLGATE_LOG:-warn} "${GW_PIN[@]}" "$BIN" serve --config "$TMP/$which.yaml" \
+    >"$RESULTS_DIR/tollgate-$which.log" 2>&1 &
+  PIDS+=($!)
+  printf -v "PID_${which^^}" '%s' "$!"
+done
+AUTH=(-H "Authorization: Bearer $KEY")
+wait_until 30 "$PID_OFF" "gateway (off)" curl -fsS --max-time 1 "${AUTH[@]}" "http://127.0.0.1:$OFF_PORT/"
+wait_until 30 "$PID_ON" "gateway (on)" curl -fsS --max-time 1 "${AUTH[@]}" "http://127.0.0.1:$ON_PORT/"
+
+# proxy_ticks PID: CPU time (clock ticks) of the gateway's proxy worker threads only.
+proxy_ticks() {
+  local t sum=0 stat
+  for t in /proc/"$1"/task/*; do
+    [[ $(cat "$t/comm" 2>/dev/null) == "tollgate proxy" ]] || continue
+    stat=$(cat "$t/stat" 2>/dev/null) || continue
+    stat=${stat##*) }
+    sum=$((sum + $(awk '{ print $12 + $13 }' <<<"$stat")))
+  done
+  echo "$sum"
+}
+
+# run WHICH ROUND: warm-up, then the measured run; prints
+# "rps p50 p99 gw_us_per_request proxy_thread_us_per_request".
+run() {
+  local which=$1 r=$2 port pid t0 t1 p0 p1 parsed
+  port=$([[ $1 == on ]] && echo "$ON_PORT" || echo "$OFF_PORT")
+  pid=$([[ $1 == on ]] && echo "$PID_ON" || echo "$PID_OFF")
+  run_wrk "$RESULTS_DIR/$which.$r.warmup.txt" "$WARM_BOUND" -t1 -c"$CONNECTIONS" -d"$WARMUP" \
+    "${AUTH[@]}" "http://127.0.0.1:$port/" || die "wrk warm-up failed"
+  t0=$(proc_ticks "$pid")
+  p0=$(proxy_ticks "$pid")
+  run_wrk "$RESULTS_DIR/$which.$r.txt" "$WRK_BOUND" -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
+    "${AUTH[@]}" "http://127.0.0.1:$port/" || die "wrk failed"
+  t1=$(proc_ticks "$pid")
+  p1=$(proxy_ticks "$pid")
+  parsed=$(parse_wrk "$RESULTS_DIR/$which.$r.txt") || die "unreadable wrk output"
+  read -r rps p50 p99 reqs non2xx errs <<<"$parsed"
+  ((non2xx == 0 && errs == 0)) || log "warning: $which round $r: $non2xx non-2xx, $errs socket errors"
+  echo "$rps $p50 $p99 $(us_per_req $((t1 - t0)) "$reqs") $(us_per_req $((p1 - p0)) "$reqs")"
+}
+
+: >"$RESULTS_DIR/rounds.txt"
+for ((r = 1; r <= ROUNDS; r++)); do
+  if ((r % 2)); then order=(off on); else order=(on off); fi
+  for which in "${order[@]}"; do
+    log "round $r/$ROUNDS: telemetry $which"
+    run "$which" "$r" >"$TMP/$which.parsed"
+  done
+  read -r a_rps a_p50 a_p99 a_us a_px <"$TMP/off.parsed"
+  read -r b_rps b_p50 b_p99 b_us b_px <"$TMP/on.parsed"
+  # columns: 1 round, 2-6 off rps p50 p99 gw-us proxy-us, 7-11 the same on, 12 rps ratio,
+  # 13 ratio of gateway CPU per request (on/off)
+  echo "$r $a_rps $a_p50 $a_p99 $a_us $a_px $b_rps $b_p50 $b_p99 $b_us $b_px" \
+    "$(awk -v b="$b_rps" -v a="$a_rps" 'BEGIN { printf "%.4f", b / a }')" \
+    "$(awk -v b="$b_us" -v a="$a_us" 'BEGIN { printf "%.4f", (a > 0 ? b / a : 0) }')" >>"$RESULTS_DIR/rounds.txt"
+  log "round $r: off $a_rps req/s, on $b_rps req/s"
+done
+
+# Every event the spool took must reach both sinks, and none may have been dropped.
+metric() { curl -fsS "http://127.0.0.1:$ON_ADMIN/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { printf "%d\n", s }'; }
+for _ in $(seq 1 600); do
+  [[ $(metric 'tollgate_events_spooled ') == 0 ]] && break
+  sleep 0.1
+done
+spooled=$(metric 'tollgate_events_total{result="spooled",sink="spool"}')
+dropped=$(metric 'tollgate_events_dropped_total')
+# Delivery is at least once: a batch retried after a timeout can land twice, so count ids.
+if [[ $SINKS == file ]]; then
+  in_stream=$spooled
+  unique_in_stream=$spooled
+else
+  in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 xlen tollgate:events)
+  unique_in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 --raw xrange tollgate:events - + |
+    grep -o '"id":"[^"]*"' | sort -u | wc -l)
+fi
+if [[ $SINKS == stream ]]; then
+  in_file=$spooled
+  file_note="no file sink"
+else
+  in_file=$(wc -l <"$TMP/events.jsonl")
+  file_note="in the file $in_file"
+fi
+
+col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
+{
+  echo
+  echo "telemetry cost on the metered route — $STAMP, commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+  echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; server.threads: 1; flush_interval ${FLUSH_INTERVAL:-20ms};" \
+    "$([[ ${#GW_PIN[@]} -gt 0 ]] && echo "gateways on CPU 0, wrk + nginx + redis on CPU 1" || echo "no CPU pinning")"
+  printf '%-30s %9s %8s %8s %9s %9s\n' "" "req/s" "p50 ms" "p99 ms" "gw us/r" "proxy us/r"
+  printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry off *" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)"
+  printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry on ($SINKS) *" "$(col 7)" "$(col 8)" "$(col 9)" "$(col 10)" "$(col 11)"
+  printf 'on/off req/s: %.3f (median of per-round ratios: %s)\n' "$(col 12)" \
+    "$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $12 }' "$RESULTS_DIR/rounds.txt")"
+  printf 'on/off gateway CPU per request: %.3f (median of per-round ratios: %s)\n' "$(col 13)" \
+    "$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $13 }' "$RESULTS_DIR/rounds.txt")"
+  echo "* median of $ROUNDS rounds; gw us/r = gateway CPU microseconds per request, all threads;"
+  echo "  proxy us/r = the proxy worker threads only (the request path; telemetry's background"
+  echo "  thread and its blocking writes are the difference)"
+  echo "events: spooled $spooled, in the stream $in_stream ($unique_in_stream distinct ids), $file_note, dropped $dropped"
+  echo "raw outputs: $RESULTS_DIR"
+} | tee "$RESULTS_DIR/summary.txt"
+((spooled > 0 && unique_in_stream == spooled && in_file >= spooled && dropped == 0)) ||
+  die "events were lost or dropped (see above)"

@@ -1,0 +1,335 @@
+//! `telemetry:` — where usage events are spooled and which sinks they are delivered to
+//! (SPEC §2, §6). The validated types live here too, so the section is one file.
+
+use std::collections::BTreeSet;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::decode::Decoder;
+use super::node::Node;
+use super::sections::opt_duration;
+
+/// `telemetry:`
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    /// The spool directory: segment files and each sink's acknowledged position.
+    pub spool: PathBuf,
+    /// The `<instance>` of `source: tollgate/<instance>`.
+    pub instance: String,
+    /// Events the request path may queue in memory before the spool writer takes them.
+    pub queue: NonZeroUsize,
+    /// Most events one spool write or one sink delivery carries.
+    pub batch: NonZeroUsize,
+    /// The spool's size bound, in bytes.
+    pub max_spool_bytes: u64,
+    /// What happens to events when the spool is full.
+    pub on_full: OnFull,
+    /// The longest wait between two delivery attempts of a failing sink.
+    pub retry_max: Duration,
+    /// How long the spool writer gathers events before a write that is not a full batch.
+    pub flush_interval: Duration,
+    /// The sinks, in config order; names are unique.
+    pub sinks: Vec<SinkConfig>,
+}
+
+/// `telemetry.on_full`: what a full spool gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFull {
+    /// New events are dropped (and counted) until the sinks catch up; nothing spooled is lost.
+    DropNewest,
+    /// The oldest segment is deleted (and its events counted) to make room for new events.
+    DropOldest,
+}
+
+/// One entry of `telemetry.sinks`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfig {
+    /// Unique name: the `sink` label of the metrics and the name of its position file.
+    pub name: String,
+    /// Where the events go.
+    pub kind: SinkKind,
+}
+
+/// A sink and its address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkKind {
+    /// JSON lines appended to a file.
+    File {
+        /// The file.
+        path: PathBuf,
+    },
+    /// One Redis stream entry per event.
+    RedisStream {
+        /// `redis://…` or `redis+unix://…`.
+        url: String,
+        /// The stream key.
+        stream: String,
+        /// `MAXLEN ~` of every `XADD`.
+        max_len: u64,
+    },
+    /// A CloudEvents batch `POST`.
+    Http {
+        /// `http://…` (no TLS in this version).
+        url: String,
+        /// Upper bound on one request.
+        timeout: Duration,
+    },
+    /// JetStream publish with `Nats-Msg-Id`.
+    Nats {
+        /// `nats://host:port`.
+        url: String,
+        /// The subject events are published on.
+        subject: String,
+        /// A stream to create on `subject` when none exists yet.
+        stream: Option<String>,
+        /// Upper bound on one publish acknowledgement.
+        timeout: Duration,
+    },
+}
+
+impl SinkKind {
+    /// The `kind:` word.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SinkKind::File { .. } => "file",
+            SinkKind::RedisStream { .. } => "redis_stream",
+            SinkKind::Http { .. } => "http",
+            SinkKind::Nats { .. } => "nats",
+        }
+    }
+}
+
+const KEYS: &[&str] = &[
+    "spool",
+    "instance",
+    "queue",
+    "batch",
+    "max_spool_mb",
+    "on_full",
+    "retry_max",
+    "flush_interval",
+    "sinks",
+];
+
+pub(super) fn telemetry(d: &mut Decoder, n: &Node) -> Option<Telemetry> {
+    let f = d.fields(n, "`telemetry`", KEYS)?;
+    let spool = match f.get("spool") {
+        Some(n) => d.string(n, "`telemetry.spool`").map(PathBuf::from),
+        None => Some(PathBuf::from("./data/spool")),
+    };
+    let instance = match f.get("instance") {
+        Some(n) => d.string(n, "`telemetry.instance`").and_then(|s| {
+            let ok = !s.is_empty() && !s.contains(char::is_whitespace);
+            if !ok {
+                d.err(
+                    n.pos,
+                    "`telemetry.instance` must be a non-empty name without spaces",
+                );
+            }
+            ok.then_some(s)
+        }),
+        None => Some(host_name()),
+    };
+    let count = |d: &mut Decoder, key: &str, default: usize, max: i64| match f.get(key) {
+        Some(n) => d
+            .int(n, &format!("`telemetry.{key}`"), 1, max)
+            .and_then(|v| NonZeroUsize::new(v as usize)),
+        None => NonZeroUsize::new(default),
+    };
+    let queue = count(d, "queue", 65_536, 16_777_216);
+    let batch = count(d, "batch", 512, 65_536);
+    let max_spool_mb = count(d, "max_spool_mb", 1024, 1 << 20);
+    let on_full = match f.get("on_full") {
+        Some(n) => d.word(
+            n,
+            "`telemetry.on_full`",
+            &[
+                ("drop_newest", OnFull::DropNewest),
+                ("drop_oldest", OnFull::DropOldest),
+            ],
+        ),
+        None => Some(OnFull::DropNewest),
+    };
+    let retry_max = opt_duration(
+        d,
+        f.get("retry_max"),
+        "`telemetry.retry_max`",
+        Duration::from_secs(5),
+    );
+    let flush_interval = opt_duration(
+        d,
+        f.get("flush_interval"),
+        "`telemetry.flush_interval`",
+        Duration::from_millis(20),
+    );
+    let sinks = d
+        .require(&f, "sinks", "`telemetry`")
+        .and_then(|n| sinks(d, n));
+    Some(Telemetry {
+        spool: spool?,
+        instance: instance?,
+        queue: queue?,
+        batch: batch?,
+        max_spool_bytes: max_spool_mb?.get() as u64 * 1024 * 1024,
+        on_full: on_full?,
+        retry_max: retry_max?,
+        flush_interval: flush_interval?,
+        sinks: sinks?,
+    })
+}
+
+fn sinks(d: &mut Decoder, n: &Node) -> Option<Vec<SinkConfig>> {
+    let items = d.list(n, "`telemetry.sinks`")?;
+    if items.is_empty() {
+        d.err(
+            n.pos,
+            "`telemetry.sinks` needs at least one sink (file, redis_stream, http or nats)",
+        );
+        return None;
+    }
+    let mut names = BTreeSet::new();
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for item in items {
+        match sink(d, item) {
+            Some(s) if !names.insert(s.name.clone()) => {
+                d.err(item.pos, format!("two sinks are named `{}`; give one a distinct `name` (it names the sink's metrics and spool position)", s.name));
+                ok = false;
+            }
+            Some(s) => out.push(s),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn sink(d: &mut Decoder, n: &Node) -> Option<SinkConfig> {
+    const ALL: &[&str] = &[
+        "kind", "name", "path", "url", "stream", "max_len", "subject", "timeout",
+    ];
+    let f = d.fields(n, "a sink", ALL)?;
+    let kind = d.require(&f, "kind", "a sink").and_then(|k| {
+        d.word(
+            k,
+            "`kind` of a sink",
+            &[
+                ("file", "file"),
+                ("redis_stream", "redis_stream"),
+                ("http", "http"),
+                ("nats", "nats"),
+            ],
+        )
+    })?;
+    let what = format!("sink of kind {kind}");
+    let allowed: &[&str] = match kind {
+        "file" => &["kind", "name", "path"],
+        "redis_stream" => &["kind", "name", "url", "stream", "max_len"],
+        "http" => &["kind", "name", "url", "timeout"],
+        _ => &["kind", "name", "url", "subject", "stream", "timeout"],
+    };
+    for key in ALL.iter().filter(|k| !allowed.contains(k)) {
+        if let Some(v) = f.get(key) {
+            d.err(
+                v.pos,
+                format!(
+                    "`{key}` does not apply to a {what}; it takes: {}",
+                    allowed[1..].join(", ")
+                ),
+            );
+        }
+    }
+    let text = |d: &mut Decoder, key: &str| -> Option<String> {
+        let v = d.require(&f, key, &what)?;
+        d.string(v, &format!("`{key}`"))
+    };
+    let url = |d: &mut Decoder, schemes: &[&str]| -> Option<String> {
+        let v = d.require(&f, "url", &what)?;
+        let url = d.string(v, "`url`")?;
+        if !schemes.iter().any(|s| url.starts_with(s)) {
+            let tls = if url.starts_with("https://") {
+                " (this version sends plain http only)"
+            } else {
+                ""
+            };
+            d.err(
+                v.pos,
+                format!(
+                    "`url` of a {what} must start with {}, found \"{url}\"{tls}",
+                    schemes.join(" or ")
+                ),
+            );
+            return None;
+        }
+        Some(url)
+    };
+    let timeout =
+        |d: &mut Decoder| opt_duration(d, f.get("timeout"), "`timeout`", Duration::from_secs(10));
+    let sink_kind = match kind {
+        "file" => SinkKind::File {
+            path: text(d, "path")?.into(),
+        },
+        "redis_stream" => {
+            let url = url(d, &["redis://", "redis+unix://", "unix://"]);
+            let stream = match f.get("stream") {
+                Some(v) => d.string(v, "`stream`"),
+                None => Some("tollgate:events".to_string()),
+            };
+            let max_len = match f.get("max_len") {
+                Some(v) => d.int(v, "`max_len`", 1, i64::MAX).map(|m| m as u64),
+                None => Some(1_000_000),
+            };
+            SinkKind::RedisStream {
+                url: url?,
+                stream: stream?,
+                max_len: max_len?,
+            }
+        }
+        "http" => {
+            let url = url(d, &["http://"]);
+            SinkKind::Http {
+                url: url?,
+                timeout: timeout(d)?,
+            }
+        }
+        _ => {
+            let url = url(d, &["nats://"]);
+            let subject = text(d, "subject");
+            let stream = f.get("stream").and_then(|v| d.string(v, "`stream`"));
+            SinkKind::Nats {
+                url: url?,
+                subject: subject?,
+                stream,
+                timeout: timeout(d)?,
+            }
+        }
+    };
+    let name = match f.get("name") {
+        Some(v) => d.string(v, "`name`").and_then(|s| {
+            let ok = !s.is_empty()
+                && s.len() <= 64
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                d.err(v.pos, "a sink's `name` may use only letters, digits, `_` and `-` (at most 64): it names a file in the spool");
+            }
+            ok.then_some(s)
+        })?,
+        None => kind.to_string(),
+    };
+    Some(SinkConfig {
+        name,
+        kind: sink_kind,
+    })
+}
+
+/// The host name, for the default `instance`: what `hostname` prints, without a process.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

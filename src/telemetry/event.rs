@@ -1,0 +1,214 @@
+//! The usage event of one call (SPEC §6): CloudEvents 1.0, structured JSON.
+//!
+//! Events are serialised once, on the request path, into the bytes every sink sends as they are:
+//! the spool stores them and sinks never re-encode, so what one sink delivers is byte for byte
+//! what every other sink delivers (same `id`, same `time`).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::meter::period::{Period, Window};
+use crate::pipeline::identity::Caller;
+use crate::pipeline::meter::MeterUse;
+
+/// The CloudEvents `type` of a call's usage event.
+pub const REQUEST_TYPE: &str = "dev.tollgate.request";
+
+/// A CloudEvents 1.0 envelope.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    specversion: &'static str,
+    id: String,
+    source: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<&'a str>,
+    time: String,
+    datacontenttype: &'static str,
+    data: Data<'a>,
+}
+
+/// `data` of a usage event.
+#[derive(Serialize)]
+struct Data<'a> {
+    tenant: Option<&'a str>,
+    identity: Option<&'static str>,
+    key_id: Option<&'a str>,
+    user: Option<&'a str>,
+    anonymous_id: Option<&'a str>,
+    plan: Option<&'a str>,
+    route: Option<&'a str>,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    outcome: &'static str,
+    meters: BTreeMap<&'a str, u64>,
+    period: String,
+    latency_ms: f64,
+    /// Fields plugins added (`on_event`); never one of the fields above.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The fields of `data` every event has: plugins may not set them.
+pub const DATA_FIELDS: &[&str] = &[
+    "tenant",
+    "identity",
+    "key_id",
+    "user",
+    "anonymous_id",
+    "plan",
+    "route",
+    "method",
+    "path",
+    "status",
+    "outcome",
+    "meters",
+    "period",
+    "latency_ms",
+];
+
+/// Everything a usage event says about one call; [`CallEvent::encode`] makes the JSON.
+pub struct CallEvent<'a> {
+    /// `tollgate/<instance>`.
+    pub source: &'a str,
+    /// When the call finished.
+    pub time: Timestamp,
+    /// Who called, when they were identified.
+    pub caller: Option<&'a Caller>,
+    /// Their plan, when resolved.
+    pub plan: Option<&'a str>,
+    /// The matched route.
+    pub route: Option<&'a str>,
+    /// Request method.
+    pub method: &'a str,
+    /// Request path (no query string: it may carry secrets).
+    pub path: &'a str,
+    /// The status sent (0 when none was).
+    pub status: u16,
+    /// `outcome` (SPEC §6).
+    pub outcome: &'static str,
+    /// Settled quantities: (meter, units).
+    pub meters: Vec<(&'a str, u64)>,
+    /// The billing period the call counts in.
+    pub period: String,
+    /// Time from request to the end of the answer.
+    pub latency_ms: f64,
+    /// Fields plugins added to `data`, if any (see [`DATA_FIELDS`]).
+    pub extra: Option<&'a serde_json::Map<String, serde_json::Value>>,
+}
+
+impl CallEvent<'_> {
+    /// The event as one line of compact JSON (never contains a newline), with a fresh UUIDv7 id.
+    pub fn encode(&self) -> Result<Bytes, serde_json::Error> {
+        let tenant = self.caller.map(|c| c.tenant.name.as_str());
+        let envelope = Envelope {
+            specversion: "1.0",
+            id: new_id(self.time),
+            source: self.source,
+            kind: REQUEST_TYPE,
+            subject: tenant,
+            time: format!("{:.3}", self.time),
+            datacontenttype: "application/json",
+            data: Data {
+                tenant,
+                identity: self.caller.map(|c| c.identity.as_str()),
+                key_id: self.caller.and_then(|c| c.key_id.as_deref()),
+                user: self.caller.and_then(|c| c.user.as_deref()),
+                anonymous_id: self.caller.and_then(Caller::anonymous_id),
+                plan: self.plan,
+                route: self.route,
+                method: self.method,
+                path: self.path,
+                status: self.status,
+                outcome: self.outcome,
+                meters: self.meters.iter().copied().collect(),
+                period: self.period.clone(),
+                latency_ms: (self.latency_ms * 1000.0).round() / 1000.0,
+                extra: self.extra.filter(|e| !e.is_empty()),
+            },
+        };
+        // Sized for a typical event, so encoding does not grow the buffer step by step.
+        let mut out = Vec::with_capacity(640);
+        serde_json::to_writer(&mut out, &envelope)?;
+        Ok(Bytes::from(out))
+    }
+}
+
+/// A UUIDv7 for an event at `time`: its milliseconds, then 74 random bits from the thread's
+/// user-space generator. (`Uuid::now_v7` asks the kernel for randomness on every call, a
+/// system call per event on the request path.)
+fn new_id(time: Timestamp) -> String {
+    use rand::Rng;
+    let random: [u8; 10] = rand::rng().random();
+    let millis = u64::try_from(time.as_millisecond()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// The `period` of an event: `2026-11` for a monthly window (the month it starts in), the day
+/// `2026-11-26` for a daily one.
+pub fn period_label(period: Period, window: &Window) -> String {
+    let d = window.start_date;
+    match period {
+        Period::Month => format!("{:04}-{:02}", d.year(), d.month()),
+        Period::Day => format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()),
+    }
+}
+
+/// The period of a call's first meter, if it has one.
+pub fn period_of(meters: &[MeterUse]) -> Option<String> {
+    meters.first().map(|m| period_label(m.period, &m.window))
+}
+
+/// The event id inside an encoded event (for sinks that carry it out of band, like NATS's
+/// `Nats-Msg-Id`).
+pub fn id_of(event: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: String,
+    }
+    serde_json::from_slice::<Id>(event).ok().map(|i| i.id)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn unauthenticated_event_has_no_subject_and_valid_shape() {
+        let e = CallEvent {
+            source: "tollgate/gw-1",
+            time: "2026-11-26T12:00:00.123456Z".parse().unwrap(),
+            caller: None,
+            plan: None,
+            route: Some("api"),
+            method: "GET",
+            path: "/v1/x",
+            status: 401,
+            outcome: "unauthenticated",
+            meters: vec![],
+            period: "2026-11".into(),
+            latency_ms: 1.23456,
+            extra: None,
+        };
+        let bytes = e.encode().unwrap();
+        assert!(!bytes.contains(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["type"], REQUEST_TYPE);
+        assert_eq!(v["time"], "2026-11-26T12:00:00.123Z");
+        assert!(v.get("subject").is_none());
+        assert_eq!(v["data"]["tenant"], serde_json::Value::Null);
+        assert_eq!(v["data"]["latency_ms"], 1.235);
+        let id = id_of(&bytes).unwrap();
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+    }
+}

@@ -1,0 +1,233 @@
+//! The telemetry background service: the spool writer and one delivery loop per sink.
+//!
+//! ```text
+//! logging() --try_send--> [bounded queue] --> writer: append batch, fsync --> spool segments
+//!                                                                    |--> sink A loop (own position)
+//!                                                                    |--> sink B loop (own position)
+//! ```
+//!
+//! On SIGTERM the writer keeps taking events until the process exits (pingora waits
+//! `server.grace_period` for calls in flight, and their events come after the signal), so what
+//! was queued reaches the disk; sinks keep delivering meanwhile and pick up from their saved
+//! positions at the next start.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::sync::mpsc;
+
+use super::emit::Emitter;
+use super::metrics::Metrics;
+use super::sinks::{self, backoff, Sink};
+use super::spool::{Limits, Reader, Spool};
+use crate::config::Telemetry;
+
+/// The background half of telemetry; [`TelemetryService::new`] also returns the request path's
+/// [`Emitter`].
+pub struct TelemetryService {
+    queue: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    sinks: Mutex<Vec<(String, Box<dyn Sink>)>>,
+    spool: Arc<Spool>,
+    batch: usize,
+    retry_max: Duration,
+    flush_interval: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl TelemetryService {
+    /// Opens the spool (checking what a previous run left there) and builds the sinks.
+    pub fn new(
+        config: &Telemetry,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<(Emitter, TelemetryService)> {
+        let names: Vec<String> = config.sinks.iter().map(|s| s.name.clone()).collect();
+        let limits = Limits::new(config.max_spool_bytes, config.on_full);
+        let spool = Spool::open(&config.spool, &names, limits, metrics.clone())
+            .context("opening the telemetry spool")?;
+        let mut sinks = Vec::with_capacity(config.sinks.len());
+        for s in &config.sinks {
+            let sink = sinks::build(s).with_context(|| format!("telemetry sink `{}`", s.name))?;
+            sinks.push((s.name.clone(), sink));
+        }
+        let (tx, rx) = mpsc::channel(config.queue.get());
+        let source = format!("tollgate/{}", config.instance);
+        let emitter = Emitter::new(tx, source, metrics.clone());
+        Ok((
+            emitter,
+            TelemetryService {
+                queue: Mutex::new(Some(rx)),
+                sinks: Mutex::new(sinks),
+                spool,
+                batch: config.batch.get(),
+                retry_max: config.retry_max,
+                flush_interval: config.flush_interval,
+                metrics,
+            },
+        ))
+    }
+
+    /// Appends one batch to the spool, off the async threads (it fsyncs).
+    async fn write(&self, events: Vec<Bytes>) {
+        let spool = self.spool.clone();
+        let n = events.len() as u64;
+        let result = tokio::task::spawn_blocking(move || spool.append(&events)).await;
+        let m = &self.metrics;
+        match result {
+            Ok(Ok(done)) => {
+                m.events
+                    .with_label_values(&["spool", "spooled"])
+                    .inc_by(done.written);
+                if done.dropped > 0 {
+                    m.events_dropped
+                        .with_label_values(&["spool_full"])
+                        .inc_by(done.dropped);
+                    tracing::warn!(
+                        dropped = done.dropped,
+                        "Telemetry spool is full; events dropped per `telemetry.on_full`."
+                    );
+                }
+            }
+            Ok(Err(e)) => {
+                m.events_dropped
+                    .with_label_values(&["spool_error"])
+                    .inc_by(n);
+                tracing::error!(error = %e, events = n, "Could not write usage events to the spool; they are lost.");
+            }
+            Err(e) => {
+                m.events_dropped
+                    .with_label_values(&["spool_error"])
+                    .inc_by(n);
+                tracing::error!(error = %e, events = n, "The spool writer failed; usage events lost.");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for TelemetryService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let queue = self.queue.lock().map(|mut q| q.take()).unwrap_or(None);
+        let Some(mut queue) = queue else {
+            return;
+        };
+        let sinks = self
+            .sinks
+            .lock()
+            .map(|mut s| std::mem::take(&mut *s))
+            .unwrap_or_default();
+        for (name, sink) in sinks {
+            let delivery = Delivery {
+                reader: self.spool.reader(&name),
+                spool: self.spool.clone(),
+                sink,
+                batch: self.batch,
+                retry_max: self.retry_max,
+                metrics: self.metrics.clone(),
+            };
+            tokio::spawn(delivery.run());
+        }
+        let mut stopping = false;
+        loop {
+            let mut events = Vec::with_capacity(self.batch);
+            let n = if stopping {
+                queue.recv_many(&mut events, self.batch).await
+            } else {
+                tokio::select! {
+                    n = queue.recv_many(&mut events, self.batch) => n,
+                    _ = shutdown.changed() => {
+                        stopping = true;
+                        tracing::info!("Shutting down; writing queued usage events to the spool.");
+                        continue;
+                    }
+                }
+            };
+            if n == 0 {
+                // Every sender is gone (the proxy stopped) and the queue is empty.
+                tracing::info!("Usage event queue closed; every queued event is in the spool.");
+                return;
+            }
+            if n < self.batch && !stopping {
+                // Gather for a moment before writing: one fsync (and one delivery per sink)
+                // then serves many calls instead of a few. The wait is what a crash can lose
+                // on top of the batch being written.
+                tokio::time::sleep(self.flush_interval).await;
+                while events.len() < self.batch {
+                    match queue.try_recv() {
+                        Ok(e) => events.push(e),
+                        Err(_) => break,
+                    }
+                }
+            }
+            self.write(events).await;
+        }
+    }
+}
+
+/// One sink's delivery loop: read a batch at its position, deliver it until it is acknowledged
+/// (retrying with backoff and jitter), save the position, repeat.
+struct Delivery {
+    reader: Reader,
+    spool: Arc<Spool>,
+    sink: Box<dyn Sink>,
+    batch: usize,
+    retry_max: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Delivery {
+    async fn run(mut self) {
+        let name = self.reader.sink().to_string();
+        let mut failures = 0u32;
+        loop {
+            let batch = match self.reader.next_batch(self.batch) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!(sink = %name, error = %e, "Could not read the telemetry spool; retrying.");
+                    failures += 1;
+                    tokio::time::sleep(backoff(failures, self.retry_max)).await;
+                    continue;
+                }
+            };
+            if batch.events.is_empty() {
+                self.reader.wait().await;
+                continue;
+            }
+            let n = batch.events.len() as u64;
+            let mut attempt = 0u32;
+            loop {
+                match self.sink.deliver(&batch.events).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        self.metrics
+                            .events
+                            .with_label_values(&[&name, "failed"])
+                            .inc_by(n);
+                        let wait = backoff(attempt, self.retry_max);
+                        // The first failure and then every tenth, so a long outage stays legible.
+                        if attempt.is_multiple_of(10) {
+                            tracing::warn!(sink = %name, error = %e, events = n, attempt, retry_in = ?wait, "Usage event delivery failed; retrying.");
+                        }
+                        attempt += 1;
+                        tokio::time::sleep(wait).await;
+                    }
+                }
+            }
+            if attempt > 0 {
+                tracing::info!(sink = %name, attempts = attempt + 1, "Usage event delivery recovered.");
+            }
+            self.metrics
+                .events
+                .with_label_values(&[&name, "delivered"])
+                .inc_by(n);
+            if let Err(e) = self.spool.ack(&name, batch.end) {
+                // The events went out; at worst they go out again after a restart.
+                tracing::error!(sink = %name, error = %e, "Could not save the sink's spool position.");
+            }
+        }
+    }
+}

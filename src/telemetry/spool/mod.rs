@@ -1,0 +1,456 @@
+//! The disk spool: events wait here until every sink has acknowledged them.
+//!
+//! Layout of the spool directory:
+//! - `<first seq, 20 digits>.seg`: segment files of records, each framed as
+//!   `len: u32 LE | crc32: u32 LE | seq: u64 LE | payload` (the CRC covers `seq` and the payload);
+//! - `<sink>.ack`: the sequence number of the first record the sink has not acknowledged, as
+//!   decimal text, replaced atomically (write a temporary file, rename it over).
+//!
+//! Every record carries its own sequence number, so a corrupted record can be skipped without
+//! renumbering the records after it, and positions stay meaningful across restarts.
+//!
+//! Durability: one writer appends a whole batch, then `fsync`s, and only then makes the records
+//! visible to the sinks. A crash can therefore lose only what was not yet fsynced: the events
+//! still in the in-memory queue plus the batch being written (at most `queue + batch` events,
+//! normally the calls of the last `flush_interval` and one fsync). A crash after a sink delivered
+//! but before its position was saved makes that sink deliver the batch again: delivery is
+//! at least once, and every event carries a stable `id` to deduplicate on.
+//!
+//! On open, each segment is checked record by record. A record whose checksum fails but whose
+//! length fits is skipped; a torn record at the end (a crash mid-write) is cut off. Both are
+//! logged and counted in `tollgate_events_corrupt_total`; every sound record is still delivered.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+mod reader;
+mod record;
+
+pub use reader::{Batch, Reader};
+use record::{frame, recover};
+
+use super::metrics::Metrics;
+use crate::config::OnFull;
+
+/// Bytes in front of each payload.
+const HEADER: usize = 16;
+/// The largest event the spool stores; a usage event is well under a kilobyte.
+pub const MAX_RECORD: usize = 1 << 20;
+/// How much a reader reads at once: always at least one whole record.
+const READ_CHUNK: usize = 2 * MAX_RECORD;
+
+/// A spool that could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("spool {path}: {source}")]
+pub struct SpoolError {
+    path: PathBuf,
+    source: std::io::Error,
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
+    move |source| SpoolError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How big the spool may grow and what gives when it is full.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Size bound of all segments together.
+    pub max_bytes: u64,
+    /// A segment is closed and a new one started past this size.
+    pub segment_bytes: u64,
+    /// What to drop when the bound is reached.
+    pub on_full: OnFull,
+}
+
+impl Limits {
+    /// Segments of an eighth of the bound, between 64 KiB and 64 MiB: small enough that space
+    /// comes back soon after sinks acknowledge, big enough that files stay few.
+    pub fn new(max_bytes: u64, on_full: OnFull) -> Limits {
+        Limits {
+            max_bytes,
+            segment_bytes: (max_bytes / 8).clamp(64 << 10, 64 << 20),
+            on_full,
+        }
+    }
+}
+
+/// What one append did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    /// Records written and fsynced.
+    pub written: u64,
+    /// Records dropped to respect the size bound: new ones (`drop_newest`, or too big) or old
+    /// unacknowledged ones (`drop_oldest`).
+    pub dropped: u64,
+}
+
+struct Segment {
+    base: u64,
+    /// One past the last sequence number written to it.
+    end: u64,
+    /// Bytes fsynced: readers never read past this.
+    bytes: u64,
+    path: PathBuf,
+}
+
+struct State {
+    segments: VecDeque<Segment>,
+    next_seq: u64,
+    acks: BTreeMap<String, u64>,
+    /// The segment the writer appends to, if one is open.
+    active: Option<u64>,
+    /// The last batches written, by first sequence number: a sink that keeps up reads them
+    /// from here instead of from disk (no read, no copy).
+    tail: VecDeque<(u64, Arc<[Bytes]>)>,
+    tail_bytes: usize,
+}
+
+/// How much of the newest spooled data stays in memory for sinks that keep up.
+const TAIL_BYTES: usize = 1 << 20;
+
+struct Writer {
+    file: Option<File>,
+}
+
+/// The spool of one gateway process: one writer, one reader per sink.
+pub struct Spool {
+    dir: PathBuf,
+    limits: Limits,
+    state: Mutex<State>,
+    writer: Mutex<Writer>,
+    committed: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+}
+
+// === impl Spool ===
+
+impl Spool {
+    /// Opens (or creates) the spool in `dir` for `sinks`, checking every record on disk.
+    pub fn open(
+        dir: &Path,
+        sinks: &[String],
+        limits: Limits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Spool>, SpoolError> {
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        let mut acks = BTreeMap::new();
+        for sink in sinks {
+            let path = dir.join(format!("{sink}.ack"));
+            let pos = match fs::read_to_string(&path) {
+                Ok(text) => text.trim().parse().unwrap_or_else(|_| {
+                    tracing::warn!(sink = %sink, file = %path.display(), "Unreadable spool position; the sink starts over from the oldest spooled event.");
+                    0
+                }),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+                Err(e) => return Err(io_err(&path)(e)),
+            };
+            acks.insert(sink.clone(), pos);
+        }
+        let mut bases = Vec::new();
+        for entry in fs::read_dir(dir).map_err(io_err(dir))? {
+            let path = entry.map_err(io_err(dir))?.path();
+            let base = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".seg"))
+                .and_then(|n| n.parse::<u64>().ok());
+            if let Some(base) = base {
+                bases.push((base, path));
+            }
+        }
+        bases.sort();
+        let mut segments = VecDeque::new();
+        let mut next_seq = acks.values().copied().max().unwrap_or(0);
+        for (base, path) in bases {
+            let (end, bytes, corrupt) = recover(&path, base)?;
+            if corrupt > 0 {
+                metrics.events_corrupt.inc_by(corrupt);
+            }
+            if end == base {
+                fs::remove_file(&path).map_err(io_err(&path))?;
+                continue;
+            }
+            next_seq = next_seq.max(end);
+            segments.push_back(Segment {
+                base,
+                end,
+                bytes,
+                path,
+            });
+        }
+        let (committed, _) = watch::channel(next_seq);
+        let spool = Arc::new(Spool {
+            dir: dir.to_path_buf(),
+            limits,
+            state: Mutex::new(State {
+                segments,
+                next_seq,
+                acks,
+                active: None,
+                tail: VecDeque::new(),
+                tail_bytes: 0,
+            }),
+            writer: Mutex::new(Writer { file: None }),
+            committed,
+            metrics,
+        });
+        let mut state = spool.lock_state();
+        spool.collect(&mut state)?;
+        spool.refresh_gauges(&state);
+        drop(state);
+        Ok(spool)
+    }
+
+    /// Appends `events` as one batch and fsyncs it; sinks see them once this returns.
+    pub fn append(&self, events: &[Bytes]) -> Result<Appended, SpoolError> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Appended::default();
+        let (mut seq, mut room) = {
+            let mut state = self.lock_state();
+            let room = self.make_room(&mut state, &mut writer, frame_len(events), &mut out)?;
+            (state.next_seq, room)
+        };
+        let mut buf = Vec::with_capacity(frame_len(events) as usize);
+        let first = seq;
+        let mut kept = Vec::with_capacity(events.len());
+        for event in events {
+            let len = (HEADER + event.len()) as u64;
+            if event.len() > MAX_RECORD || len > room {
+                out.dropped += 1;
+                continue;
+            }
+            room -= len;
+            frame(&mut buf, seq, event);
+            kept.push(event.clone());
+            seq += 1;
+        }
+        if buf.is_empty() {
+            return Ok(out);
+        }
+        let path = self.segment_path(first);
+        if writer.file.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            let mut state = self.lock_state();
+            state.segments.push_back(Segment {
+                base: first,
+                end: first,
+                bytes: 0,
+                path: path.clone(),
+            });
+            state.active = Some(first);
+            writer.file = Some(f);
+        }
+        let Some(file) = writer.file.as_mut() else {
+            return Ok(out);
+        };
+        let path = self
+            .lock_state()
+            .segments
+            .back()
+            .map_or(path, |s| s.path.clone());
+        file.write_all(&buf).map_err(io_err(&path))?;
+        file.sync_data().map_err(io_err(&path))?;
+        out.written = seq - first;
+        let mut state = self.lock_state();
+        state.next_seq = seq;
+        state.tail_bytes += buf.len();
+        state.tail.push_back((first, kept.into()));
+        while state.tail_bytes > TAIL_BYTES && state.tail.len() > 1 {
+            if let Some((_, old)) = state.tail.pop_front() {
+                state.tail_bytes -= old.iter().map(|e| HEADER + e.len()).sum::<usize>();
+            }
+        }
+        let rotate = match state.segments.back_mut() {
+            Some(seg) => {
+                seg.end = seq;
+                seg.bytes += buf.len() as u64;
+                seg.bytes >= self.limits.segment_bytes
+            }
+            None => true,
+        };
+        if rotate {
+            writer.file = None;
+            state.active = None;
+            self.collect(&mut state)?;
+        }
+        self.refresh_gauges(&state);
+        drop(state);
+        self.committed.send_replace(seq);
+        Ok(out)
+    }
+
+    /// Records that `sink` has delivered everything before `upto`, durably; deletes segments
+    /// every sink is past.
+    pub fn ack(&self, sink: &str, upto: u64) -> Result<(), SpoolError> {
+        let path = self.dir.join(format!("{sink}.ack"));
+        let tmp = self.dir.join(format!("{sink}.ack.tmp"));
+        // No fsync here, on purpose: a position lost to a power cut (a process crash keeps it,
+        // the page cache survives) only makes the sink deliver again, which at-least-once
+        // allows; an fsync per acknowledgement cost as much as the spool's own write.
+        fs::write(&tmp, upto.to_string()).map_err(io_err(&tmp))?;
+        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        let mut state = self.lock_state();
+        if let Some(pos) = state.acks.get_mut(sink) {
+            *pos = (*pos).max(upto);
+        }
+        self.collect(&mut state)?;
+        self.refresh_gauges(&state);
+        Ok(())
+    }
+
+    /// A reader for `sink`, starting at its acknowledged position.
+    pub fn reader(self: &Arc<Self>, sink: &str) -> Reader {
+        let pos = self.lock_state().acks.get(sink).copied().unwrap_or(0);
+        Reader::new(self.clone(), sink, pos, self.committed.subscribe())
+    }
+
+    /// Up to `max` events from `pos` on, if the in-memory tail still holds `pos`; with the
+    /// sequence number after the last one.
+    fn read_tail(&self, pos: u64, max: usize) -> Option<(Vec<Bytes>, u64)> {
+        let state = self.lock_state();
+        let (oldest, _) = state.tail.front()?;
+        if *oldest > pos || pos >= state.next_seq {
+            return None;
+        }
+        let mut events = Vec::new();
+        let mut end = pos;
+        for (first, batch) in &state.tail {
+            let last = first + batch.len() as u64;
+            if last <= end {
+                continue;
+            }
+            let from = (end - first) as usize;
+            let take = (batch.len() - from).min(max - events.len());
+            events.extend_from_slice(&batch[from..from + take]);
+            end += take as u64;
+            if events.len() >= max {
+                break;
+            }
+        }
+        Some((events, end))
+    }
+
+    /// Records not yet acknowledged by `sink`.
+    pub fn lag(&self, sink: &str) -> u64 {
+        let state = self.lock_state();
+        let ack = state.acks.get(sink).copied().unwrap_or(0);
+        state.next_seq - ack.max(first_base(&state))
+    }
+
+    /// Records not yet acknowledged by every sink.
+    pub fn spooled(&self) -> u64 {
+        let state = self.lock_state();
+        state.next_seq - min_ack(&state).max(first_base(&state))
+    }
+
+    /// Segment files currently on disk (for tests).
+    pub fn segment_count(&self) -> usize {
+        self.lock_state().segments.len()
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the state as consistent as the last completed
+        // step, so carrying on is better than taking the background service down with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn segment_path(&self, base: u64) -> PathBuf {
+        self.dir.join(format!("{base:020}.seg"))
+    }
+
+    /// Room left for `want` bytes under the bound, after applying `on_full`.
+    fn make_room(
+        &self,
+        state: &mut State,
+        writer: &mut Writer,
+        want: u64,
+        out: &mut Appended,
+    ) -> Result<u64, SpoolError> {
+        let used = |s: &State| s.segments.iter().map(|g| g.bytes).sum::<u64>();
+        if self.limits.on_full == OnFull::DropOldest {
+            while used(state) + want > self.limits.max_bytes && !state.segments.is_empty() {
+                if state.segments.len() == 1 && state.active.is_some() {
+                    writer.file = None;
+                    state.active = None;
+                }
+                let min = min_ack(state);
+                if let Some(seg) = state.segments.pop_front() {
+                    out.dropped += seg.end - seg.base.max(min).min(seg.end);
+                    fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+                    // What is gone from disk is gone for every reader.
+                    while state
+                        .tail
+                        .front()
+                        .is_some_and(|(first, _)| *first < seg.end)
+                    {
+                        if let Some((_, old)) = state.tail.pop_front() {
+                            state.tail_bytes -= old.iter().map(|e| HEADER + e.len()).sum::<usize>();
+                        }
+                    }
+                }
+            }
+        }
+        Ok(self.limits.max_bytes.saturating_sub(used(state)))
+    }
+
+    /// Deletes closed segments that every sink has acknowledged.
+    fn collect(&self, state: &mut State) -> Result<(), SpoolError> {
+        let min = min_ack(state);
+        while let Some(seg) = state.segments.front() {
+            if seg.end > min || state.active == Some(seg.base) {
+                break;
+            }
+            fs::remove_file(&seg.path).map_err(io_err(&seg.path))?;
+            state.segments.pop_front();
+        }
+        Ok(())
+    }
+
+    fn refresh_gauges(&self, state: &State) {
+        let first = first_base(state);
+        self.metrics
+            .events_spooled
+            .set((state.next_seq - min_ack(state).max(first)) as i64);
+        for (sink, ack) in &state.acks {
+            self.metrics
+                .events_lag
+                .with_label_values(&[sink])
+                .set((state.next_seq - (*ack).max(first)) as i64);
+        }
+    }
+}
+
+fn min_ack(state: &State) -> u64 {
+    state
+        .acks
+        .values()
+        .copied()
+        .min()
+        .unwrap_or(state.next_seq)
+        .min(state.next_seq)
+}
+
+fn first_base(state: &State) -> u64 {
+    state
+        .segments
+        .front()
+        .map_or(state.next_seq, |s| s.base)
+        .min(state.next_seq)
+}
+
+fn frame_len(events: &[Bytes]) -> u64 {
+    events.iter().map(|e| (HEADER + e.len()) as u64).sum()
+}

@@ -1,0 +1,100 @@
+//! A real HTTP ingest receiver for the `http` sink: records every batch it is sent, and answers
+//! 503 to the first few (after recording them, as a receiver that stored a batch but failed to
+//! answer would), so the sink must deliver again.
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// What the receiver saw.
+#[derive(Default)]
+pub struct Seen {
+    /// Every batch, in arrival order, with the status it was answered.
+    pub batches: Vec<(u16, Vec<Value>)>,
+    /// The `Content-Type` of every request.
+    pub content_types: Vec<String>,
+    /// Requests still to answer 503.
+    fail_next: usize,
+}
+
+/// An HTTP/1 server on `127.0.0.1:<free port>` accepting CloudEvents batches at any path.
+pub struct Receiver {
+    addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+    task: JoinHandle<()>,
+}
+
+impl Receiver {
+    /// Starts a receiver that answers 503 to its first `fail_first` requests.
+    pub async fn start(fail_first: usize) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Seen {
+            fail_next: fail_first,
+            ..Seen::default()
+        }));
+        let shared = seen.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| receive(seen.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, seen, task }
+    }
+
+    /// The ingest URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/api/v1/events", self.addr)
+    }
+
+    /// Runs `f` on what was seen so far.
+    pub fn seen<T>(&self, f: impl FnOnce(&Seen) -> T) -> T {
+        f(&self.seen.lock().unwrap())
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn receive(
+    seen: Arc<Mutex<Seen>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let events: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    let mut seen = seen.lock().unwrap();
+    let status = if seen.fail_next > 0 {
+        seen.fail_next -= 1;
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::ACCEPTED
+    };
+    seen.content_types.push(content_type);
+    seen.batches.push((status.as_u16(), events));
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    Ok(response)
+}
