@@ -493,7 +493,7 @@ async fn sigterm_turns_readyz_unready_then_lets_in_flight_calls_finish_and_exits
     let yaml = YAML.replace(
         "  listen: \"{listen}\"\n",
         "  listen: \"{listen}\"\n  grace_period: 2s\n  unready_delay: 500ms\n",
-    );
+    ) + "telemetry:\n  spool: \"{dir}/spool\"\n  sinks:\n    - kind: file\n      path: \"{dir}/events.jsonl\"\n";
     let redis = RedisServer::start().await;
     let upstream = Upstream::start().await;
     let mut gw = Gateway::start(&render(&yaml, &redis.url(), &upstream.addr())).await;
@@ -535,5 +535,18 @@ async fn sigterm_turns_readyz_unready_then_lets_in_flight_calls_finish_and_exits
             .get_int(&crate::common::month_key("acme", "requests"))
             .await,
         10
+    );
+    // No event is lost: the ten calls' events reach the file sink, at the latest after a
+    // restart delivers what was spooled.
+    let events = gw.config_path().with_file_name("events.jsonl");
+    gw.start_again().await;
+    let took = within(Duration::from_secs(5), || async {
+        crate::common::events::ids(&crate::common::events::file_events(&events)).len() == 10
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "events in the file: {}",
+        crate::common::events::file_events(&events).len()
     );
 }
