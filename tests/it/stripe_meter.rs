@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use crate::common::events::{file_events, metric, metrics, wait_for};
 use crate::common::stripe::{StripeReceiver, API_KEY};
-use crate::common::{client, get, render, Gateway, RedisServer, Upstream, ACME_KEY, BETA_KEY};
+use crate::common::{
+    client, get, render, Gateway, RedisServer, Upstream, ACME_KEY, BETA_KEY, DELTA_KEY,
+};
 
 const YAML: &str = r#"
 server:
@@ -31,6 +33,9 @@ tenants:
   beta:
     plan: free
     keys: [{ id: beta-1, sha256: "{beta_sha}" }]
+  cus_Delta:
+    plan: free
+    keys: [{ id: delta-1, sha256: "{delta_sha}" }]
 plans:
   free:
     meters:
@@ -51,8 +56,7 @@ plugins:
     meters:
       requests: api_requests
       tokens: llm_tokens
-    customers:
-      acme: cus_Acme123
+    {customers}
 telemetry:
   spool: "{dir}/spool"
   instance: test-gw
@@ -68,15 +72,50 @@ telemetry:
 const ACME_CALLS: usize = 60;
 const BETA_CALLS: usize = 10;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn settled_usage_reaches_stripe_once_per_identifier_despite_failures() {
+/// The receiver, Redis, the upstream and the gateway, with `customers` as the plugin's
+/// customer mapping (YAML at the plugin's indentation).
+struct Setup {
+    receiver: StripeReceiver,
+    gateway: Gateway,
+    _redis: RedisServer,
+    _upstream: Upstream,
+}
+
+async fn start(customers: &str) -> Setup {
     let receiver = StripeReceiver::start().await;
     let redis = RedisServer::start().await;
     let upstream = Upstream::start().await;
     let yaml = YAML
         .replace("{api_key}", API_KEY)
-        .replace("{api_base}", &receiver.base());
+        .replace("{api_base}", &receiver.base())
+        .replace("{customers}", customers);
     let gateway = Gateway::start(&render(&yaml, &redis.url(), &upstream.addr())).await;
+    Setup {
+        receiver,
+        gateway,
+        _redis: redis,
+        _upstream: upstream,
+    }
+}
+
+/// Waits until the receiver stored `n` meter events and every sink acknowledged everything.
+async fn wait_stored(s: &Setup, n: usize) {
+    wait_for(
+        &format!("{n} meter events stored and the spool drained"),
+        Duration::from_secs(30),
+        || async {
+            let stored = s.receiver.seen(|seen| seen.stored.len());
+            let spooled = metric(&metrics(&s.gateway).await, "tollgate_events_spooled", &[]);
+            stored >= n && spooled == 0.0
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn settled_usage_reaches_stripe_once_per_identifier_despite_failures() {
+    let setup = start("customers: { acme: cus_Acme123 }").await;
+    let (receiver, gateway) = (&setup.receiver, &setup.gateway);
     let http = client();
 
     // acme: tokens = i % 4, so every fourth call settles 0 tokens (skipped); beta: unmapped.
@@ -145,16 +184,7 @@ async fn settled_usage_reaches_stripe_once_per_identifier_despite_failures() {
     assert_eq!(tokens, (ACME_CALLS as u64 / 4) * (1 + 2 + 3));
     assert_eq!(want.len(), ACME_CALLS + ACME_CALLS * 3 / 4);
 
-    wait_for(
-        &format!("{} meter events stored and the spool drained", want.len()),
-        Duration::from_secs(30),
-        || async {
-            let stored = receiver.seen(|s| s.stored.len());
-            let spooled = metric(&metrics(&gateway).await, "tollgate_events_spooled", &[]);
-            stored >= want.len() && spooled == 0.0
-        },
-    )
-    .await;
+    wait_stored(&setup, want.len()).await;
 
     receiver.seen(|seen| {
         eprintln!("answers by status: {:?}", seen.statuses);
@@ -184,7 +214,7 @@ async fn settled_usage_reaches_stripe_once_per_identifier_despite_failures() {
         );
     });
 
-    let text = metrics(&gateway).await;
+    let text = metrics(gateway).await;
     let label = |result| [("sink", "stripe-meter"), ("result", result)];
     assert_eq!(
         metric(&text, "tollgate_events_total", &label("delivered")),
@@ -197,4 +227,34 @@ async fn settled_usage_reaches_stripe_once_per_identifier_despite_failures() {
         log.contains("no Stripe customer"),
         "the unmapped tenant is logged"
     );
+}
+
+/// `customer_from: tenant`: the tenant id is the Stripe customer id.
+#[tokio::test(flavor = "multi_thread")]
+async fn customer_from_tenant_bills_the_tenant_id() {
+    let setup = start("customer_from: tenant").await;
+    let http = client();
+    for i in 0..5 {
+        let path = format!("/llm/header/2/{i}");
+        let a = get(&http, &setup.gateway.url(&path), Some(DELTA_KEY)).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    wait_stored(&setup, 10).await;
+    setup.receiver.seen(|seen| {
+        assert!(seen.problems.is_empty(), "{:#?}", seen.problems);
+        assert_eq!(seen.stored.len(), 10);
+        let mut by_name = BTreeMap::new();
+        for f in seen.stored.values() {
+            assert_eq!(f["payload[stripe_customer_id]"], "cus_Delta");
+            *by_name.entry(f["event_name"].clone()).or_insert(0u64) +=
+                f["payload[value]"].parse::<u64>().unwrap();
+        }
+        assert_eq!(
+            by_name,
+            BTreeMap::from([
+                ("api_requests".to_string(), 5),
+                ("llm_tokens".to_string(), 10)
+            ])
+        );
+    });
 }
