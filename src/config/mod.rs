@@ -17,7 +17,7 @@ use std::path::Path;
 
 pub use model::*;
 use node::{Pos, Value};
-pub use telemetry::{OnFull, SinkConfig, SinkKind, Telemetry};
+pub use telemetry::{OnFull, PluginSink, SinkConfig, SinkKind, Telemetry};
 
 /// One configuration mistake, printed as `file:line:col: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +182,9 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
             Vec::new()
         }
     };
-    let telemetry = f.get("telemetry").map(|n| telemetry::telemetry(d, n));
+    let telemetry = f
+        .get("telemetry")
+        .map(|n| telemetry::telemetry(d, n, &plugins));
     Some(Config {
         source: Default::default(),
         server: server?,

@@ -4,11 +4,15 @@
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use tollgate_plugin::DynPlugin;
 
 use super::decode::Decoder;
 use super::node::Node;
 use super::sections::opt_duration;
+use crate::plugins::{registry, Configured};
 
 /// `telemetry:`
 #[derive(Debug, Clone)]
@@ -86,7 +90,28 @@ pub enum SinkKind {
         /// Upper bound on one publish acknowledgement.
         timeout: Duration,
     },
+    /// A sink a plugin provides ([`tollgate_plugin::Plugin::event_sink`]).
+    Plugin(PluginSink),
 }
+
+/// The plugin behind a `kind: plugin` sink: the one set up under the top-level `plugins:`.
+/// Equal when it is the same built plugin (a reload builds a new one).
+#[derive(Clone)]
+pub struct PluginSink(pub Arc<dyn DynPlugin>);
+
+impl std::fmt::Debug for PluginSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PluginSink({})", self.0.name())
+    }
+}
+
+impl PartialEq for PluginSink {
+    fn eq(&self, other: &PluginSink) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for PluginSink {}
 
 impl SinkKind {
     /// The `kind:` word.
@@ -96,6 +121,7 @@ impl SinkKind {
             SinkKind::RedisStream { .. } => "redis_stream",
             SinkKind::Http { .. } => "http",
             SinkKind::Nats { .. } => "nats",
+            SinkKind::Plugin(_) => "plugin",
         }
     }
 }
@@ -112,7 +138,7 @@ const KEYS: &[&str] = &[
     "sinks",
 ];
 
-pub(super) fn telemetry(d: &mut Decoder, n: &Node) -> Option<Telemetry> {
+pub(super) fn telemetry(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<Telemetry> {
     let f = d.fields(n, "`telemetry`", KEYS)?;
     let spool = match f.get("spool") {
         Some(n) => d.string(n, "`telemetry.spool`").map(PathBuf::from),
@@ -165,7 +191,7 @@ pub(super) fn telemetry(d: &mut Decoder, n: &Node) -> Option<Telemetry> {
     );
     let sinks = d
         .require(&f, "sinks", "`telemetry`")
-        .and_then(|n| sinks(d, n));
+        .and_then(|n| sinks(d, n, plugins));
     Some(Telemetry {
         spool: spool?,
         instance: instance?,
@@ -179,12 +205,12 @@ pub(super) fn telemetry(d: &mut Decoder, n: &Node) -> Option<Telemetry> {
     })
 }
 
-fn sinks(d: &mut Decoder, n: &Node) -> Option<Vec<SinkConfig>> {
+fn sinks(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<Vec<SinkConfig>> {
     let items = d.list(n, "`telemetry.sinks`")?;
     if items.is_empty() {
         d.err(
             n.pos,
-            "`telemetry.sinks` needs at least one sink (file, redis_stream, http or nats)",
+            "`telemetry.sinks` needs at least one sink (file, redis_stream, http, nats or plugin)",
         );
         return None;
     }
@@ -192,7 +218,7 @@ fn sinks(d: &mut Decoder, n: &Node) -> Option<Vec<SinkConfig>> {
     let mut out = Vec::with_capacity(items.len());
     let mut ok = true;
     for item in items {
-        match sink(d, item) {
+        match sink(d, item, plugins) {
             Some(s) if !names.insert(s.name.clone()) => {
                 d.err(item.pos, format!("two sinks are named `{}`; give one a distinct `name` (it names the sink's metrics and spool position)", s.name));
                 ok = false;
@@ -204,9 +230,9 @@ fn sinks(d: &mut Decoder, n: &Node) -> Option<Vec<SinkConfig>> {
     ok.then_some(out)
 }
 
-fn sink(d: &mut Decoder, n: &Node) -> Option<SinkConfig> {
+fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
     const ALL: &[&str] = &[
-        "kind", "name", "path", "url", "stream", "max_len", "subject", "timeout",
+        "kind", "name", "path", "url", "stream", "max_len", "subject", "timeout", "plugin",
     ];
     let f = d.fields(n, "a sink", ALL)?;
     let kind = d.require(&f, "kind", "a sink").and_then(|k| {
@@ -218,6 +244,7 @@ fn sink(d: &mut Decoder, n: &Node) -> Option<SinkConfig> {
                 ("redis_stream", "redis_stream"),
                 ("http", "http"),
                 ("nats", "nats"),
+                ("plugin", "plugin"),
             ],
         )
     })?;
@@ -226,6 +253,7 @@ fn sink(d: &mut Decoder, n: &Node) -> Option<SinkConfig> {
         "file" => &["kind", "name", "path"],
         "redis_stream" => &["kind", "name", "url", "stream", "max_len"],
         "http" => &["kind", "name", "url", "timeout"],
+        "plugin" => &["kind", "name", "plugin"],
         _ => &["kind", "name", "url", "subject", "stream", "timeout"],
     };
     for key in ALL.iter().filter(|k| !allowed.contains(k)) {
@@ -265,7 +293,16 @@ fn sink(d: &mut Decoder, n: &Node) -> Option<SinkConfig> {
     };
     let timeout =
         |d: &mut Decoder| opt_duration(d, f.get("timeout"), "`timeout`", Duration::from_secs(10));
+    // A plugin sink is named after its plugin unless it says otherwise.
+    let mut default_name = kind.to_string();
     let sink_kind = match kind {
+        "plugin" => {
+            let v = d.require(&f, "plugin", &what)?;
+            let name = d.string(v, "`plugin`")?;
+            let plugin = plugin_sink(d, v.pos, &name, plugins)?;
+            default_name = name;
+            SinkKind::Plugin(plugin)
+        }
         "file" => SinkKind::File {
             path: text(d, "path")?.into(),
         },
@@ -315,12 +352,59 @@ fn sink(d: &mut Decoder, n: &Node) -> Option<SinkConfig> {
             }
             ok.then_some(s)
         })?,
-        None => kind.to_string(),
+        None => default_name,
     };
     Some(SinkConfig {
         name,
         kind: sink_kind,
     })
+}
+
+/// The plugin a `kind: plugin` sink names: compiled in, set up under the top-level `plugins:`
+/// (where its settings live) and providing a sink. Asking it for one here, once, is how
+/// `tollgate check` knows; the sink is built again when telemetry starts.
+fn plugin_sink(
+    d: &mut Decoder,
+    pos: super::node::Pos,
+    name: &str,
+    plugins: &Configured,
+) -> Option<PluginSink> {
+    let Some(plugin) = plugins.built.get(name) else {
+        if plugins.declared.contains(name) {
+            // Set up but broken: its own errors say why.
+        } else if registry::find(name).is_some() {
+            d.err(pos, format!("a sink of kind plugin uses plugin `{name}`, which is not set up under the top-level `plugins`; add `{name}:` with its settings there"));
+        } else {
+            d.err(
+                pos,
+                format!(
+                    "a sink of kind plugin uses unknown plugin `{name}`; this tollgate is built with: {}",
+                    registry::names()
+                ),
+            );
+        }
+        return None;
+    };
+    match plugin.event_sink() {
+        Ok(Some(_)) => Some(PluginSink(plugin.clone())),
+        Ok(None) => {
+            d.err(
+                pos,
+                format!("plugin `{name}` provides no telemetry sink; it cannot be a sink of kind plugin"),
+            );
+            None
+        }
+        Err(e) => {
+            d.err(
+                pos,
+                format!(
+                    "plugin `{name}` could not make its telemetry sink: {}",
+                    e.message
+                ),
+            );
+            None
+        }
+    }
 }
 
 /// The host name, for the default `instance`: what `hostname` prints, without a process.

@@ -10,6 +10,7 @@ use tollgate_plugin::{register, Registration};
 /// the order `tollgate check` lists them in.
 pub static PLUGINS: &[Registration] = &[
     register::<tollgate_plugin_llm_usage::LlmUsage>(),
+    register::<tollgate_plugin_stripe_meter::StripeMeter>(),
     register::<tollgate_plugin_debug::DenyHeader>(),
     register::<tollgate_plugin_debug::DebugFail>(),
 ];

@@ -28,5 +28,6 @@ mod problems;
 mod refunds;
 mod runtime_keys;
 mod schema;
+mod stripe_meter;
 mod telemetry;
 mod telemetry_spool;

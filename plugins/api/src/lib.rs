@@ -12,6 +12,10 @@
 //!    report measured meter quantities ([`Measurements`]).
 //! 4. [`Plugin::on_event`]: may add fields to the usage event's `data`.
 //!
+//! Apart from the call hooks, a plugin may provide a telemetry sink ([`Plugin::event_sink`],
+//! [`EventSink`]): the gateway then delivers its spooled usage events to the plugin with the
+//! same at-least-once guarantee, retries and metrics as its built-in sinks.
+//!
 //! Only `http` types and this crate's small types cross the API, so a plugin never sees
 //! pingora or Redis and survives their upgrades. A hook's `Err` is answered as a `500` problem
 //! body while the answer has not started (later it is logged); it never takes the gateway
@@ -81,11 +85,13 @@
 mod call;
 mod config;
 mod plugin;
+mod sink;
 pub mod sse;
 
 pub use call::{Denial, EventData, Measurements, PluginError, Request, RequestActions, Response};
 pub use config::{ConfigError, ConfigNode, ConfigValue};
 pub use plugin::{register, Build, CallState, DynPlugin, Plugin, Registration};
+pub use sink::{Delivery, EventSink, SinkFailure};
 
 /// Re-exported so plugins and the gateway agree on one version.
 pub use http;

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::call::{EventData, Measurements, PluginError, Request, RequestActions, Response};
 use crate::config::{ConfigError, ConfigNode};
+use crate::sink::EventSink;
 
 /// A plugin: built once from its config, then called at each phase of every call on a route
 /// that lists it. One method per hook, in the order they run; each defaults to doing nothing.
@@ -78,6 +79,16 @@ pub trait Plugin: Send + Sync + Sized + 'static {
         let _ = (call, data);
         Ok(())
     }
+
+    /// A telemetry sink this plugin provides, for `telemetry.sinks: [{ kind: plugin, plugin:
+    /// <NAME> }]`; `None` (the default) when it provides none, which the config check reports.
+    ///
+    /// The host calls this when it checks the config (to know the plugin provides one) and
+    /// again when telemetry starts, each time for a fresh sink: keep it cheap and open
+    /// connections on the first delivery, on the runtime that delivers.
+    fn event_sink(&self) -> Result<Option<Box<dyn EventSink>>, PluginError> {
+        Ok(None)
+    }
 }
 
 /// Per-call state of one plugin, type-erased so the gateway can hold every plugin's in one list.
@@ -121,6 +132,8 @@ pub trait DynPlugin: Send + Sync + 'static {
     ) -> Result<(), PluginError>;
     /// [`Plugin::on_event`].
     fn on_event(&self, call: &CallState, data: &mut EventData) -> Result<(), PluginError>;
+    /// [`Plugin::event_sink`].
+    fn event_sink(&self) -> Result<Option<Box<dyn EventSink>>, PluginError>;
 }
 
 /// A state that belongs to another plugin: the host mixed up its lists. An error, not a panic.
@@ -170,6 +183,9 @@ impl<P: Plugin> DynPlugin for P {
     fn on_event(&self, call: &CallState, data: &mut EventData) -> Result<(), PluginError> {
         let state = call.0.downcast_ref().ok_or_else(|| foreign(P::NAME))?;
         Plugin::on_event(self, state, data)
+    }
+    fn event_sink(&self) -> Result<Option<Box<dyn EventSink>>, PluginError> {
+        Plugin::event_sink(self)
     }
 }
 

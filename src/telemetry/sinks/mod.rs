@@ -5,6 +5,7 @@
 pub mod file;
 pub mod http;
 pub mod nats;
+pub mod plugin;
 pub mod redis_stream;
 
 use std::time::Duration;
@@ -30,6 +31,9 @@ pub enum SinkError {
     /// The NATS server could not be reached or did not acknowledge.
     #[error("nats: {0}")]
     Nats(String),
+    /// A plugin's sink did not accept the batch.
+    #[error("plugin: {0}")]
+    Plugin(String),
     /// No answer in time.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -61,6 +65,7 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
             stream,
             timeout,
         } => Box::new(nats::NatsSink::new(url, subject, stream.clone(), *timeout)?),
+        SinkKind::Plugin(p) => Box::new(plugin::PluginSink::new(&p.0)?),
     })
 }
 

@@ -10,6 +10,7 @@ pub mod providers;
 pub mod receiver;
 pub mod redis;
 pub mod streamer;
+pub mod stripe;
 pub mod upstream;
 
 pub use gateway::{run_check, Gateway};

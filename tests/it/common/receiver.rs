@@ -36,24 +36,11 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver that answers 503 to its first `fail_first` requests.
     pub async fn start(fail_first: usize) -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Mutex::new(Seen {
             fail_next: fail_first,
             ..Seen::default()
         }));
-        let shared = seen.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let seen = shared.clone();
-                tokio::spawn(async move {
-                    let service = service_fn(move |req| receive(seen.clone(), req));
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, task) = serve(seen.clone(), receive).await;
         Receiver { addr, seen, task }
     }
 
@@ -72,6 +59,33 @@ impl Drop for Receiver {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Serves HTTP/1 on `127.0.0.1:<free port>`, answering each request with `handler(state,
+/// request)`; the task runs until aborted. Shared by the test receivers.
+pub async fn serve<S, F, Fut>(
+    state: Arc<Mutex<S>>,
+    handler: F,
+) -> (std::net::SocketAddr, JoinHandle<()>)
+where
+    S: Send + 'static,
+    F: Fn(Arc<Mutex<S>>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| handler(state.clone(), req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
 }
 
 async fn receive(
