@@ -5,7 +5,7 @@
 //! until they finish, so no call in flight fails or changes its rules half-way. A config with any
 //! error is not applied: the old one keeps serving, the errors are logged with their positions
 //! and `tollgate_config_reloads_total{result="error"}` counts it. Sections that cannot change
-//! without restarting (listeners, threads, the store, the admin token) are reported instead of
+//! without restarting (listeners, threads, the store, the admin token, telemetry) are reported instead of
 //! half-applied.
 //!
 //! What a reload resets: burst-limit state (each plan's limiter starts full again) and the JWKS
@@ -107,11 +107,13 @@ impl Reloader {
             server,
             admin,
             store,
+            telemetry,
             ..
         } = std::mem::replace(&mut *running, next);
         running.server = server;
         running.admin = admin;
         running.store = store;
+        running.telemetry = telemetry;
         Ok(Reloaded { needs_restart })
     }
 
@@ -153,7 +155,7 @@ fn identity(path: &Path) -> Option<(SystemTime, u64, u64)> {
 }
 
 /// Sections whose change needs a restart: listeners and threads, the admin listener and token,
-/// and the store.
+/// the store, and telemetry (the spool and its sinks).
 fn restart_sections(running: &Config, next: &Config) -> Vec<&'static str> {
     let mut out = Vec::new();
     let differs =
@@ -166,6 +168,9 @@ fn restart_sections(running: &Config, next: &Config) -> Vec<&'static str> {
     }
     if differs(&running.store, &next.store) {
         out.push("store");
+    }
+    if differs(&running.telemetry, &next.telemetry) {
+        out.push("telemetry");
     }
     out
 }
