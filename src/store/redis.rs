@@ -41,6 +41,7 @@ struct Shared {
     client: redis::Client,
     config: ConnectionManagerConfig,
     conn: OnceCell<ConnectionManager>,
+    control: OnceCell<ConnectionManager>,
     reserve: Script,
     refund: Script,
     lookup: Script,
@@ -64,6 +65,7 @@ impl RedisStore {
             client,
             config,
             conn: OnceCell::new(),
+            control: OnceCell::new(),
             reserve: Script::new(include_str!("reserve.lua")),
             refund: Script::new(include_str!("refund.lua")),
             lookup: Script::new(include_str!("lookup_key.lua")),
@@ -78,9 +80,26 @@ impl RedisStore {
 }
 
 impl Shared {
+    /// The request path's connection: reservations, refunds, settlements, key look-ups.
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
         let conn = self
             .conn
+            .get_or_try_init(|| {
+                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
+            })
+            .await
+            .map_err(backend)?;
+        Ok(conn.clone())
+    }
+
+    /// A second connection for everything off the request path: health checks, the admin API,
+    /// following plan overrides. A connection's driver task lives on the runtime that made it,
+    /// so if a background service or the admin listener made the one the request path uses,
+    /// every reservation would hop to that runtime's thread and back (measured: the proxy
+    /// thread then spends a quarter of its time waking it).
+    async fn control(&self) -> Result<ConnectionManager, StoreError> {
+        let conn = self
+            .control
             .get_or_try_init(|| {
                 ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
             })
@@ -256,7 +275,7 @@ impl Store for RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.shared.conn().await?;
+        let mut conn = self.shared.control().await?;
         let values: Vec<Option<i64>> = redis::cmd("MGET")
             .arg(keys)
             .query_async(&mut conn)
@@ -287,7 +306,7 @@ impl Store for RedisStore {
     }
 
     async fn put_key(&self, sha256_hex: &str, record: &KeyRecord) -> Result<(), StoreError> {
-        let mut conn = self.shared.conn().await?;
+        let mut conn = self.shared.control().await?;
         let created_at = jiff::Timestamp::now().to_string();
         // The key and its entry in the tenant's id index, together.
         let _: () = redis::pipe()
@@ -313,7 +332,7 @@ impl Store for RedisStore {
     }
 
     async fn delete_key(&self, sha256_hex: &str) -> Result<bool, StoreError> {
-        let mut conn = self.shared.conn().await?;
+        let mut conn = self.shared.control().await?;
         let owner: (Option<String>, Option<String>) = redis::cmd("HMGET")
             .arg(keys::api_key(sha256_hex))
             .arg("tenant")
@@ -334,7 +353,7 @@ impl Store for RedisStore {
     }
 
     async fn key_by_id(&self, tenant: &str, id: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.shared.conn().await?;
+        let mut conn = self.shared.control().await?;
         redis::cmd("HGET")
             .arg(keys::tenant_keys(tenant))
             .arg(id)
@@ -344,7 +363,7 @@ impl Store for RedisStore {
     }
 
     async fn set_plan(&self, tenant: &str, plan: Option<&str>) -> Result<(), StoreError> {
-        let mut conn = self.shared.conn().await?;
+        let mut conn = self.shared.control().await?;
         let mut pipe = redis::pipe();
         pipe.atomic();
         match plan {
@@ -365,7 +384,7 @@ impl Store for RedisStore {
     }
 
     async fn plan_overrides(&self) -> Result<HashMap<String, String>, StoreError> {
-        let mut conn = self.shared.conn().await?;
+        let mut conn = self.shared.control().await?;
         let mut names: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
@@ -421,7 +440,7 @@ impl Store for RedisStore {
                     let Ok(tenant) = msg.get_payload::<String>() else {
                         continue;
                     };
-                    let mut conn = self.shared.conn().await.map_err(|e| {
+                    let mut conn = self.shared.control().await.map_err(|e| {
                         redis::RedisError::from((
                             redis::ErrorKind::Io,
                             "no connection",
@@ -454,7 +473,7 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let mut conn = self.shared.conn().await?;
+        let mut conn = self.shared.control().await?;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
