@@ -52,6 +52,12 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// An admin call to `gw` with the right token.
+    async fn admin(&self, gw: &Gateway, method: &str, path: &str, body: Option<Value>) -> Answer {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        admin(&self.client, gw, method, path, Some(TOKEN), body).await
+    }
+
     async fn start(yaml: &str) -> Fleet {
         let redis = RedisServer::start().await;
         let upstream = Upstream::start().await;
@@ -112,15 +118,14 @@ async fn a_plan_change_through_one_instance_applies_on_the_other_within_a_second
     };
     assert_eq!(plan_on_b().await, "free");
 
-    let set = admin(
-        &f.client,
-        &f.a,
-        reqwest::Method::PUT,
-        "/admin/v1/tenants/acme/plan",
-        Some(TOKEN),
-        Some(json!({"plan": "pro"})),
-    )
-    .await;
+    let set = f
+        .admin(
+            &f.a,
+            "PUT",
+            "/admin/v1/tenants/acme/plan",
+            Some(json!({"plan": "pro"})),
+        )
+        .await;
     assert_eq!(set.status, 200, "{}", set.body);
     assert_eq!(set.json()["plan"], "pro");
     let took = within(Duration::from_secs(1), || async {
@@ -145,15 +150,9 @@ async fn a_plan_change_through_one_instance_applies_on_the_other_within_a_second
     );
 
     // The usage route shows the new plan's meters, on either instance.
-    let usage = admin(
-        &f.client,
-        &f.b,
-        reqwest::Method::GET,
-        "/admin/v1/tenants/acme/usage",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let usage = f
+        .admin(&f.b, "GET", "/admin/v1/tenants/acme/usage", None)
+        .await;
     assert_eq!(usage.status, 200, "{}", usage.body);
     let u = usage.json();
     assert_eq!(u["plan"], "pro");
@@ -167,15 +166,14 @@ async fn a_plan_change_through_one_instance_applies_on_the_other_within_a_second
         .ends_with('Z'));
 
     // An unknown plan is a 400 that names the configured ones; nothing changes.
-    let bad = admin(
-        &f.client,
-        &f.a,
-        reqwest::Method::PUT,
-        "/admin/v1/tenants/acme/plan",
-        Some(TOKEN),
-        Some(json!({"plan": "gold"})),
-    )
-    .await;
+    let bad = f
+        .admin(
+            &f.a,
+            "PUT",
+            "/admin/v1/tenants/acme/plan",
+            Some(json!({"plan": "gold"})),
+        )
+        .await;
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("free, pro"), "{}", bad.body);
     assert_eq!(plan_on_b().await, "pro");
@@ -193,41 +191,33 @@ async fn a_plan_change_through_one_instance_applies_on_the_other_within_a_second
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_created_on_one_instance_works_on_both_and_once_revoked_fails_on_both() {
     let f = Fleet::start(YAML).await;
-    let created = admin(
-        &f.client,
-        &f.a,
-        reqwest::Method::POST,
-        "/admin/v1/tenants/acme/keys",
-        Some(TOKEN),
-        Some(json!({"id": "ci"})),
-    )
-    .await;
+    let created = f
+        .admin(
+            &f.a,
+            "POST",
+            "/admin/v1/tenants/acme/keys",
+            Some(json!({"id": "ci"})),
+        )
+        .await;
     assert_eq!(created.status, 201, "{}", created.body);
     let key = created.json()["key"].as_str().unwrap().to_string();
     assert!(key.starts_with("tg_live_"));
     assert_eq!(call(&f.client, &f.a, &key).await.status, 200);
     assert_eq!(call(&f.client, &f.b, &key).await.status, 200);
 
-    let dup = admin(
-        &f.client,
-        &f.b,
-        reqwest::Method::POST,
-        "/admin/v1/tenants/acme/keys",
-        Some(TOKEN),
-        Some(json!({"id": "ci"})),
-    )
-    .await;
+    let dup = f
+        .admin(
+            &f.b,
+            "POST",
+            "/admin/v1/tenants/acme/keys",
+            Some(json!({"id": "ci"})),
+        )
+        .await;
     assert_eq!(dup.status, 409, "one id, one key");
 
-    let revoked = admin(
-        &f.client,
-        &f.b,
-        reqwest::Method::DELETE,
-        "/admin/v1/tenants/acme/keys/ci",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let revoked = f
+        .admin(&f.b, "DELETE", "/admin/v1/tenants/acme/keys/ci", None)
+        .await;
     assert_eq!(revoked.status, 204, "{}", revoked.body);
     for gw in [&f.a, &f.b] {
         let took = within(Duration::from_secs(1), || async {
@@ -236,25 +226,13 @@ async fn a_key_created_on_one_instance_works_on_both_and_once_revoked_fails_on_b
         .await;
         assert!(took.is_some(), "a revoked key still works after 1 s");
     }
-    let again = admin(
-        &f.client,
-        &f.a,
-        reqwest::Method::DELETE,
-        "/admin/v1/tenants/acme/keys/ci",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let again = f
+        .admin(&f.a, "DELETE", "/admin/v1/tenants/acme/keys/ci", None)
+        .await;
     assert_eq!(again.status, 404);
-    let static_key = admin(
-        &f.client,
-        &f.a,
-        reqwest::Method::DELETE,
-        "/admin/v1/tenants/acme/keys/acme-1",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let static_key = f
+        .admin(&f.a, "DELETE", "/admin/v1/tenants/acme/keys/acme-1", None)
+        .await;
     assert_eq!(
         static_key.status, 409,
         "a key in the config is revoked there"
@@ -343,27 +321,25 @@ async fn admin_routes_refuse_a_missing_or_wrong_token_and_change_nothing() {
         &f._upstream.addr(),
     ))
     .await;
-    let put = admin(
-        &f.client,
-        &off,
-        reqwest::Method::PUT,
-        "/admin/v1/tenants/acme/plan",
-        Some(TOKEN),
-        Some(json!({"plan": "pro"})),
-    )
-    .await;
+    let put = f
+        .admin(
+            &off,
+            "PUT",
+            "/admin/v1/tenants/acme/plan",
+            Some(json!({"plan": "pro"})),
+        )
+        .await;
     assert_eq!(put.status, 404);
     assert!(put.body.contains("admin.token"));
     // Bodies are bounded.
-    let big = admin(
-        &f.client,
-        &f.a,
-        reqwest::Method::PUT,
-        "/admin/v1/tenants/acme/plan",
-        Some(TOKEN),
-        Some(json!({"plan": "x".repeat(100_000)})),
-    )
-    .await;
+    let big = f
+        .admin(
+            &f.a,
+            "PUT",
+            "/admin/v1/tenants/acme/plan",
+            Some(json!({"plan": "x".repeat(100_000)})),
+        )
+        .await;
     assert_eq!(big.status, 413);
 }
 
@@ -419,28 +395,12 @@ async fn reloads_under_load_fail_no_call_and_a_broken_config_keeps_the_old_one()
     assert!(took.is_some(), "SIGHUP did not reload");
     // 3. The admin API.
     let mut broken_free = rendered(4000);
-    let reply = admin(
-        &f.client,
-        gw,
-        reqwest::Method::POST,
-        "/admin/v1/reload",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let reply = f.admin(gw, "POST", "/admin/v1/reload", None).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     // 4. A broken config is refused; the old one keeps serving.
     broken_free = broken_free.replace("plan: free\n", "plan: gold\n");
     gw.rewrite_config(&broken_free);
-    let reply = admin(
-        &f.client,
-        gw,
-        reqwest::Method::POST,
-        "/admin/v1/reload",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let reply = f.admin(gw, "POST", "/admin/v1/reload", None).await;
     assert_eq!(reply.status, 422, "{}", reply.body);
     assert!(
         reply.body.contains("gold"),
@@ -471,15 +431,7 @@ async fn reloads_under_load_fail_no_call_and_a_broken_config_keeps_the_old_one()
     assert!(count("error") >= 1.0, "{metrics}");
     // A listener change is reported, not half-applied.
     gw.rewrite_config(&rendered(3000).replace("listen: \"{admin}\"", "listen: \"127.0.0.1:1\""));
-    let reply = admin(
-        &f.client,
-        gw,
-        reqwest::Method::POST,
-        "/admin/v1/reload",
-        Some(TOKEN),
-        None,
-    )
-    .await;
+    let reply = f.admin(gw, "POST", "/admin/v1/reload", None).await;
     assert_eq!(
         reply.json()["needs_restart"],
         json!(["admin"]),
