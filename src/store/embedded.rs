@@ -226,6 +226,21 @@ impl Store for EmbeddedStore {
         self.with_state(|s| Ok(keys.iter().map(|k| s.value(k, now)).collect()))
     }
 
+    async fn mark_once(&self, key: &str, expire_at: Option<i64>) -> Result<bool, StoreError> {
+        let now = unix_now();
+        self.with_state(|s| {
+            if s.value(key, now) > 0 {
+                return Ok(false);
+            }
+            let entry = Entry {
+                value: 1,
+                expire_at: expire_at.unwrap_or(i64::MAX),
+            };
+            s.write(&[(key, entry)])?;
+            Ok(true)
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_state(|_| Ok(()))
     }
@@ -342,6 +357,24 @@ mod tests {
             s.get(&["a".into(), "b".into(), "c".into()]).await.unwrap(),
             vec![1, 3, 0]
         );
+    }
+
+    #[tokio::test]
+    async fn mark_once_sets_a_key_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            assert!(s.mark_once("ms", None).await.unwrap());
+            assert!(!s.mark_once("ms", None).await.unwrap());
+            assert!(s.mark_once("gone", Some(unix_now() - 1)).await.unwrap());
+            assert!(
+                s.mark_once("gone", Some(unix_now() - 1)).await.unwrap(),
+                "an expired mark is absent"
+            );
+        }
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert!(!s.mark_once("ms", None).await.unwrap());
     }
 
     #[tokio::test]

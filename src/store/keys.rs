@@ -26,6 +26,26 @@ pub fn tenant_keys(tenant: &str) -> String {
     format!("tg:{{{tenant}}}:keys")
 }
 
+/// `tg:{<tenant>}:ms:<milestone>[:<meter>][:<period start>]` — set once (`SET NX`) when a
+/// lifecycle milestone fires, so that it fires once across every instance.
+pub fn milestone(
+    tenant: &str,
+    milestone: &str,
+    meter: Option<&str>,
+    period_start: Option<Date>,
+) -> String {
+    let mut key = format!("tg:{{{tenant}}}:ms:{milestone}");
+    if let Some(m) = meter {
+        key.push(':');
+        key.push_str(m);
+    }
+    if let Some(p) = period_start {
+        key.push(':');
+        key.push_str(&p.to_string());
+    }
+    key
+}
+
 /// Pub/sub channel on which a tenant whose overrides changed is announced.
 pub const TENANT_CHANGES: &str = "tollgate:tenant-changes";
 
@@ -47,5 +67,13 @@ mod tests {
         );
         assert_eq!(tenant("acme"), "tg:{acme}:tenant");
         assert_eq!(api_key("9f86"), "tg:key:9f86");
+        assert_eq!(
+            milestone("acme", "first_call", None, None),
+            "tg:{acme}:ms:first_call"
+        );
+        assert_eq!(
+            milestone("acme", "limit_reached", Some("requests"), Some(d)),
+            "tg:{acme}:ms:limit_reached:requests:2026-11-15"
+        );
     }
 }

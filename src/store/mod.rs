@@ -121,6 +121,9 @@ pub trait Store: Send + Sync + 'static {
     async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError>;
     /// Reads counters (0 when absent).
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
+    /// Sets `key` if it is absent, atomically across every instance sharing the store; `true`
+    /// when this call set it. `expire_at` (Unix seconds) bounds its life; `None` keeps it.
+    async fn mark_once(&self, key: &str, expire_at: Option<i64>) -> Result<bool, StoreError>;
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Looks up a runtime API key by the SHA-256 of the key (SPEC §9 `tg:key:<sha256 hex>`).
@@ -198,6 +201,33 @@ pub struct StoreHandle {
     timeout: Duration,
     ops: Arc<OpMetrics>,
     overrides: Arc<PlanOverrides>,
+    marked: Arc<Marked>,
+}
+
+/// Keys this instance knows are set in the store (see [`StoreHandle::mark_once`]): a key once
+/// set stays set, so asking again would only cost a round trip. Bounded: when full it is
+/// cleared, which costs one extra `SET NX` per key and never a second milestone.
+#[derive(Default)]
+struct Marked {
+    keys: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Most keys [`Marked`] remembers.
+const MARKED_MAX: usize = 100_000;
+
+impl Marked {
+    fn contains(&self, key: &str) -> bool {
+        self.keys.lock().is_ok_and(|k| k.contains(key))
+    }
+
+    fn insert(&self, key: &str) {
+        if let Ok(mut keys) = self.keys.lock() {
+            if keys.len() >= MARKED_MAX {
+                keys.clear();
+            }
+            keys.insert(key.to_string());
+        }
+    }
 }
 
 /// Metric handles resolved once, so the hot path does no label look-ups.
@@ -241,6 +271,7 @@ impl StoreHandle {
             timeout,
             ops: Arc::new(OpMetrics::new(metrics)),
             overrides: Arc::default(),
+            marked: Arc::default(),
         }
     }
 
@@ -326,6 +357,19 @@ impl StoreHandle {
     pub async fn key_by_id(&self, tenant: &str, id: &str) -> Result<Option<String>, StoreError> {
         self.bounded(&self.ops.get, self.inner.key_by_id(tenant, id))
             .await
+    }
+
+    /// See [`Store::mark_once`]. A key this instance already saw set is answered `false`
+    /// without a store call, so a milestone check costs a round trip only the first time.
+    pub async fn mark_once(&self, key: &str, expire_at: Option<i64>) -> Result<bool, StoreError> {
+        if self.marked.contains(key) {
+            return Ok(false);
+        }
+        let set = self
+            .bounded(&self.ops.get, self.inner.mark_once(key, expire_at))
+            .await?;
+        self.marked.insert(key);
+        Ok(set)
     }
 
     /// The plan override of `tenant` as this instance knows it (no store call).

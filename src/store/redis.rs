@@ -472,6 +472,20 @@ impl Store for RedisStore {
         }
     }
 
+    /// `SET key 1 NX [EX ttl]` on the request path's connection: milestone checks run while
+    /// the call waits for its answer.
+    async fn mark_once(&self, key: &str, expire_at: Option<i64>) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(1).arg("NX");
+        if let Some(at) = expire_at {
+            let ttl = at.saturating_sub(jiff::Timestamp::now().as_second()).max(1);
+            cmd.arg("EX").arg(ttl);
+        }
+        let mut conn = self.shared.conn().await?;
+        let set: Option<String> = cmd.query_async(&mut conn).await.map_err(backend)?;
+        Ok(set.is_some())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.shared.control().await?;
         let _: String = redis::cmd("PING")
