@@ -12,7 +12,7 @@ use crate::store::{keys, Charge, ReplayMarker, Reservation, Reserved, StoreError
 
 /// Counters are kept one day past their period, so that calls in flight across the boundary
 /// still settle into the period they were admitted in and reports can read the last period.
-const EXPIRY_GRACE_SECS: i64 = 86_400;
+pub(crate) const EXPIRY_GRACE_SECS: i64 = 86_400;
 
 /// One meter as it stands after this call's reservation.
 #[derive(Debug, Clone)]

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod jwt;
 pub mod measure;
 pub mod meter;
+pub mod milestone;
 pub mod plan;
 pub mod route;
 
@@ -44,6 +45,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Fraction of calls written to the access log.
     pub access_log_sample: f64,
+    /// Whether lifecycle milestones are detected (`onboarding:` is configured).
+    pub milestones: bool,
 }
 
 /// Why a call is refused before it reaches the upstream. `proxy::respond` turns each into its
@@ -90,6 +93,8 @@ pub struct Admitted {
     pub burst: Option<BurstState>,
     /// What was reserved.
     pub usage: Usage,
+    /// Lifecycle milestones this call fired.
+    pub milestones: Vec<milestone::Milestone>,
 }
 
 /// Who was refused, when they got far enough to be known (for the answer and the metrics).
@@ -104,6 +109,8 @@ pub struct Refused {
     pub plan: Option<Arc<Plan>>,
     /// Burst state, when the burst step passed.
     pub burst: Option<BurstState>,
+    /// Lifecycle milestones this refusal fired (`limit_reached`).
+    pub milestones: Vec<milestone::Milestone>,
 }
 
 /// The call's `Idempotency-Key`, if it sent one (a quoted or plain string of 1–255 visible
@@ -145,6 +152,7 @@ impl Gateway {
             on_outage: config.store.on_outage,
             metrics,
             access_log_sample: config.server.access_log_sample,
+            milestones: config.onboarding.is_some(),
         }
     }
 
@@ -162,6 +170,7 @@ impl Gateway {
             caller: None,
             plan: None,
             burst: None,
+            milestones: Vec::new(),
         };
         macro_rules! step {
             ($e:expr) => {
@@ -198,30 +207,41 @@ impl Gateway {
         refused.burst = burst;
         let now = self.clock.now();
         let idempotency_key = step!(idempotency_key(headers));
-        let usage = step!(
-            meter::reserve(
-                &self.store,
-                now,
-                &caller,
-                &plan.plan,
-                &route,
-                idempotency_key,
-                self.on_outage
-            )
-            .await
-        ); // 6. not too much
+        let reserved = meter::reserve(
+            &self.store,
+            now,
+            &caller,
+            &plan.plan,
+            &route,
+            idempotency_key,
+            self.on_outage,
+        )
+        .await;
+        if let (true, Err(Rejection::QuotaExceeded(q))) = (self.milestones, &reserved) {
+            refused.milestones.extend(
+                milestone::on_quota_exceeded(&self.store, &caller, &plan.plan, &q.meter, &q.meters)
+                    .await,
+            );
+        }
+        let usage = step!(reserved); // 6. not too much
         if !usage.metered {
             self.metrics
                 .unmetered
                 .with_label_values(&[&route.name, "store_unavailable"])
                 .inc();
         }
+        let milestones = if self.milestones && usage.metered && !usage.replayed {
+            milestone::after_admit(&self.store, &caller, &plan.plan, &usage).await
+        } else {
+            Vec::new()
+        };
         Ok(Admission::Admitted(Box::new(Admitted {
             route,
             caller,
             plan: plan.plan.clone(),
             burst,
             usage,
+            milestones,
         })))
     }
 

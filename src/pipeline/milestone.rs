@@ -1,0 +1,212 @@
+//! Lifecycle milestones (SPEC §6, `onboarding:`): detected on the request path from what the
+//! call's reservation returned, each fired once across every instance by a set-if-absent in the
+//! store ([`StoreHandle::mark_once`]).
+//!
+//! Cost: the extra store call happens only when the local state says a milestone may just have
+//! happened — a tenant this instance has not yet seen have its first call, a reservation whose
+//! used-before/used-after straddle `warn_at`, a 402. Every other call pays a set look-up.
+//! A store failure skips the milestone (logged) and never fails the call: a lost hint is better
+//! than a refused call.
+
+use super::identity::Caller;
+use super::meter::{MeterUse, Usage, EXPIRY_GRACE_SECS};
+use crate::config::Plan;
+use crate::store::{keys, StoreHandle};
+use crate::telemetry::event::period_label;
+
+/// Which milestone (the `data.milestone` of its event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A tenant's first admitted call ever.
+    FirstCall,
+    /// A meter's usage crossed its `warn_at` (once per meter per period).
+    LimitWarning,
+    /// The first 402 for a meter in a period.
+    LimitReached,
+    /// An admin-API plan change.
+    PlanChanged,
+}
+
+impl Kind {
+    /// The name in events and in `Tollgate-Milestone`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::FirstCall => "first_call",
+            Kind::LimitWarning => "limit_warning",
+            Kind::LimitReached => "limit_reached",
+            Kind::PlanChanged => "plan_changed",
+        }
+    }
+}
+
+/// One milestone that fired, with what its event says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Milestone {
+    /// Which.
+    pub kind: Kind,
+    /// Whose.
+    pub tenant: String,
+    /// The tenant's plan (after the change, for `plan_changed`).
+    pub plan: String,
+    /// The meter, for `limit_warning` and `limit_reached`.
+    pub meter: Option<String>,
+    /// The meter's period label (`2026-11`), for meter milestones.
+    pub period: Option<String>,
+    /// Units used in the period, for meter milestones.
+    pub used: Option<u64>,
+    /// The meter's limit, for meter milestones.
+    pub limit: Option<u64>,
+    /// The plan before, for `plan_changed` (`None`: the tenant had none).
+    pub from: Option<String>,
+}
+
+impl Milestone {
+    fn of_meter(kind: Kind, caller: &Caller, plan: &Plan, m: &MeterUse) -> Milestone {
+        Milestone {
+            kind,
+            tenant: caller.tenant.name.clone(),
+            plan: plan.name.clone(),
+            meter: Some(m.name.clone()),
+            period: Some(period_label(m.period, &m.window)),
+            used: Some(m.used),
+            limit: Some(m.limit),
+            from: None,
+        }
+    }
+
+    /// A `plan_changed` milestone (the admin API calls it; one call is one change, so there is
+    /// nothing to deduplicate).
+    pub fn plan_changed(tenant: &str, from: Option<String>, to: String) -> Milestone {
+        Milestone {
+            kind: Kind::PlanChanged,
+            tenant: tenant.to_string(),
+            plan: to,
+            meter: None,
+            period: None,
+            used: None,
+            limit: None,
+            from,
+        }
+    }
+}
+
+/// Whether `used` is at or past the meter's warning threshold (the `warn_at` part of
+/// [`MeterUse::warns`]).
+fn past_warning(m: &MeterUse, used: u64) -> bool {
+    m.warn_at.is_some_and(|w| used as f64 >= w * m.limit as f64)
+}
+
+/// Milestones of an admitted, charged call: `first_call`, and `limit_warning` for each meter
+/// this reservation carried across its `warn_at` (used-before below, used-after at or past it;
+/// with concurrent calls exactly one reservation straddles the threshold).
+pub async fn after_admit(
+    store: &StoreHandle,
+    caller: &Caller,
+    plan: &Plan,
+    usage: &Usage,
+) -> Vec<Milestone> {
+    let tenant = caller.tenant.name.as_str();
+    let mut fired = Vec::new();
+    let first = keys::milestone(tenant, Kind::FirstCall.as_str(), None, None);
+    if once(store, &first, None).await {
+        fired.push(Milestone {
+            kind: Kind::FirstCall,
+            tenant: tenant.to_string(),
+            plan: plan.name.clone(),
+            meter: None,
+            period: None,
+            used: None,
+            limit: None,
+            from: None,
+        });
+    }
+    for m in &usage.meters {
+        let before = m.used.saturating_sub(m.units);
+        if past_warning(m, before) || !past_warning(m, m.used) {
+            continue;
+        }
+        if once(
+            store,
+            &meter_key(tenant, Kind::LimitWarning, m),
+            Some(meter_expiry(m)),
+        )
+        .await
+        {
+            fired.push(Milestone::of_meter(Kind::LimitWarning, caller, plan, m));
+        }
+    }
+    fired
+}
+
+/// `limit_reached` for the meter that refused the call, the first time in its period.
+pub async fn on_quota_exceeded(
+    store: &StoreHandle,
+    caller: &Caller,
+    plan: &Plan,
+    meter: &str,
+    meters: &[MeterUse],
+) -> Option<Milestone> {
+    let m = meters.iter().find(|m| m.name == meter)?;
+    let key = meter_key(&caller.tenant.name, Kind::LimitReached, m);
+    once(store, &key, Some(meter_expiry(m)))
+        .await
+        .then(|| Milestone::of_meter(Kind::LimitReached, caller, plan, m))
+}
+
+fn meter_key(tenant: &str, kind: Kind, m: &MeterUse) -> String {
+    keys::milestone(
+        tenant,
+        kind.as_str(),
+        Some(&m.name),
+        Some(m.window.start_date),
+    )
+}
+
+/// A meter milestone's mark lives as long as the period's counter.
+fn meter_expiry(m: &MeterUse) -> i64 {
+    m.window.end.as_second() + EXPIRY_GRACE_SECS
+}
+
+async fn once(store: &StoreHandle, key: &str, expire_at: Option<i64>) -> bool {
+    match store.mark_once(key, expire_at).await {
+        Ok(set) => set,
+        Err(e) => {
+            tracing::warn!(key, error = %e, "Store unavailable; a milestone check was skipped.");
+            false
+        }
+    }
+}
+
+/// The `Tollgate-Milestone` value: a structured-field string, or a list of them when one call
+/// fired several (for example `first_call` and `limit_warning` on a tiny limit).
+pub fn header_value(fired: &[Milestone]) -> Option<String> {
+    if fired.is_empty() {
+        return None;
+    }
+    Some(
+        fired
+            .iter()
+            .map(|m| format!("\"{}\"", m.kind.as_str()))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_a_structured_field_string_or_list() {
+        let m = Milestone::plan_changed("acme", None, "pro".into());
+        assert_eq!(header_value(&[]), None);
+        assert_eq!(
+            header_value(std::slice::from_ref(&m)).as_deref(),
+            Some("\"plan_changed\"")
+        );
+        assert_eq!(
+            header_value(&[m.clone(), m]).as_deref(),
+            Some("\"plan_changed\", \"plan_changed\"")
+        );
+    }
+}

@@ -1,0 +1,223 @@
+//! Lifecycle milestones (SPEC §6, `onboarding:`): two gateways on one Redis, under concurrent
+//! load on one tenant, fire each milestone exactly once, and exactly one response carries it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::events::{stream_events, wait_for};
+use crate::common::{clock, get, render, Gateway, RedisServer, Upstream, ACME_KEY};
+
+const TOKEN: &str = "an-admin-token-for-the-tests";
+
+/// `acme` on `tiny`: 50 requests a month, warned at 40. Both instances emit to one stream.
+const YAML: &str = r#"
+server:
+  listen: "{listen}"
+  threads: 2
+  grace_period: 1s
+admin:
+  listen: "{admin}"
+  token: "an-admin-token-for-the-tests"
+store:
+  kind: redis
+  url: "{redis}"
+  timeout: 2s
+upstreams:
+  product:
+    targets: ["{upstream}"]
+tenants:
+  acme:
+    plan: tiny
+    keys: [{ id: acme-1, sha256: "{acme_sha}" }]
+plans:
+  tiny:
+    meters:
+      requests: { limit: 50, period: month, warn_at: 0.8 }
+  pro:
+    meters:
+      requests: { limit: 100000, period: month }
+routes:
+  - name: api
+    match: { path_prefix: / }
+    upstream: product
+    meter: { requests: 1 }
+telemetry:
+  spool: "{dir}/spool"
+  instance: test-gw
+  retry_max: 300ms
+  sinks:
+    - kind: redis_stream
+      url: "{events}"
+      stream: "tollgate:events"
+onboarding:
+  activation: { calls: 100, within: 7d }
+"#;
+
+const STREAM: &str = "tollgate:events";
+
+fn milestones(events: &[Value]) -> Vec<&Value> {
+    events
+        .iter()
+        .filter(|e| e["type"] == "dev.tollgate.milestone")
+        .collect()
+}
+
+/// Events of `name`, with their `data`.
+fn named<'a>(events: &[&'a Value], name: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .copied()
+        .filter(|e| e["data"]["milestone"] == name)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_under_load_fire_each_milestone_once_on_one_response() {
+    let redis = RedisServer::start().await;
+    let events = RedisServer::start().await;
+    let upstream = Upstream::start().await;
+    let yaml = render(YAML, &redis.url(), &upstream.addr()).replace("{events}", &events.url());
+    let a = Gateway::start(&yaml).await;
+    let b = Gateway::start(&yaml).await;
+    let client = crate::common::client();
+
+    // 80 calls, 8 at a time on each instance: 50 admitted, 30 refused.
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let url = if worker % 2 == 0 {
+            a.url("/v1/items")
+        } else {
+            b.url("/v1/items")
+        };
+        let client = client.clone();
+        tasks.spawn(async move {
+            let mut answers = Vec::new();
+            for _ in 0..5 {
+                let r = get(&client, &url, Some(ACME_KEY)).await;
+                answers.push((r.status, r.header("tollgate-milestone").map(str::to_string)));
+            }
+            answers
+        });
+    }
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    let mut hinted: BTreeMap<String, Vec<u16>> = BTreeMap::new();
+    while let Some(answers) = tasks.join_next().await {
+        for (status, hint) in answers.unwrap() {
+            *statuses.entry(status).or_default() += 1;
+            if let Some(h) = hint {
+                hinted.entry(h).or_default().push(status);
+            }
+        }
+    }
+    assert_eq!(statuses, BTreeMap::from([(200, 50), (402, 30)]));
+    assert_eq!(
+        hinted,
+        BTreeMap::from([
+            ("\"first_call\"".to_string(), vec![200]),
+            ("\"limit_warning\"".to_string(), vec![200]),
+            ("\"limit_reached\"".to_string(), vec![402]),
+        ]),
+        "each milestone on exactly one response"
+    );
+
+    wait_for(
+        "80 usage events and 3 milestones",
+        Duration::from_secs(10),
+        || async { stream_events(&events, STREAM).await.len() >= 83 },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = stream_events(&events, STREAM).await;
+    assert_eq!(all.len(), 83, "nothing more arrives");
+    let fired = milestones(&all);
+    assert_eq!(fired.len(), 3);
+    let period = clock::month_start()[..7].to_string();
+    let first = named(&fired, "first_call");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["subject"], "acme");
+    assert_eq!(
+        first[0]["data"],
+        json!({"tenant": "acme", "milestone": "first_call", "plan": "tiny"})
+    );
+    let warning = named(&fired, "limit_warning");
+    assert_eq!(warning.len(), 1);
+    assert_eq!(
+        warning[0]["data"],
+        json!({"tenant": "acme", "milestone": "limit_warning", "plan": "tiny",
+               "meter": "requests", "period": period, "used": 40, "limit": 50}),
+        "fired by the call that reached 0.8 × 50"
+    );
+    let reached = named(&fired, "limit_reached");
+    assert_eq!(reached.len(), 1);
+    assert_eq!(
+        reached[0]["data"],
+        json!({"tenant": "acme", "milestone": "limit_reached", "plan": "tiny",
+               "meter": "requests", "period": period, "used": 50, "limit": 50})
+    );
+    for e in &fired {
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(e["source"], "tollgate/test-gw");
+    }
+
+    // A restart forgets what the instance knew; the store still says it happened.
+    let mut redis_conn = redis.conn().await;
+    let marks: Vec<String> = redis::cmd("KEYS")
+        .arg("tg:{acme}:ms:*")
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert_eq!(marks.len(), 3, "{marks:?}");
+    let c = Gateway::start(&yaml).await;
+    let again = get(&client, &c.url("/v1/items"), Some(ACME_KEY)).await;
+    assert_eq!(again.status, 402);
+    assert_eq!(again.header("tollgate-milestone"), None);
+
+    // plan_changed: once per change through the admin API, with from and to.
+    let put = |plan: Value| {
+        let client = client.clone();
+        let url = a.admin_url("/admin/v1/tenants/acme/plan");
+        async move {
+            let r = client
+                .put(url)
+                .bearer_auth(TOKEN)
+                .json(&json!({ "plan": plan }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+    };
+    put(json!("pro")).await;
+    put(json!("pro")).await; // not a change
+    put(Value::Null).await; // back to the config's plan
+    wait_for(
+        "two plan_changed events",
+        Duration::from_secs(10),
+        || async {
+            named(
+                &milestones(&stream_events(&events, STREAM).await),
+                "plan_changed",
+            )
+            .len()
+                >= 2
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = stream_events(&events, STREAM).await;
+    let fired = milestones(&all);
+    let changed: Vec<Value> = named(&fired, "plan_changed")
+        .into_iter()
+        .map(|e| e["data"].clone())
+        .collect();
+    assert_eq!(
+        changed,
+        vec![
+            json!({"tenant": "acme", "milestone": "plan_changed", "plan": "pro", "from": "tiny", "to": "pro"}),
+            json!({"tenant": "acme", "milestone": "plan_changed", "plan": "tiny", "from": "pro", "to": "tiny"}),
+        ]
+    );
+    assert_eq!(fired.len(), 5, "nothing else fired");
+}
