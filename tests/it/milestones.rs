@@ -221,3 +221,86 @@ async fn two_instances_under_load_fire_each_milestone_once_on_one_response() {
     );
     assert_eq!(fired.len(), 5, "nothing else fired");
 }
+
+/// `acme` on a 5-a-month plan warned at 3, on the embedded store, events to a file.
+const EMBEDDED: &str = r#"
+server:
+  listen: "{listen}"
+  threads: 2
+  grace_period: 1s
+admin:
+  listen: "{admin}"
+store:
+  kind: embedded
+  path: "{dir}/usage.db"
+upstreams:
+  product:
+    targets: ["{upstream}"]
+tenants:
+  acme:
+    plan: free
+    keys: [{ id: acme-1, sha256: "{acme_sha}" }]
+plans:
+  free:
+    meters:
+      requests: { limit: 5, period: month, warn_at: 0.6 }
+routes:
+  - name: api
+    match: { path_prefix: / }
+    upstream: product
+    meter: { requests: 1 }
+telemetry:
+  spool: "{dir}/spool"
+  instance: test-gw
+  sinks:
+    - kind: file
+      path: "{dir}/events.jsonl"
+onboarding: {}
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_embedded_store_fires_each_milestone_once_and_remembers_across_a_restart() {
+    let upstream = Upstream::start().await;
+    let mut gateway = Gateway::start(&render(EMBEDDED, "", &upstream.addr())).await;
+    let client = crate::common::client();
+    let mut hints = Vec::new();
+    for _ in 0..7 {
+        let r = get(&client, &gateway.url("/v1/items"), Some(ACME_KEY)).await;
+        hints.push((r.status, r.header("tollgate-milestone").map(str::to_string)));
+    }
+    let hint = |s: &str| Some(format!("\"{s}\""));
+    assert_eq!(
+        hints,
+        vec![
+            (200, hint("first_call")),
+            (200, None),
+            (200, hint("limit_warning")),
+            (200, None),
+            (200, None),
+            (402, hint("limit_reached")),
+            (402, None),
+        ]
+    );
+
+    gateway.stop().await;
+    gateway.start_again().await;
+    let r = get(&client, &gateway.url("/v1/items"), Some(ACME_KEY)).await;
+    assert_eq!((r.status, r.header("tollgate-milestone")), (402, None));
+
+    let path = gateway.config_path().parent().unwrap().join("events.jsonl");
+    wait_for(
+        "8 usage events and 3 milestones",
+        Duration::from_secs(10),
+        || {
+            let path = path.clone();
+            async move { crate::common::events::file_events(&path).len() >= 11 }
+        },
+    )
+    .await;
+    let all = crate::common::events::file_events(&path);
+    let names: Vec<&str> = milestones(&all)
+        .iter()
+        .map(|e| e["data"]["milestone"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["first_call", "limit_warning", "limit_reached"]);
+}
