@@ -71,7 +71,7 @@ pub fn schema() -> Value {
             },
             "telemetry": telemetry(),
             "onboarding": obj("Lifecycle milestones (dev.tollgate.milestone events and the Tollgate-Milestone header). `anonymous_id_header` and `webhooks` are not supported yet.", &[], &[
-                ("activation", obj("What counts as `activated` (not emitted yet).", &["calls", "within"], &[
+                ("activation", obj("What makes a tenant `activated`: `calls` admitted metered calls within `within` of its first call.", &["calls", "within"], &[
                     ("calls", int("Admitted calls needed.", 1)),
                     ("within", duration("Counted from the tenant's first call.")),
                 ])),

@@ -10,8 +10,10 @@
 
 use super::identity::Caller;
 use super::meter::{MeterUse, Usage, EXPIRY_GRACE_SECS};
-use crate::config::Plan;
-use crate::store::{keys, StoreHandle};
+use jiff::Timestamp;
+
+use crate::config::{Activation, Plan};
+use crate::store::{keys, Charge, StoreHandle};
 use crate::telemetry::event::period_label;
 
 /// Which milestone (the `data.milestone` of its event).
@@ -23,6 +25,8 @@ pub enum Kind {
     LimitWarning,
     /// The first 402 for a meter in a period.
     LimitReached,
+    /// `onboarding.activation.calls` admitted calls within `activation.within` of the first.
+    Activated,
     /// An admin-API plan change.
     PlanChanged,
 }
@@ -34,6 +38,7 @@ impl Kind {
             Kind::FirstCall => "first_call",
             Kind::LimitWarning => "limit_warning",
             Kind::LimitReached => "limit_reached",
+            Kind::Activated => "activated",
             Kind::PlanChanged => "plan_changed",
         }
     }
@@ -96,42 +101,97 @@ fn past_warning(m: &MeterUse, used: u64) -> bool {
     m.warn_at.is_some_and(|w| used as f64 >= w * m.limit as f64)
 }
 
-/// Milestones of an admitted, charged call: `first_call`, and `limit_warning` for each meter
-/// this reservation carried across its `warn_at` (used-before below, used-after at or past it;
-/// with concurrent calls exactly one reservation straddles the threshold).
+/// The charge that counts this call towards `activated`, riding in the reservation: one unit
+/// on `tg:{<tenant>}:activation`, which expires when the window since the first call closes.
+///
+/// The first call's time comes from this instance's memory of the `first_call` mark; an
+/// instance that has not seen the tenant yet assumes the window starts now. That guess only
+/// ever sets the counter's expiry when the counter is created, which happens on the tenant's
+/// very first call (then the guess is right) or after the real window closed; and `activated`
+/// itself is only fired inside the real window (see [`after_admit`]), so the guess cannot fire
+/// it late. `None` once the tenant is known to be activated or past its window.
+pub fn activation_charge(
+    store: &StoreHandle,
+    activation: Option<&Activation>,
+    tenant: &str,
+    now: Timestamp,
+) -> Option<Charge> {
+    let activation = activation?;
+    if store.marked(&mark_key(tenant, Kind::Activated)).is_some() {
+        return None;
+    }
+    let now = now.as_second();
+    let first = store
+        .marked(&mark_key(tenant, Kind::FirstCall))
+        .unwrap_or(now);
+    let end = window_end(first, activation);
+    (now < end).then(|| Charge {
+        key: keys::activation(tenant),
+        units: 1,
+        limit: None,
+        expire_at: end,
+    })
+}
+
+fn window_end(first: i64, activation: &Activation) -> i64 {
+    let within = i64::try_from(activation.within.as_secs()).unwrap_or(i64::MAX);
+    first.saturating_add(within)
+}
+
+fn mark_key(tenant: &str, kind: Kind) -> String {
+    keys::milestone(tenant, kind.as_str(), None, None)
+}
+
+/// Milestones of an admitted, charged call: `first_call`; `activated` when this call's
+/// reservation took the activation counter to `activation.calls` inside the window since the
+/// first call; and `limit_warning` for each meter this reservation carried across its `warn_at`
+/// (used-before below, used-after at or past it; with concurrent calls exactly one reservation
+/// straddles each threshold).
 pub async fn after_admit(
     store: &StoreHandle,
     caller: &Caller,
     plan: &Plan,
     usage: &Usage,
+    now: Timestamp,
+    activation: Option<&Activation>,
 ) -> Vec<Milestone> {
     let tenant = caller.tenant.name.as_str();
+    let now = now.as_second();
     let mut fired = Vec::new();
-    let first = keys::milestone(tenant, Kind::FirstCall.as_str(), None, None);
-    if once(store, &first, None).await {
-        fired.push(Milestone {
-            kind: Kind::FirstCall,
-            tenant: tenant.to_string(),
-            plan: plan.name.clone(),
-            meter: None,
-            period: None,
-            used: None,
-            limit: None,
-            from: None,
-        });
+    let plain = |kind| Milestone {
+        kind,
+        tenant: tenant.to_string(),
+        plan: plan.name.clone(),
+        meter: None,
+        period: None,
+        used: None,
+        limit: None,
+        from: None,
+    };
+    // The mark holds the first call's time (Unix seconds), which `activated` counts from.
+    let first = match mark(store, &mark_key(tenant, Kind::FirstCall), now, None).await {
+        Some(None) => {
+            fired.push(plain(Kind::FirstCall));
+            Some(now)
+        }
+        Some(Some(at)) => Some(at),
+        None => None,
+    };
+    if let (Some(activation), Some(count), Some(first)) = (activation, usage.activation, first) {
+        if count == activation.calls.get()
+            && now < window_end(first, activation)
+            && once(store, &mark_key(tenant, Kind::Activated), None).await
+        {
+            fired.push(plain(Kind::Activated));
+        }
     }
     for m in &usage.meters {
         let before = m.used.saturating_sub(m.units);
         if past_warning(m, before) || !past_warning(m, m.used) {
             continue;
         }
-        if once(
-            store,
-            &meter_key(tenant, Kind::LimitWarning, m),
-            Some(meter_expiry(m)),
-        )
-        .await
-        {
+        let key = meter_key(tenant, Kind::LimitWarning, m);
+        if once(store, &key, Some(meter_expiry(m))).await {
             fired.push(Milestone::of_meter(Kind::LimitWarning, caller, plan, m));
         }
     }
@@ -167,12 +227,24 @@ fn meter_expiry(m: &MeterUse) -> i64 {
     m.window.end.as_second() + EXPIRY_GRACE_SECS
 }
 
+/// Whether this call set `key` (fired the milestone).
 async fn once(store: &StoreHandle, key: &str, expire_at: Option<i64>) -> bool {
-    match store.mark_once(key, expire_at).await {
-        Ok(set) => set,
+    matches!(mark(store, key, 1, expire_at).await, Some(None))
+}
+
+/// `Some(None)`: this call set `key` to `value`; `Some(Some(v))`: it was set already, to `v`;
+/// `None`: the store failed (logged; the milestone is skipped, the call goes on).
+async fn mark(
+    store: &StoreHandle,
+    key: &str,
+    value: i64,
+    expire_at: Option<i64>,
+) -> Option<Option<i64>> {
+    match store.mark_once(key, value, expire_at).await {
+        Ok(before) => Some(before),
         Err(e) => {
             tracing::warn!(key, error = %e, "Store unavailable; a milestone check was skipped.");
-            false
+            None
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct Gateway {
     pub access_log_sample: f64,
     /// Whether lifecycle milestones are detected (`onboarding:` is configured).
     pub milestones: bool,
+    /// What makes a tenant `activated`, when milestones are on and it is configured.
+    activation: Option<crate::config::Activation>,
 }
 
 /// Why a call is refused before it reaches the upstream. `proxy::respond` turns each into its
@@ -153,6 +155,10 @@ impl Gateway {
             metrics,
             access_log_sample: config.server.access_log_sample,
             milestones: config.onboarding.is_some(),
+            activation: config
+                .onboarding
+                .as_ref()
+                .and_then(|o| o.activation.clone()),
         }
     }
 
@@ -213,8 +219,16 @@ impl Gateway {
             &caller,
             &plan.plan,
             &route,
-            idempotency_key,
             self.on_outage,
+            meter::Extra {
+                idempotency_key,
+                activation: milestone::activation_charge(
+                    &self.store,
+                    self.activation.as_ref(),
+                    &caller.tenant.name,
+                    now,
+                ),
+            },
         )
         .await;
         if let (true, Err(Rejection::QuotaExceeded(q))) = (self.milestones, &reserved) {
@@ -231,7 +245,15 @@ impl Gateway {
                 .inc();
         }
         let milestones = if self.milestones && usage.metered && !usage.replayed {
-            milestone::after_admit(&self.store, &caller, &plan.plan, &usage).await
+            milestone::after_admit(
+                &self.store,
+                &caller,
+                &plan.plan,
+                &usage,
+                now,
+                self.activation.as_ref(),
+            )
+            .await
         } else {
             Vec::new()
         };

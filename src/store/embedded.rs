@@ -226,18 +226,23 @@ impl Store for EmbeddedStore {
         self.with_state(|s| Ok(keys.iter().map(|k| s.value(k, now)).collect()))
     }
 
-    async fn mark_once(&self, key: &str, expire_at: Option<i64>) -> Result<bool, StoreError> {
+    async fn mark_once(
+        &self,
+        key: &str,
+        value: i64,
+        expire_at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
         let now = unix_now();
         self.with_state(|s| {
-            if s.value(key, now) > 0 {
-                return Ok(false);
+            if let Some(e) = s.counters.get(key).filter(|e| e.expire_at > now) {
+                return Ok(Some(e.value as i64));
             }
             let entry = Entry {
-                value: 1,
+                value: value.max(1) as u64,
                 expire_at: expire_at.unwrap_or(i64::MAX),
             };
             s.write(&[(key, entry)])?;
-            Ok(true)
+            Ok(None)
         })
     }
 
@@ -365,16 +370,18 @@ mod tests {
         let path = dir.path().join("u.db");
         {
             let s = EmbeddedStore::open(&path).unwrap();
-            assert!(s.mark_once("ms", None).await.unwrap());
-            assert!(!s.mark_once("ms", None).await.unwrap());
-            assert!(s.mark_once("gone", Some(unix_now() - 1)).await.unwrap());
-            assert!(
-                s.mark_once("gone", Some(unix_now() - 1)).await.unwrap(),
+            assert_eq!(s.mark_once("ms", 7, None).await.unwrap(), None);
+            assert_eq!(s.mark_once("ms", 8, None).await.unwrap(), Some(7));
+            let past = Some(unix_now() - 1);
+            assert_eq!(s.mark_once("gone", 1, past).await.unwrap(), None);
+            assert_eq!(
+                s.mark_once("gone", 1, past).await.unwrap(),
+                None,
                 "an expired mark is absent"
             );
         }
         let s = EmbeddedStore::open(&path).unwrap();
-        assert!(!s.mark_once("ms", None).await.unwrap());
+        assert_eq!(s.mark_once("ms", 9, None).await.unwrap(), Some(7));
     }
 
     #[tokio::test]

@@ -46,6 +46,12 @@ pub fn milestone(
     key
 }
 
+/// `tg:{<tenant>}:activation` — admitted calls since the tenant's first, for the `activated`
+/// milestone; expires when `onboarding.activation.within` since the first call is over.
+pub fn activation(tenant: &str) -> String {
+    format!("tg:{{{tenant}}}:activation")
+}
+
 /// Pub/sub channel on which a tenant whose overrides changed is announced.
 pub const TENANT_CHANGES: &str = "tollgate:tenant-changes";
 

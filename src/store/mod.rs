@@ -121,9 +121,15 @@ pub trait Store: Send + Sync + 'static {
     async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError>;
     /// Reads counters (0 when absent).
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
-    /// Sets `key` if it is absent, atomically across every instance sharing the store; `true`
-    /// when this call set it. `expire_at` (Unix seconds) bounds its life; `None` keeps it.
-    async fn mark_once(&self, key: &str, expire_at: Option<i64>) -> Result<bool, StoreError>;
+    /// Sets `key` to `value` if it is absent, atomically across every instance sharing the
+    /// store: `None` when this call set it, else the value already there. `expire_at` (Unix
+    /// seconds) bounds its life; `None` keeps it.
+    async fn mark_once(
+        &self,
+        key: &str,
+        value: i64,
+        expire_at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError>;
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Looks up a runtime API key by the SHA-256 of the key (SPEC §9 `tg:key:<sha256 hex>`).
@@ -209,23 +215,23 @@ pub struct StoreHandle {
 /// cleared, which costs one extra `SET NX` per key and never a second milestone.
 #[derive(Default)]
 struct Marked {
-    keys: std::sync::Mutex<std::collections::HashSet<String>>,
+    keys: std::sync::Mutex<HashMap<String, i64>>,
 }
 
 /// Most keys [`Marked`] remembers.
 const MARKED_MAX: usize = 100_000;
 
 impl Marked {
-    fn contains(&self, key: &str) -> bool {
-        self.keys.lock().is_ok_and(|k| k.contains(key))
+    fn get(&self, key: &str) -> Option<i64> {
+        self.keys.lock().ok()?.get(key).copied()
     }
 
-    fn insert(&self, key: &str) {
+    fn insert(&self, key: &str, value: i64) {
         if let Ok(mut keys) = self.keys.lock() {
             if keys.len() >= MARKED_MAX {
                 keys.clear();
             }
-            keys.insert(key.to_string());
+            keys.insert(key.to_string(), value);
         }
     }
 }
@@ -359,17 +365,28 @@ impl StoreHandle {
             .await
     }
 
-    /// See [`Store::mark_once`]. A key this instance already saw set is answered `false`
-    /// without a store call, so a milestone check costs a round trip only the first time.
-    pub async fn mark_once(&self, key: &str, expire_at: Option<i64>) -> Result<bool, StoreError> {
-        if self.marked.contains(key) {
-            return Ok(false);
+    /// See [`Store::mark_once`]. A key this instance already saw set is answered with its
+    /// value without a store call, so a milestone check costs a round trip only the first time.
+    pub async fn mark_once(
+        &self,
+        key: &str,
+        value: i64,
+        expire_at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        if let Some(known) = self.marked.get(key) {
+            return Ok(Some(known));
         }
-        let set = self
-            .bounded(&self.ops.get, self.inner.mark_once(key, expire_at))
+        let before = self
+            .bounded(&self.ops.get, self.inner.mark_once(key, value, expire_at))
             .await?;
-        self.marked.insert(key);
-        Ok(set)
+        self.marked.insert(key, before.unwrap_or(value));
+        Ok(before)
+    }
+
+    /// The value of a [`Store::mark_once`] key, if this instance has seen it set (no store
+    /// call).
+    pub fn marked(&self, key: &str) -> Option<i64> {
+        self.marked.get(key)
     }
 
     /// The plan override of `tenant` as this instance knows it (no store call).

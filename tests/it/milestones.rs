@@ -1,5 +1,6 @@
 //! Lifecycle milestones (SPEC §6, `onboarding:`): two gateways on one Redis, under concurrent
-//! load on one tenant, fire each milestone exactly once, and exactly one response carries it.
+//! load on one tenant, fire each milestone exactly once, and exactly one response carries it;
+//! the embedded store does the same in-process; `activated` with a moved clock.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -11,7 +12,8 @@ use crate::common::{clock, get, render, Gateway, RedisServer, Upstream, ACME_KEY
 
 const TOKEN: &str = "an-admin-token-for-the-tests";
 
-/// `acme` on `tiny`: 50 requests a month, warned at 40. Both instances emit to one stream.
+/// `acme` on `tiny`: 50 requests a month, warned at 40, activated at 45. Both instances emit to
+/// one stream.
 const YAML: &str = r#"
 server:
   listen: "{listen}"
@@ -52,7 +54,7 @@ telemetry:
       url: "{events}"
       stream: "tollgate:events"
 onboarding:
-  activation: { calls: 100, within: 7d }
+  activation: { calls: 45, within: 7d }
 "#;
 
 const STREAM: &str = "tollgate:events";
@@ -115,6 +117,7 @@ async fn two_instances_under_load_fire_each_milestone_once_on_one_response() {
     assert_eq!(
         hinted,
         BTreeMap::from([
+            ("\"activated\"".to_string(), vec![200]),
             ("\"first_call\"".to_string(), vec![200]),
             ("\"limit_warning\"".to_string(), vec![200]),
             ("\"limit_reached\"".to_string(), vec![402]),
@@ -123,16 +126,22 @@ async fn two_instances_under_load_fire_each_milestone_once_on_one_response() {
     );
 
     wait_for(
-        "80 usage events and 3 milestones",
+        "80 usage events and 4 milestones",
         Duration::from_secs(10),
-        || async { stream_events(&events, STREAM).await.len() >= 83 },
+        || async { stream_events(&events, STREAM).await.len() >= 84 },
     )
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let all = stream_events(&events, STREAM).await;
-    assert_eq!(all.len(), 83, "nothing more arrives");
+    assert_eq!(all.len(), 84, "nothing more arrives");
     let fired = milestones(&all);
-    assert_eq!(fired.len(), 3);
+    assert_eq!(fired.len(), 4);
+    let activated = named(&fired, "activated");
+    assert_eq!(activated.len(), 1);
+    assert_eq!(
+        activated[0]["data"],
+        json!({"tenant": "acme", "milestone": "activated", "plan": "tiny"})
+    );
     let period = clock::month_start()[..7].to_string();
     let first = named(&fired, "first_call");
     assert_eq!(first.len(), 1);
@@ -168,7 +177,7 @@ async fn two_instances_under_load_fire_each_milestone_once_on_one_response() {
         .query_async(&mut redis_conn)
         .await
         .unwrap();
-    assert_eq!(marks.len(), 3, "{marks:?}");
+    assert_eq!(marks.len(), 4, "{marks:?}");
     let c = Gateway::start(&yaml).await;
     let again = get(&client, &c.url("/v1/items"), Some(ACME_KEY)).await;
     assert_eq!(again.status, 402);
@@ -219,7 +228,7 @@ async fn two_instances_under_load_fire_each_milestone_once_on_one_response() {
             json!({"tenant": "acme", "milestone": "plan_changed", "plan": "tiny", "from": "pro", "to": "tiny"}),
         ]
     );
-    assert_eq!(fired.len(), 5, "nothing else fired");
+    assert_eq!(fired.len(), 6, "nothing else fired");
 }
 
 /// `acme` on a 5-a-month plan warned at 3, on the embedded store, events to a file.
@@ -303,4 +312,106 @@ async fn the_embedded_store_fires_each_milestone_once_and_remembers_across_a_res
         .map(|e| e["data"]["milestone"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["first_call", "limit_warning", "limit_reached"]);
+}
+
+/// `activated` with a moved clock, through the library's request path against real Redis (only
+/// the library lets a test inject the clock). Times are set in 2098: marks and counters expire
+/// at real wall-clock times.
+mod activated {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::{Arc, Mutex};
+
+    use http::{HeaderMap, HeaderValue, Method};
+    use jiff::Timestamp;
+    use tollgate::meter::period::Clock;
+    use tollgate::pipeline::milestone::Kind;
+    use tollgate::pipeline::{Admission, Gateway};
+    use tollgate::store::StoreHandle;
+    use tollgate::telemetry::metrics::Metrics;
+
+    use crate::common::{RedisServer, ACME_KEY, ACME_SHA};
+
+    struct MovedClock(Mutex<Timestamp>);
+
+    impl Clock for MovedClock {
+        fn now(&self) -> Timestamp {
+            *self.0.lock().unwrap()
+        }
+    }
+
+    /// A gateway with its own memory on `redis`: 3 calls within 1h of the first activate.
+    fn gateway(redis: &RedisServer, clock: Arc<MovedClock>) -> Gateway {
+        let yaml = format!(
+            "server: {{ listen: \"127.0.0.1:1\" }}\n\
+             store: {{ kind: redis, url: \"{}\", timeout: 1s }}\n\
+             tenants:\n  acme:\n    plan: free\n    keys: [{{ id: ci, sha256: \"{ACME_SHA}\" }}]\n\
+             plans:\n  free:\n    meters:\n      requests: {{ limit: 100, period: month }}\n\
+             routes:\n  - {{ name: api, match: {{ path_prefix: / }}, respond: {{ body: ok }}, meter: {{ requests: 1 }} }}\n\
+             onboarding:\n  activation: {{ calls: 3, within: 1h }}\n",
+            redis.url()
+        );
+        let config = tollgate::config::load_str("activated.yaml", &yaml, &|_| None).unwrap();
+        let metrics = Arc::new(Metrics::unregistered().unwrap());
+        let store = StoreHandle::open(&config.store, &metrics).unwrap();
+        Gateway::new(&config, store, clock, metrics)
+    }
+
+    /// One call at `at`; the milestones it fired.
+    async fn call(gw: &Gateway, clock: &MovedClock, at: &str) -> Vec<Kind> {
+        *clock.0.lock().unwrap() = at.parse().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", HeaderValue::from_static(ACME_KEY));
+        let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        match gw.admit(&Method::GET, "/v1/x", &headers, peer).await {
+            Ok(Admission::Admitted(a)) => a.milestones.iter().map(|m| m.kind).collect(),
+            _ => panic!("the call should be admitted"),
+        }
+    }
+
+    /// Two instances on one Redis, after the tenant's first call (on `a`, at 10:00).
+    async fn first_call_on_a() -> (RedisServer, Arc<MovedClock>, Gateway, Gateway) {
+        let redis = RedisServer::start().await;
+        let clock = Arc::new(MovedClock(Mutex::new(Timestamp::UNIX_EPOCH)));
+        let (a, b) = (
+            gateway(&redis, clock.clone()),
+            gateway(&redis, clock.clone()),
+        );
+        assert_eq!(
+            call(&a, &clock, "2098-03-01T10:00:00Z").await,
+            [Kind::FirstCall]
+        );
+        (redis, clock, a, b)
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn inside_the_window_it_fires_once_at_the_nth_call_across_instances() {
+        let (_redis, clock, a, b) = first_call_on_a().await;
+        // b has never seen the tenant: its count still continues a's.
+        assert!(call(&b, &clock, "2098-03-01T10:10:00Z").await.is_empty());
+        assert_eq!(
+            call(&b, &clock, "2098-03-01T10:59:00Z").await,
+            [Kind::Activated]
+        );
+        assert!(call(&a, &clock, "2098-03-01T10:59:30Z").await.is_empty());
+        assert!(call(&b, &clock, "2098-03-01T11:30:00Z").await.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn outside_the_window_it_never_fires() {
+        let (redis, clock, a, b) = first_call_on_a().await;
+        assert!(call(&a, &clock, "2098-03-01T10:30:00Z").await.is_empty());
+        // The third call comes a second after the hour: on the instance that knows the first
+        // call's time, and on one that does not (it counts, but the window is checked).
+        for at in ["2098-03-01T11:00:01Z", "2098-03-01T11:05:00Z"] {
+            assert!(call(&a, &clock, at).await.is_empty(), "{at}");
+            assert!(call(&b, &clock, at).await.is_empty(), "{at}");
+        }
+        let mut conn = redis.conn().await;
+        let activated: Option<String> = redis::cmd("GET")
+            .arg("tg:{acme}:ms:activated")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(activated, None);
+    }
 }
