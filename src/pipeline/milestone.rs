@@ -25,6 +25,8 @@ pub enum Kind {
     LimitWarning,
     /// The first 402 for a meter in a period.
     LimitReached,
+    /// The first unit past the limit of an overage meter in a period.
+    OverageStarted,
     /// `onboarding.activation.calls` admitted calls within `activation.within` of the first.
     Activated,
     /// An admin-API plan change.
@@ -38,6 +40,7 @@ impl Kind {
             Kind::FirstCall => "first_call",
             Kind::LimitWarning => "limit_warning",
             Kind::LimitReached => "limit_reached",
+            Kind::OverageStarted => "overage_started",
             Kind::Activated => "activated",
             Kind::PlanChanged => "plan_changed",
         }
@@ -144,9 +147,10 @@ fn mark_key(tenant: &str, kind: Kind) -> String {
 
 /// Milestones of an admitted, charged call: `first_call`; `activated` when this call's
 /// reservation took the activation counter to `activation.calls` inside the window since the
-/// first call; and `limit_warning` for each meter this reservation carried across its `warn_at`
-/// (used-before below, used-after at or past it; with concurrent calls exactly one reservation
-/// straddles each threshold).
+/// first call; `limit_warning` for each meter this reservation carried across its `warn_at`
+/// and `overage_started` for each overage meter it carried past its limit (used-before on one
+/// side, used-after on the other; with concurrent calls exactly one reservation straddles each
+/// threshold).
 pub async fn after_admit(
     store: &StoreHandle,
     caller: &Caller,
@@ -187,12 +191,20 @@ pub async fn after_admit(
     }
     for m in &usage.meters {
         let before = m.used.saturating_sub(m.units);
-        if past_warning(m, before) || !past_warning(m, m.used) {
-            continue;
-        }
-        let key = meter_key(tenant, Kind::LimitWarning, m);
-        if once(store, &key, Some(meter_expiry(m))).await {
-            fired.push(Milestone::of_meter(Kind::LimitWarning, caller, plan, m));
+        let crossed = [
+            (
+                Kind::LimitWarning,
+                !past_warning(m, before) && past_warning(m, m.used),
+            ),
+            (
+                Kind::OverageStarted,
+                m.overage && before <= m.limit && m.used > m.limit,
+            ),
+        ];
+        for (kind, _) in crossed.into_iter().filter(|(_, crossed)| *crossed) {
+            if once(store, &meter_key(tenant, kind, m), Some(meter_expiry(m))).await {
+                fired.push(Milestone::of_meter(kind, caller, plan, m));
+            }
         }
     }
     fired

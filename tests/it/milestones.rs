@@ -231,7 +231,8 @@ async fn two_instances_under_load_fire_each_milestone_once_on_one_response() {
     assert_eq!(fired.len(), 6, "nothing else fired");
 }
 
-/// `acme` on a 5-a-month plan warned at 3, on the embedded store, events to a file.
+/// `acme` on a 5-a-month plan warned at 3, with an overage meter past 3, on the embedded store,
+/// events to a file.
 const EMBEDDED: &str = r#"
 server:
   listen: "{listen}"
@@ -253,11 +254,12 @@ plans:
   free:
     meters:
       requests: { limit: 5, period: month, warn_at: 0.6 }
+      extra: { limit: 3, period: month, overage: true }
 routes:
   - name: api
     match: { path_prefix: / }
     upstream: product
-    meter: { requests: 1 }
+    meter: { requests: 1, extra: 1 }
 telemetry:
   spool: "{dir}/spool"
   instance: test-gw
@@ -284,7 +286,7 @@ async fn the_embedded_store_fires_each_milestone_once_and_remembers_across_a_res
             (200, hint("first_call")),
             (200, None),
             (200, hint("limit_warning")),
-            (200, None),
+            (200, hint("overage_started")),
             (200, None),
             (402, hint("limit_reached")),
             (402, None),
@@ -298,11 +300,11 @@ async fn the_embedded_store_fires_each_milestone_once_and_remembers_across_a_res
 
     let path = gateway.config_path().parent().unwrap().join("events.jsonl");
     wait_for(
-        "8 usage events and 3 milestones",
+        "8 usage events and 4 milestones",
         Duration::from_secs(10),
         || {
             let path = path.clone();
-            async move { crate::common::events::file_events(&path).len() >= 11 }
+            async move { crate::common::events::file_events(&path).len() >= 12 }
         },
     )
     .await;
@@ -311,7 +313,22 @@ async fn the_embedded_store_fires_each_milestone_once_and_remembers_across_a_res
         .iter()
         .map(|e| e["data"]["milestone"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["first_call", "limit_warning", "limit_reached"]);
+    assert_eq!(
+        names,
+        [
+            "first_call",
+            "limit_warning",
+            "overage_started",
+            "limit_reached"
+        ]
+    );
+    let overage = all
+        .iter()
+        .find(|e| e["data"]["milestone"] == "overage_started")
+        .unwrap();
+    assert_eq!(overage["data"]["meter"], "extra");
+    assert_eq!(overage["data"]["used"], 4);
+    assert_eq!(overage["data"]["limit"], 3);
 }
 
 /// `activated` with a moved clock, through the library's request path against real Redis (only
