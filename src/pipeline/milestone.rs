@@ -12,7 +12,8 @@ use super::identity::Caller;
 use super::meter::{MeterUse, Usage, EXPIRY_GRACE_SECS};
 use jiff::Timestamp;
 
-use crate::config::{Activation, Plan};
+use crate::config::{Activation, Plan, Route};
+use crate::meter::period::{Period, Window};
 use crate::store::{keys, Charge, StoreHandle};
 use crate::telemetry::event::period_label;
 
@@ -27,6 +28,8 @@ pub enum Kind {
     LimitReached,
     /// The first unit past the limit of an overage meter in a period.
     OverageStarted,
+    /// The first feature-gate 402 for a feature in a period.
+    FeatureDenied,
     /// `onboarding.activation.calls` admitted calls within `activation.within` of the first.
     Activated,
     /// An admin-API plan change.
@@ -41,6 +44,7 @@ impl Kind {
             Kind::LimitWarning => "limit_warning",
             Kind::LimitReached => "limit_reached",
             Kind::OverageStarted => "overage_started",
+            Kind::FeatureDenied => "feature_denied",
             Kind::Activated => "activated",
             Kind::PlanChanged => "plan_changed",
         }
@@ -66,6 +70,8 @@ pub struct Milestone {
     pub limit: Option<u64>,
     /// The plan before, for `plan_changed` (`None`: the tenant had none).
     pub from: Option<String>,
+    /// The feature, for `feature_denied`.
+    pub feature: Option<String>,
 }
 
 impl Milestone {
@@ -79,6 +85,7 @@ impl Milestone {
             used: Some(m.used),
             limit: Some(m.limit),
             from: None,
+            feature: None,
         }
     }
 
@@ -94,6 +101,7 @@ impl Milestone {
             used: None,
             limit: None,
             from,
+            feature: None,
         }
     }
 }
@@ -171,6 +179,7 @@ pub async fn after_admit(
         used: None,
         limit: None,
         from: None,
+        feature: None,
     };
     // The mark holds the first call's time (Unix seconds), which `activated` counts from.
     let first = match mark(store, &mark_key(tenant, Kind::FirstCall), now, None).await {
@@ -223,6 +232,44 @@ pub async fn on_quota_exceeded(
     once(store, &key, Some(meter_expiry(m)))
         .await
         .then(|| Milestone::of_meter(Kind::LimitReached, caller, plan, m))
+}
+
+/// `feature_denied` for a route's feature the caller's plan lacks, the first time in the
+/// period: that of the route's first meter on the plan, else the calendar month (as for the
+/// call's usage event).
+pub async fn on_feature_denied(
+    store: &StoreHandle,
+    caller: &Caller,
+    plan: &Plan,
+    route: &Route,
+    feature: &str,
+    now: Timestamp,
+) -> Option<Milestone> {
+    let period = route
+        .meter
+        .iter()
+        .find_map(|m| plan.meters.get(&m.name))
+        .map_or(Period::Month, |p| p.period);
+    let window = Window::containing(period, caller.tenant.billing_anchor, now).ok()?;
+    let tenant = caller.tenant.name.as_str();
+    let key = keys::milestone(
+        tenant,
+        Kind::FeatureDenied.as_str(),
+        Some(feature),
+        Some(window.start_date),
+    );
+    let expire_at = window.end.as_second() + EXPIRY_GRACE_SECS;
+    once(store, &key, Some(expire_at)).await.then(|| Milestone {
+        kind: Kind::FeatureDenied,
+        tenant: tenant.to_string(),
+        plan: plan.name.clone(),
+        meter: None,
+        period: Some(period_label(period, &window)),
+        used: None,
+        limit: None,
+        from: None,
+        feature: Some(feature.to_string()),
+    })
 }
 
 fn meter_key(tenant: &str, kind: Kind, m: &MeterUse) -> String {

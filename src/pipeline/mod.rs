@@ -203,7 +203,22 @@ impl Gateway {
         refused.caller = Some(caller.clone());
         let plan = step!(self.plans.resolve(&caller)); // 3. what they bought
         refused.plan = Some(plan.plan.clone());
-        step!(self.plans.check_feature(&plan.plan, &route)); // 4. may they
+        let featured = self.plans.check_feature(&plan.plan, &route);
+        if let (true, Err(Rejection::FeatureNotInPlan(f))) = (self.milestones, &featured) {
+            let now = self.clock.now();
+            refused.milestones.extend(
+                milestone::on_feature_denied(
+                    &self.store,
+                    &caller,
+                    &plan.plan,
+                    &route,
+                    &f.feature,
+                    now,
+                )
+                .await,
+            );
+        }
+        step!(featured); // 4. may they
         let burst = match &plan.burst {
             Some(b) => Some(step!(b
                 .check(&caller.tenant.name)

@@ -157,6 +157,8 @@ struct MilestoneData<'a> {
     used: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feature: Option<&'a str>,
     /// `plan_changed` only: the plan before (`null` when the tenant had none) and after.
     #[serde(skip_serializing_if = "Option::is_none")]
     from: Option<Option<&'a str>>,
@@ -187,6 +189,7 @@ pub fn encode_milestone(
             period: m.period.as_deref(),
             used: m.used,
             limit: m.limit,
+            feature: m.feature.as_deref(),
             from: changed.then_some(m.from.as_deref()),
             to: changed.then_some(m.plan.as_str()),
         },

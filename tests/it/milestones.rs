@@ -255,7 +255,15 @@ plans:
     meters:
       requests: { limit: 5, period: month, warn_at: 0.6 }
       extra: { limit: 3, period: month, overage: true }
+    features: [search]
+  pro:
+    features: [search, export]
 routes:
+  - name: export
+    match: { path_prefix: /v1/export }
+    upstream: product
+    feature: export
+    meter: { requests: 1 }
   - name: api
     match: { path_prefix: / }
     upstream: product
@@ -293,6 +301,14 @@ async fn the_embedded_store_fires_each_milestone_once_and_remembers_across_a_res
         ]
     );
 
+    // A feature the plan lacks: the first 402 for it fires `feature_denied`, the next does not.
+    let mut denied = Vec::new();
+    for _ in 0..2 {
+        let r = get(&client, &gateway.url("/v1/export"), Some(ACME_KEY)).await;
+        denied.push((r.status, r.header("tollgate-milestone").map(str::to_string)));
+    }
+    assert_eq!(denied, [(402, hint("feature_denied")), (402, None)]);
+
     gateway.stop().await;
     gateway.start_again().await;
     let r = get(&client, &gateway.url("/v1/items"), Some(ACME_KEY)).await;
@@ -300,11 +316,11 @@ async fn the_embedded_store_fires_each_milestone_once_and_remembers_across_a_res
 
     let path = gateway.config_path().parent().unwrap().join("events.jsonl");
     wait_for(
-        "8 usage events and 4 milestones",
+        "10 usage events and 5 milestones",
         Duration::from_secs(10),
         || {
             let path = path.clone();
-            async move { crate::common::events::file_events(&path).len() >= 12 }
+            async move { crate::common::events::file_events(&path).len() >= 15 }
         },
     )
     .await;
@@ -319,8 +335,15 @@ async fn the_embedded_store_fires_each_milestone_once_and_remembers_across_a_res
             "first_call",
             "limit_warning",
             "overage_started",
-            "limit_reached"
+            "limit_reached",
+            "feature_denied",
         ]
+    );
+    let period = clock::month_start()[..7].to_string();
+    assert_eq!(
+        milestones(&all)[4]["data"],
+        json!({"tenant": "acme", "milestone": "feature_denied", "plan": "free",
+               "feature": "export", "period": period})
     );
     let overage = all
         .iter()
