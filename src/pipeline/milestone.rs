@@ -4,7 +4,9 @@
 //!
 //! Cost: the extra store call happens only when the local state says a milestone may just have
 //! happened — a tenant this instance has not yet seen have its first call, a reservation whose
-//! used-before/used-after straddle `warn_at`, a 402. Every other call pays a set look-up.
+//! used-before/used-after straddle `warn_at` or an overage limit, a 402 this instance has not
+//! yet marked. Every other call pays look-ups in memory; `activated` counts calls with one more
+//! counter in the reservation's script, not with a round trip of its own.
 //! A store failure skips the milestone (logged) and never fails the call: a lost hint is better
 //! than a refused call.
 

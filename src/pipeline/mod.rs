@@ -111,7 +111,7 @@ pub struct Refused {
     pub plan: Option<Arc<Plan>>,
     /// Burst state, when the burst step passed.
     pub burst: Option<BurstState>,
-    /// Lifecycle milestones this refusal fired (`limit_reached`).
+    /// Lifecycle milestones this refusal fired (`limit_reached`, `feature_denied`).
     pub milestones: Vec<milestone::Milestone>,
 }
 

@@ -215,7 +215,9 @@ pub struct StoreHandle {
 /// cleared, which costs one extra `SET NX` per key and never a second milestone.
 #[derive(Default)]
 struct Marked {
-    keys: std::sync::Mutex<HashMap<String, i64>>,
+    /// Read on every milestone-enabled call, written once per key: a read-write lock, so the
+    /// proxy threads' reads do not queue behind each other.
+    keys: std::sync::RwLock<HashMap<String, i64>>,
 }
 
 /// Most keys [`Marked`] remembers.
@@ -223,11 +225,11 @@ const MARKED_MAX: usize = 100_000;
 
 impl Marked {
     fn get(&self, key: &str) -> Option<i64> {
-        self.keys.lock().ok()?.get(key).copied()
+        self.keys.read().ok()?.get(key).copied()
     }
 
     fn insert(&self, key: &str, value: i64) {
-        if let Ok(mut keys) = self.keys.lock() {
+        if let Ok(mut keys) = self.keys.write() {
             if keys.len() >= MARKED_MAX {
                 keys.clear();
             }
