@@ -61,7 +61,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy = Proxy::new(gateway.clone(), config.server.read_timeout, events);
+    let proxy = Proxy::new(gateway.clone(), config.server.read_timeout, events.clone());
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         proxy,
@@ -96,7 +96,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
                 token.clone(),
                 reloader.clone(),
                 draining.clone(),
-            ),
+            )
+            .with_events(events),
         );
         svc.threads = Some(1);
         svc.add_tcp(&admin_listen.to_string());

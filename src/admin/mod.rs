@@ -17,9 +17,11 @@ use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use crate::meter::period::Window;
+use crate::pipeline::milestone::Milestone;
 use crate::pipeline::Gateway;
 use crate::reload::{ReloadError, Reloader};
 use crate::store::{keys, KeyRecord};
+use crate::telemetry::emit::Emitter;
 
 /// Largest request body the admin routes read.
 const MAX_BODY: usize = 64 * 1024;
@@ -31,6 +33,8 @@ pub struct AdminApp {
     token: Option<String>,
     reloader: Option<Arc<Reloader>>,
     draining: Arc<AtomicBool>,
+    /// Where `plan_changed` milestones go, when telemetry is configured.
+    events: Option<Arc<Emitter>>,
 }
 
 /// One answer: status, content type, body.
@@ -101,7 +105,14 @@ impl AdminApp {
             token,
             reloader,
             draining,
+            events: None,
         }
+    }
+
+    /// Emits `plan_changed` milestones through `events` (the proxy's emitter).
+    pub fn with_events(mut self, events: Option<Arc<Emitter>>) -> AdminApp {
+        self.events = events;
+        self
     }
 
     async fn route(&self, call: &Call<'_>, authorization: Option<&str>) -> Answer {
@@ -345,6 +356,7 @@ impl AdminApp {
                 )
             }
         };
+        let from = self.plan_of(&gw, tenant);
         if let Err(e) = gw.store.set_plan(tenant, plan).await {
             return Answer::problem(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -355,6 +367,12 @@ impl AdminApp {
         }
         tracing::info!(tenant, plan = ?plan, "Plan override set through the admin API.");
         let effective = self.plan_of(&gw, tenant);
+        if let (true, Some(events), Some(to)) = (gw.milestones, &self.events, &effective) {
+            if from.as_ref() != Some(to) {
+                let m = Milestone::plan_changed(tenant, from, to.clone());
+                events.emit_milestone(gw.now(), &m);
+            }
+        }
         Answer::json(
             StatusCode::OK,
             &json!({"tenant": tenant, "plan": effective, "override": plan}),

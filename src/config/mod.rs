@@ -5,6 +5,7 @@ pub mod decode;
 mod jwt;
 pub mod model;
 pub mod node;
+mod onboarding;
 mod plans;
 mod routes;
 pub mod schema;
@@ -17,6 +18,7 @@ use std::path::Path;
 
 pub use model::*;
 use node::{Pos, Value};
+pub use onboarding::{Activation, Onboarding};
 pub use telemetry::{OnFull, PluginSink, SinkConfig, SinkKind, Telemetry};
 
 /// One configuration mistake, printed as `file:line:col: message`.
@@ -108,7 +110,7 @@ const TOP: &[&str] = &[
 ];
 
 /// Sections of the contract that later releases implement: rejected clearly, never ignored.
-const NOT_YET: &[&str] = &["onboarding"];
+const NOT_YET: &[&str] = &[];
 
 fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
     if matches!(root.value, Value::Null) {
@@ -185,6 +187,7 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
     let telemetry = f
         .get("telemetry")
         .map(|n| telemetry::telemetry(d, n, &plugins));
+    let onboarding = f.get("onboarding").map(|n| onboarding::onboarding(d, n));
     Some(Config {
         source: Default::default(),
         server: server?,
@@ -196,6 +199,7 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
         plans,
         routes,
         telemetry: telemetry.flatten(),
+        onboarding: onboarding.flatten(),
     })
 }
 

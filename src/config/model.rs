@@ -35,6 +35,8 @@ pub struct Config {
     pub routes: Vec<Arc<Route>>,
     /// Usage events, if configured.
     pub telemetry: Option<super::Telemetry>,
+    /// Lifecycle milestones, if configured.
+    pub onboarding: Option<super::Onboarding>,
 }
 
 /// `server:`

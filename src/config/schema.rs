@@ -70,7 +70,12 @@ pub fn schema() -> Value {
                 "additionalProperties": {"type": "object"},
             },
             "telemetry": telemetry(),
-            "onboarding": {"description": "Lifecycle milestones and webhooks (not supported yet).", "type": "object"},
+            "onboarding": obj("Lifecycle milestones (dev.tollgate.milestone events and the Tollgate-Milestone header). `anonymous_id_header` and `webhooks` are not supported yet.", &[], &[
+                ("activation", obj("What makes a tenant `activated`: `calls` admitted metered calls within `within` of its first call.", &["calls", "within"], &[
+                    ("calls", int("Admitted calls needed.", 1)),
+                    ("within", duration("Counted from the tenant's first call.")),
+                ])),
+            ]),
         }
     })
 }

@@ -21,6 +21,8 @@ pub const TOLLGATE_UPGRADE: &str = "Tollgate-Upgrade";
 
 /// `Tollgate-Idempotent-Replay: ?1` — the call repeated an admitted one and was not charged.
 pub const TOLLGATE_IDEMPOTENT_REPLAY: &str = "Tollgate-Idempotent-Replay";
+/// Names the lifecycle milestone(s) this call fired (SPEC §6).
+pub const TOLLGATE_MILESTONE: &str = "Tollgate-Milestone";
 
 /// What the usage headers are built from.
 pub struct UsageView<'a> {

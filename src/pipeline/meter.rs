@@ -12,7 +12,7 @@ use crate::store::{keys, Charge, ReplayMarker, Reservation, Reserved, StoreError
 
 /// Counters are kept one day past their period, so that calls in flight across the boundary
 /// still settle into the period they were admitted in and reports can read the last period.
-const EXPIRY_GRACE_SECS: i64 = 86_400;
+pub(crate) const EXPIRY_GRACE_SECS: i64 = 86_400;
 
 /// One meter as it stands after this call's reservation.
 #[derive(Debug, Clone)]
@@ -67,6 +67,9 @@ pub struct Usage {
     pub replayed: bool,
     /// False when the store was down and the call went through unmetered (fail_open).
     pub metered: bool,
+    /// The tenant's admitted calls since its first, after this one, when the reservation
+    /// counted it for `onboarding.activation` (see `milestone::activation_charge`).
+    pub activation: Option<u64>,
 }
 
 /// A call that would pass a blocking meter's limit.
@@ -86,6 +89,15 @@ pub struct QuotaExceeded {
     pub meters: Vec<MeterUse>,
 }
 
+/// What a reservation carries besides the route's meters.
+#[derive(Default)]
+pub struct Extra<'a> {
+    /// The call's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<&'a str>,
+    /// The charge counting the call towards `activated` (see `milestone::activation_charge`).
+    pub activation: Option<Charge>,
+}
+
 /// How long an `Idempotency-Key` keeps a call from being charged again.
 const REPLAY_WINDOW_SECS: i64 = 86_400;
 
@@ -99,9 +111,13 @@ pub async fn reserve(
     caller: &Caller,
     plan: &Plan,
     route: &Route,
-    idempotency_key: Option<&str>,
     default_outage: OnOutage,
+    extra: Extra<'_>,
 ) -> Result<Usage, Rejection> {
+    let Extra {
+        idempotency_key,
+        activation,
+    } = extra;
     let mut meters = Vec::with_capacity(route.meter.len());
     let mut charges = Vec::with_capacity(route.meter.len());
     for RouteMeter {
@@ -140,6 +156,10 @@ pub async fn reserve(
             ..Usage::default()
         });
     }
+    // The activation counter rides in the same script as the meters, after them, so counting
+    // calls costs no round trip; it never blocks (no limit), so it cannot deny a call.
+    let counts_activation = activation.is_some();
+    charges.extend(activation);
     let replay = idempotency_key.map(|k| ReplayMarker {
         key: keys::replay(&caller.tenant.name, &crate::keys::sha256_hex(k)),
         expire_at: now.as_second() + REPLAY_WINDOW_SECS,
@@ -147,6 +167,9 @@ pub async fn reserve(
     let reservation = Arc::new(Reservation { charges, replay });
     match store.reserve(&reservation).await {
         Ok(Reserved::Admitted(after)) => {
+            let activation = counts_activation
+                .then(|| after.get(meters.len()).copied())
+                .flatten();
             for (m, used) in meters.iter_mut().zip(after) {
                 m.used = used;
             }
@@ -155,6 +178,7 @@ pub async fn reserve(
                 reservation,
                 metered: true,
                 replayed: false,
+                activation,
             })
         }
         Ok(Reserved::Replayed(used)) => {

@@ -9,6 +9,7 @@ pub mod identity;
 pub mod jwt;
 pub mod measure;
 pub mod meter;
+pub mod milestone;
 pub mod plan;
 pub mod route;
 
@@ -44,6 +45,10 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// Fraction of calls written to the access log.
     pub access_log_sample: f64,
+    /// Whether lifecycle milestones are detected (`onboarding:` is configured).
+    pub milestones: bool,
+    /// What makes a tenant `activated`, when milestones are on and it is configured.
+    activation: Option<crate::config::Activation>,
 }
 
 /// Why a call is refused before it reaches the upstream. `proxy::respond` turns each into its
@@ -90,6 +95,8 @@ pub struct Admitted {
     pub burst: Option<BurstState>,
     /// What was reserved.
     pub usage: Usage,
+    /// Lifecycle milestones this call fired.
+    pub milestones: Vec<milestone::Milestone>,
 }
 
 /// Who was refused, when they got far enough to be known (for the answer and the metrics).
@@ -104,6 +111,8 @@ pub struct Refused {
     pub plan: Option<Arc<Plan>>,
     /// Burst state, when the burst step passed.
     pub burst: Option<BurstState>,
+    /// Lifecycle milestones this refusal fired (`limit_reached`, `feature_denied`).
+    pub milestones: Vec<milestone::Milestone>,
 }
 
 /// The call's `Idempotency-Key`, if it sent one (a quoted or plain string of 1–255 visible
@@ -145,6 +154,11 @@ impl Gateway {
             on_outage: config.store.on_outage,
             metrics,
             access_log_sample: config.server.access_log_sample,
+            milestones: config.onboarding.is_some(),
+            activation: config
+                .onboarding
+                .as_ref()
+                .and_then(|o| o.activation.clone()),
         }
     }
 
@@ -162,6 +176,7 @@ impl Gateway {
             caller: None,
             plan: None,
             burst: None,
+            milestones: Vec::new(),
         };
         macro_rules! step {
             ($e:expr) => {
@@ -188,7 +203,22 @@ impl Gateway {
         refused.caller = Some(caller.clone());
         let plan = step!(self.plans.resolve(&caller)); // 3. what they bought
         refused.plan = Some(plan.plan.clone());
-        step!(self.plans.check_feature(&plan.plan, &route)); // 4. may they
+        let featured = self.plans.check_feature(&plan.plan, &route);
+        if let (true, Err(Rejection::FeatureNotInPlan(f))) = (self.milestones, &featured) {
+            let now = self.clock.now();
+            refused.milestones.extend(
+                milestone::on_feature_denied(
+                    &self.store,
+                    &caller,
+                    &plan.plan,
+                    &route,
+                    &f.feature,
+                    now,
+                )
+                .await,
+            );
+        }
+        step!(featured); // 4. may they
         let burst = match &plan.burst {
             Some(b) => Some(step!(b
                 .check(&caller.tenant.name)
@@ -198,30 +228,57 @@ impl Gateway {
         refused.burst = burst;
         let now = self.clock.now();
         let idempotency_key = step!(idempotency_key(headers));
-        let usage = step!(
-            meter::reserve(
-                &self.store,
-                now,
-                &caller,
-                &plan.plan,
-                &route,
+        let reserved = meter::reserve(
+            &self.store,
+            now,
+            &caller,
+            &plan.plan,
+            &route,
+            self.on_outage,
+            meter::Extra {
                 idempotency_key,
-                self.on_outage
-            )
-            .await
-        ); // 6. not too much
+                activation: milestone::activation_charge(
+                    &self.store,
+                    self.activation.as_ref(),
+                    &caller.tenant.name,
+                    now,
+                ),
+            },
+        )
+        .await;
+        if let (true, Err(Rejection::QuotaExceeded(q))) = (self.milestones, &reserved) {
+            refused.milestones.extend(
+                milestone::on_quota_exceeded(&self.store, &caller, &plan.plan, &q.meter, &q.meters)
+                    .await,
+            );
+        }
+        let usage = step!(reserved); // 6. not too much
         if !usage.metered {
             self.metrics
                 .unmetered
                 .with_label_values(&[&route.name, "store_unavailable"])
                 .inc();
         }
+        let milestones = if self.milestones && usage.metered && !usage.replayed {
+            milestone::after_admit(
+                &self.store,
+                &caller,
+                &plan.plan,
+                &usage,
+                now,
+                self.activation.as_ref(),
+            )
+            .await
+        } else {
+            Vec::new()
+        };
         Ok(Admission::Admitted(Box::new(Admitted {
             route,
             caller,
             plan: plan.plan.clone(),
             burst,
             usage,
+            milestones,
         })))
     }
 

@@ -20,8 +20,9 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::config::RouteTarget;
-use crate::pipeline::headers::{usage_headers, UsageView};
+use crate::pipeline::headers::{usage_headers, UsageView, TOLLGATE_MILESTONE};
 use crate::pipeline::measure::{Measured, ResponseMeter};
+use crate::pipeline::milestone;
 use crate::pipeline::{Admission, Gateway, Refused};
 use crate::plugins::{self, Calls, Stop};
 use crate::telemetry::emit::{Call, Emitter};
@@ -155,12 +156,19 @@ impl ProxyHttp for Proxy {
                 ctx.outcome = Outcome::of_rejection(&refused);
                 ctx.labels = Labels::of_refused(&refused);
                 let method = req.method.to_string();
-                let problem = respond::rejection(&refused, &path, &method, gw.now());
+                let mut problem = respond::rejection(&refused, &path, &method, gw.now());
+                self.emit_milestones(&gw, &refused.milestones);
+                if let Some(v) = milestone::header_value(&refused.milestones) {
+                    problem.headers.push((TOLLGATE_MILESTONE, v));
+                }
                 ctx.refused = Some(refused);
                 respond::write_problem(session, problem).await?;
                 return Ok(true);
             }
         };
+        if let Admission::Admitted(a) = &admission {
+            self.emit_milestones(&gw, &a.milestones);
+        }
         ctx.outcome = Outcome::of_admission(&admission);
         let route = match &admission {
             Admission::Public(r) => r.clone(),
@@ -534,6 +542,9 @@ impl Proxy {
             exhausted: None,
             now: gw.now(),
         });
+        if let Some(v) = milestone::header_value(&a.milestones) {
+            headers.push((TOLLGATE_MILESTONE, v));
+        }
         if a.usage.replayed {
             headers.push((
                 crate::pipeline::headers::TOLLGATE_IDEMPOTENT_REPLAY,
@@ -541,6 +552,18 @@ impl Proxy {
             ));
         }
         headers
+    }
+
+    /// Queues the events of the milestones a call fired, when telemetry is configured. Done
+    /// when the call is admitted or refused, not when it is logged, so an event is not lost to
+    /// a client that hangs up before the answer ends.
+    fn emit_milestones(&self, gw: &Gateway, fired: &[milestone::Milestone]) {
+        if let (Some(events), false) = (&self.events, fired.is_empty()) {
+            let now = gw.now();
+            for m in fired {
+                events.emit_milestone(now, m);
+            }
+        }
     }
 
     fn observe_upstream(&self, ctx: &Ctx) {

@@ -226,6 +226,26 @@ impl Store for EmbeddedStore {
         self.with_state(|s| Ok(keys.iter().map(|k| s.value(k, now)).collect()))
     }
 
+    async fn mark_once(
+        &self,
+        key: &str,
+        value: i64,
+        expire_at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        let now = unix_now();
+        self.with_state(|s| {
+            if let Some(e) = s.counters.get(key).filter(|e| e.expire_at > now) {
+                return Ok(Some(e.value as i64));
+            }
+            let entry = Entry {
+                value: value.max(1) as u64,
+                expire_at: expire_at.unwrap_or(i64::MAX),
+            };
+            s.write(&[(key, entry)])?;
+            Ok(None)
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_state(|_| Ok(()))
     }
@@ -342,6 +362,26 @@ mod tests {
             s.get(&["a".into(), "b".into(), "c".into()]).await.unwrap(),
             vec![1, 3, 0]
         );
+    }
+
+    #[tokio::test]
+    async fn mark_once_sets_a_key_once_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.db");
+        {
+            let s = EmbeddedStore::open(&path).unwrap();
+            assert_eq!(s.mark_once("ms", 7, None).await.unwrap(), None);
+            assert_eq!(s.mark_once("ms", 8, None).await.unwrap(), Some(7));
+            let past = Some(unix_now() - 1);
+            assert_eq!(s.mark_once("gone", 1, past).await.unwrap(), None);
+            assert_eq!(
+                s.mark_once("gone", 1, past).await.unwrap(),
+                None,
+                "an expired mark is absent"
+            );
+        }
+        let s = EmbeddedStore::open(&path).unwrap();
+        assert_eq!(s.mark_once("ms", 9, None).await.unwrap(), Some(7));
     }
 
     #[tokio::test]

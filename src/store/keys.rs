@@ -26,6 +26,32 @@ pub fn tenant_keys(tenant: &str) -> String {
     format!("tg:{{{tenant}}}:keys")
 }
 
+/// `tg:{<tenant>}:ms:<milestone>[:<meter>][:<period start>]` — set once (`SET NX`) when a
+/// lifecycle milestone fires, so that it fires once across every instance.
+pub fn milestone(
+    tenant: &str,
+    milestone: &str,
+    meter: Option<&str>,
+    period_start: Option<Date>,
+) -> String {
+    let mut key = format!("tg:{{{tenant}}}:ms:{milestone}");
+    if let Some(m) = meter {
+        key.push(':');
+        key.push_str(m);
+    }
+    if let Some(p) = period_start {
+        key.push(':');
+        key.push_str(&p.to_string());
+    }
+    key
+}
+
+/// `tg:{<tenant>}:activation` — admitted calls since the tenant's first, for the `activated`
+/// milestone; expires when `onboarding.activation.within` since the first call is over.
+pub fn activation(tenant: &str) -> String {
+    format!("tg:{{{tenant}}}:activation")
+}
+
 /// Pub/sub channel on which a tenant whose overrides changed is announced.
 pub const TENANT_CHANGES: &str = "tollgate:tenant-changes";
 
@@ -47,5 +73,13 @@ mod tests {
         );
         assert_eq!(tenant("acme"), "tg:{acme}:tenant");
         assert_eq!(api_key("9f86"), "tg:key:9f86");
+        assert_eq!(
+            milestone("acme", "first_call", None, None),
+            "tg:{acme}:ms:first_call"
+        );
+        assert_eq!(
+            milestone("acme", "limit_reached", Some("requests"), Some(d)),
+            "tg:{acme}:ms:limit_reached:requests:2026-11-15"
+        );
     }
 }

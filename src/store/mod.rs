@@ -121,6 +121,15 @@ pub trait Store: Send + Sync + 'static {
     async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError>;
     /// Reads counters (0 when absent).
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
+    /// Sets `key` to `value` if it is absent, atomically across every instance sharing the
+    /// store: `None` when this call set it, else the value already there. `expire_at` (Unix
+    /// seconds) bounds its life; `None` keeps it.
+    async fn mark_once(
+        &self,
+        key: &str,
+        value: i64,
+        expire_at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError>;
     /// Checks the store answers.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Looks up a runtime API key by the SHA-256 of the key (SPEC §9 `tg:key:<sha256 hex>`).
@@ -198,6 +207,35 @@ pub struct StoreHandle {
     timeout: Duration,
     ops: Arc<OpMetrics>,
     overrides: Arc<PlanOverrides>,
+    marked: Arc<Marked>,
+}
+
+/// Keys this instance knows are set in the store (see [`StoreHandle::mark_once`]): a key once
+/// set stays set, so asking again would only cost a round trip. Bounded: when full it is
+/// cleared, which costs one extra `SET NX` per key and never a second milestone.
+#[derive(Default)]
+struct Marked {
+    /// Read on every milestone-enabled call, written once per key: a read-write lock, so the
+    /// proxy threads' reads do not queue behind each other.
+    keys: std::sync::RwLock<HashMap<String, i64>>,
+}
+
+/// Most keys [`Marked`] remembers.
+const MARKED_MAX: usize = 100_000;
+
+impl Marked {
+    fn get(&self, key: &str) -> Option<i64> {
+        self.keys.read().ok()?.get(key).copied()
+    }
+
+    fn insert(&self, key: &str, value: i64) {
+        if let Ok(mut keys) = self.keys.write() {
+            if keys.len() >= MARKED_MAX {
+                keys.clear();
+            }
+            keys.insert(key.to_string(), value);
+        }
+    }
 }
 
 /// Metric handles resolved once, so the hot path does no label look-ups.
@@ -241,6 +279,7 @@ impl StoreHandle {
             timeout,
             ops: Arc::new(OpMetrics::new(metrics)),
             overrides: Arc::default(),
+            marked: Arc::default(),
         }
     }
 
@@ -326,6 +365,30 @@ impl StoreHandle {
     pub async fn key_by_id(&self, tenant: &str, id: &str) -> Result<Option<String>, StoreError> {
         self.bounded(&self.ops.get, self.inner.key_by_id(tenant, id))
             .await
+    }
+
+    /// See [`Store::mark_once`]. A key this instance already saw set is answered with its
+    /// value without a store call, so a milestone check costs a round trip only the first time.
+    pub async fn mark_once(
+        &self,
+        key: &str,
+        value: i64,
+        expire_at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        if let Some(known) = self.marked.get(key) {
+            return Ok(Some(known));
+        }
+        let before = self
+            .bounded(&self.ops.get, self.inner.mark_once(key, value, expire_at))
+            .await?;
+        self.marked.insert(key, before.unwrap_or(value));
+        Ok(before)
+    }
+
+    /// The value of a [`Store::mark_once`] key, if this instance has seen it set (no store
+    /// call).
+    pub fn marked(&self, key: &str) -> Option<i64> {
+        self.marked.get(key)
     }
 
     /// The plan override of `tenant` as this instance knows it (no store call).

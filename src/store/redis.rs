@@ -472,6 +472,31 @@ impl Store for RedisStore {
         }
     }
 
+    /// `SET key value NX [EX ttl]` and `GET key` in one transaction (any Redis version; `SET
+    /// … NX GET` needs 7.0), on the request path's connection: milestone checks run while the
+    /// call waits for its answer.
+    async fn mark_once(
+        &self,
+        key: &str,
+        value: i64,
+        expire_at: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("SET").arg(key).arg(value).arg("NX");
+        if let Some(at) = expire_at {
+            let ttl = at.saturating_sub(jiff::Timestamp::now().as_second()).max(1);
+            pipe.arg("EX").arg(ttl);
+        }
+        pipe.cmd("GET").arg(key);
+        let mut conn = self.shared.conn().await?;
+        let (set, now): (Option<String>, Option<String>) =
+            pipe.query_async(&mut conn).await.map_err(backend)?;
+        Ok(match set {
+            Some(_) => None,
+            None => Some(now.and_then(|v| v.parse().ok()).unwrap_or(0)),
+        })
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         let mut conn = self.shared.control().await?;
         let _: String = redis::cmd("PING")

@@ -19,6 +19,7 @@ use super::outcome::Outcome;
 use crate::config::{Plan, Route};
 use crate::meter::period::Window;
 use crate::pipeline::identity::Caller;
+use crate::pipeline::milestone::Milestone;
 use crate::pipeline::{Admission, Refused, Rejection};
 
 /// Hands events from the request path to the spool writer.
@@ -47,7 +48,20 @@ impl Emitter {
 
     /// Queues one event; never blocks.
     pub fn emit(&self, event: &CallEvent<'_>) {
-        let bytes = match event.encode() {
+        self.queue(event.encode());
+    }
+
+    /// Queues a lifecycle milestone's event (`dev.tollgate.milestone`); never blocks.
+    pub fn emit_milestone(&self, time: Timestamp, milestone: &Milestone) {
+        self.queue(super::event::encode_milestone(
+            &self.source,
+            time,
+            milestone,
+        ));
+    }
+
+    fn queue(&self, encoded: Result<Bytes, serde_json::Error>) {
+        let bytes = match encoded {
             Ok(b) => b,
             Err(e) => {
                 self.drop_event("encode_error", &e.to_string());

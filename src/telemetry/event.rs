@@ -13,13 +13,17 @@ use serde::Serialize;
 use crate::meter::period::{Period, Window};
 use crate::pipeline::identity::Caller;
 use crate::pipeline::meter::MeterUse;
+use crate::pipeline::milestone::{Kind, Milestone};
 
 /// The CloudEvents `type` of a call's usage event.
 pub const REQUEST_TYPE: &str = "dev.tollgate.request";
 
+/// The CloudEvents `type` of a lifecycle milestone.
+pub const MILESTONE_TYPE: &str = "dev.tollgate.milestone";
+
 /// A CloudEvents 1.0 envelope.
 #[derive(Serialize)]
-struct Envelope<'a> {
+struct Envelope<'a, D> {
     specversion: &'static str,
     id: String,
     source: &'a str,
@@ -29,7 +33,7 @@ struct Envelope<'a> {
     subject: Option<&'a str>,
     time: String,
     datacontenttype: &'static str,
-    data: Data<'a>,
+    data: D,
 }
 
 /// `data` of a usage event.
@@ -139,6 +143,60 @@ impl CallEvent<'_> {
     }
 }
 
+/// `data` of a milestone event; fields that do not apply to the milestone are left out.
+#[derive(Serialize)]
+struct MilestoneData<'a> {
+    tenant: &'a str,
+    milestone: &'static str,
+    plan: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    meter: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    period: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    feature: Option<&'a str>,
+    /// `plan_changed` only: the plan before (`null` when the tenant had none) and after.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<Option<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+}
+
+/// A lifecycle milestone's event (`dev.tollgate.milestone`), as one line of compact JSON.
+pub fn encode_milestone(
+    source: &str,
+    time: Timestamp,
+    m: &Milestone,
+) -> Result<Bytes, serde_json::Error> {
+    let changed = m.kind == Kind::PlanChanged;
+    let envelope = Envelope {
+        specversion: "1.0",
+        id: new_id(time),
+        source,
+        kind: MILESTONE_TYPE,
+        subject: Some(&m.tenant),
+        time: format!("{time:.3}"),
+        datacontenttype: "application/json",
+        data: MilestoneData {
+            tenant: &m.tenant,
+            milestone: m.kind.as_str(),
+            plan: &m.plan,
+            meter: m.meter.as_deref(),
+            period: m.period.as_deref(),
+            used: m.used,
+            limit: m.limit,
+            feature: m.feature.as_deref(),
+            from: changed.then_some(m.from.as_deref()),
+            to: changed.then_some(m.plan.as_str()),
+        },
+    };
+    serde_json::to_vec(&envelope).map(Bytes::from)
+}
+
 /// A UUIDv7 for an event at `time`: its milliseconds, then 74 random bits from the thread's
 /// user-space generator. (`Uuid::now_v7` asks the kernel for randomness on every call, a
 /// system call per event on the request path.)
@@ -210,5 +268,19 @@ mod tests {
         assert_eq!(v["data"]["latency_ms"], 1.235);
         let id = id_of(&bytes).unwrap();
         assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 7);
+    }
+
+    #[test]
+    fn plan_changed_carries_from_and_to_and_no_meter() {
+        let m = Milestone::plan_changed("acme", None, "pro".into());
+        let time = "2026-11-26T12:00:00Z".parse().unwrap();
+        let bytes = encode_milestone("tollgate/gw-1", time, &m).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["type"], MILESTONE_TYPE);
+        assert_eq!(v["subject"], "acme");
+        assert_eq!(
+            v["data"],
+            serde_json::json!({"tenant": "acme", "milestone": "plan_changed", "plan": "pro", "from": null, "to": "pro"})
+        );
     }
 }

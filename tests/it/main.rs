@@ -19,6 +19,7 @@ mod idempotency;
 mod jwt;
 mod limits;
 mod measured;
+mod milestones;
 mod model;
 mod operations;
 mod outage;
