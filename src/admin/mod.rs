@@ -322,7 +322,7 @@ impl AdminApp {
 
     async fn set_plan(&self, tenant: &str, call: &Call<'_>) -> Answer {
         let gw = self.gateway.load_full();
-        if !valid_tenant(tenant) {
+        if !crate::config::valid_tenant_id(tenant) {
             return Answer::problem(
                 StatusCode::BAD_REQUEST,
                 "bad-request",
@@ -407,7 +407,7 @@ impl AdminApp {
         let key = crate::keys::generate(prefix);
         let sha = crate::keys::sha256_hex(&key);
         let id = match body.get("id") {
-            Some(Value::String(id)) if valid_tenant(id) => id.clone(),
+            Some(Value::String(id)) if crate::config::valid_tenant_id(id) => id.clone(),
             Some(_) => {
                 return Answer::problem(
                     StatusCode::BAD_REQUEST,
@@ -518,14 +518,6 @@ fn unknown_tenant(tenant: &str, path: &str) -> Answer {
         format!("Tenant {tenant} is neither in the config nor has a plan set; set one with PUT /admin/v1/tenants/{tenant}/plan."),
         path,
     )
-}
-
-/// The tenant id rule of `tenants:`.
-fn valid_tenant(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 128
-        && t.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.@".contains(c))
 }
 
 /// Reads the request body, refusing more than [`MAX_BODY`].

@@ -115,6 +115,17 @@ pub struct Upstream {
     pub next: std::sync::atomic::AtomicUsize,
 }
 
+/// The tenant id rule: letters, digits, `_`, `-`, `.` and `@`, 1 to 128 of them. Tenant ids go
+/// into Redis keys (inside the `{…}` hash tag) and into headers; the config, token claims and
+/// the admin API all check them with this one rule.
+pub fn valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 128
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.@".contains(c))
+}
+
 /// `tenants.<name>`
 #[derive(Debug, Clone)]
 pub struct Tenant {

@@ -249,9 +249,7 @@ pub(super) fn tenants(
     let mut seen: HashMap<[u8; 32], String> = HashMap::new();
     for (name, pos, v) in d.named(n, "`tenants`") {
         let what = format!("tenant `{name}`");
-        // Tenant ids go into Redis keys, inside the `{…}` hash tag, and into headers.
-        let plain = |c: char| c.is_ascii_alphanumeric() || "_-.@".contains(c);
-        if name.is_empty() || name.len() > 128 || !name.chars().all(plain) {
+        if !super::model::valid_tenant_id(&name) {
             d.err(pos, format!("{what}: tenant ids may use only letters, digits, `_`, `-`, `.` and `@` (at most 128)"));
             continue;
         }

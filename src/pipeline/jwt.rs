@@ -383,7 +383,7 @@ fn check_claims(
         return Err(AuthFailure::WrongAudience);
     }
     let tenant = match claims.get(&issuer.tenant_claim) {
-        Some(Value::String(t)) if valid_tenant(t) => t.clone(),
+        Some(Value::String(t)) if crate::config::valid_tenant_id(t) => t.clone(),
         Some(Value::String(_)) => return Err(AuthFailure::BadTenantClaim),
         _ => {
             return Err(AuthFailure::MissingClaim {
@@ -411,14 +411,6 @@ fn check_claims(
 /// RFC 7519 NumericDate: a JSON number of seconds (a string is not one).
 fn numeric_date(v: &Value) -> Option<f64> {
     v.as_f64().filter(|f| f.is_finite())
-}
-
-/// The tenant id rule of `tenants:`: ids go into Redis keys and headers.
-fn valid_tenant(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 128
-        && t.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-.@".contains(c))
 }
 
 /// One issuer's JWKS: the last good key set, refreshed in the background and on unknown `kid`s.

@@ -267,44 +267,33 @@ async fn admin_routes_refuse_a_missing_or_wrong_token_and_change_nothing() {
         Some("wrong"),
         Some("an-admin-token-for-the-tests-but-longer"),
     ] {
-        let put = admin(
-            &f.client,
-            &f.a,
-            reqwest::Method::PUT,
-            "/admin/v1/tenants/acme/plan",
-            token,
-            Some(json!({"plan": "pro"})),
-        )
-        .await;
-        assert_eq!(put.status, 401, "{token:?}");
-        assert_eq!(
-            put.problem(401)["type"],
-            "urn:tollgate:admin-unauthenticated"
-        );
-        assert!(put
-            .header("www-authenticate")
-            .unwrap()
-            .starts_with("Bearer"));
-        let key = admin(
-            &f.client,
-            &f.a,
-            reqwest::Method::POST,
-            "/admin/v1/tenants/acme/keys",
-            token,
-            None,
-        )
-        .await;
-        assert_eq!(key.status, 401);
-        let usage = admin(
-            &f.client,
-            &f.a,
-            reqwest::Method::GET,
-            "/admin/v1/tenants/acme/usage",
-            token,
-            None,
-        )
-        .await;
-        assert_eq!(usage.status, 401);
+        let calls = [
+            (
+                reqwest::Method::PUT,
+                "/admin/v1/tenants/acme/plan",
+                Some(json!({"plan": "pro"})),
+            ),
+            (reqwest::Method::POST, "/admin/v1/tenants/acme/keys", None),
+            (reqwest::Method::GET, "/admin/v1/tenants/acme/usage", None),
+            (
+                reqwest::Method::DELETE,
+                "/admin/v1/tenants/acme/keys/acme-1",
+                None,
+            ),
+            (reqwest::Method::POST, "/admin/v1/reload", None),
+        ];
+        for (method, path, body) in calls {
+            let answer = admin(&f.client, &f.a, method.clone(), path, token, body).await;
+            assert_eq!(answer.status, 401, "{method} {path} with {token:?}");
+            assert_eq!(
+                answer.problem(401)["type"],
+                "urn:tollgate:admin-unauthenticated"
+            );
+            assert!(answer
+                .header("www-authenticate")
+                .unwrap()
+                .starts_with("Bearer"));
+        }
     }
     let mut conn = f.redis.conn().await;
     let all: Vec<String> = redis::cmd("KEYS")
