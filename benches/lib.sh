@@ -174,6 +174,33 @@ start_nginx() {
   wait_until 10 "${PIDS[-1]}" nginx curl -fsS --max-time 1 "http://127.0.0.1:$ORIGIN_PORT/"
 }
 
+# start_plain_origin: nginx on ORIGIN_PORT answering every request 200 "ok" (the origin of the
+# A/B benchmarks, which measure the gateway, not the origin).
+start_plain_origin() {
+  mkdir -p "$TMP/nginx"
+  cat >"$TMP/nginx/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 10000000;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    server {
+        listen 127.0.0.1:$ORIGIN_PORT;
+        location / { default_type text/plain; return 200 'ok'; }
+    }
+}
+CONF
+  start_nginx
+}
+
 # start_redis: a Redis without persistence on REDIS_PORT, on the load CPU; sets REDIS_PID.
 start_redis() {
   "${LOAD_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \

@@ -135,6 +135,7 @@ fn bench(c: &mut Criterion) {
         identity: IdentityKind::ApiKey,
         key_id: Some("acme-ci".into()),
         user: None,
+        client_anonymous_id: None,
     };
     g.bench_function("encode_event", |b| {
         b.iter(|| {

@@ -1,12 +1,13 @@
 //! `onboarding:` — lifecycle milestones (SPEC §2, §6). The validated types live here too, so the
 //! section is one file.
 //!
-//! Only `activation` is implemented; `anonymous_id_header` and `webhooks` are part of the
-//! contract but not of this release, so they are refused at their position rather than ignored
-//! (a config that asks for webhooks must not silently deliver none).
+//! `webhooks` is part of the contract but not of this release, so it is refused at its position
+//! rather than ignored (a config that asks for webhooks must not silently deliver none).
 
 use std::num::NonZeroU64;
 use std::time::Duration;
+
+use http::HeaderName;
 
 use super::decode::Decoder;
 use super::node::Node;
@@ -16,7 +17,14 @@ use super::node::Node;
 pub struct Onboarding {
     /// What counts as `activated`, if configured.
     pub activation: Option<Activation>,
+    /// The header carrying the client-side anonymous id analytics SDKs send
+    /// (`anonymous_id_header`, default `x-anonymous-id`), lower-cased.
+    pub anonymous_id_header: HeaderName,
 }
+
+/// The header analytics SDKs send a visitor's anonymous id in, unless `anonymous_id_header`
+/// names another.
+pub const DEFAULT_ANONYMOUS_ID_HEADER: &str = "x-anonymous-id";
 
 /// `onboarding.activation`: `calls` admitted calls within `within` of the first call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +36,7 @@ pub struct Activation {
 }
 
 /// Keys of the contract that this release does not implement yet.
-const NOT_YET: &[&str] = &["anonymous_id_header", "webhooks"];
+const NOT_YET: &[&str] = &["webhooks"];
 
 pub(super) fn onboarding(d: &mut Decoder, n: &Node) -> Option<Onboarding> {
     let f = d.fields(
@@ -47,10 +55,29 @@ pub(super) fn onboarding(d: &mut Decoder, n: &Node) -> Option<Onboarding> {
         }
     }
     let activation = match f.get("activation") {
-        Some(n) => Some(activation(d, n)?),
-        None => None,
+        Some(n) => activation(d, n).map(Some),
+        None => Some(None),
     };
-    Some(Onboarding { activation })
+    let anonymous_id_header = match f.get("anonymous_id_header") {
+        Some(n) => {
+            let name = d.string(n, "`onboarding.anonymous_id_header`")?;
+            match HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()) {
+                Ok(h) => h,
+                Err(_) => {
+                    d.err(
+                        n.pos,
+                        format!("`onboarding.anonymous_id_header` must be a header name, found `{name}`"),
+                    );
+                    return None;
+                }
+            }
+        }
+        None => HeaderName::from_static(DEFAULT_ANONYMOUS_ID_HEADER),
+    };
+    Some(Onboarding {
+        activation: activation?,
+        anonymous_id_header,
+    })
 }
 
 fn activation(d: &mut Decoder, n: &Node) -> Option<Activation> {

@@ -70,11 +70,12 @@ pub fn schema() -> Value {
                 "additionalProperties": {"type": "object"},
             },
             "telemetry": telemetry(),
-            "onboarding": obj("Lifecycle milestones (dev.tollgate.milestone events and the Tollgate-Milestone header). `anonymous_id_header` and `webhooks` are not supported yet.", &[], &[
+            "onboarding": obj("Lifecycle milestones (dev.tollgate.milestone events and the Tollgate-Milestone header) and anonymous-to-identified merges (dev.tollgate.identify). `webhooks` is not supported yet.", &[], &[
                 ("activation", obj("What makes a tenant `activated`: `calls` admitted metered calls within `within` of its first call.", &["calls", "within"], &[
                     ("calls", int("Admitted calls needed.", 1)),
                     ("within", duration("Counted from the tenant's first call.")),
                 ])),
+                ("anonymous_id_header", string("The header carrying the visitor's client-side anonymous id, as analytics SDKs send it (default x-anonymous-id). With an identified credential it links the two ids (one dev.tollgate.identify event); on anonymous calls it is their anonymous_id.")),
             ]),
         }
     })

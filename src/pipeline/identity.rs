@@ -40,14 +40,34 @@ pub struct Caller {
     pub key_id: Option<String>,
     /// The end user inside the tenant, when the credential names one (a JWT's `user_claim`).
     pub user: Option<String>,
+    /// The visitor's client-side anonymous id (`onboarding.anonymous_id_header`), when the call
+    /// sent a well-formed one and onboarding is configured.
+    pub client_anonymous_id: Option<String>,
 }
 
 impl Caller {
-    /// The `anonymous_id` of events: the keyed hash the anonymous tier counts a client IP
-    /// under, never the IP itself.
+    /// The `anonymous_id` of events: the client-side anonymous id the call carried, else, for
+    /// an anonymous caller, the keyed hash the anonymous tier counts its client IP under (never
+    /// the IP itself). An identified caller that sent one has both ids in its events.
     pub fn anonymous_id(&self) -> Option<&str> {
-        (self.identity == IdentityKind::Anonymous).then_some(self.tenant.name.as_str())
+        self.client_anonymous_id.as_deref().or_else(|| {
+            (self.identity == IdentityKind::Anonymous).then_some(self.tenant.name.as_str())
+        })
     }
+}
+
+/// Longest client-side anonymous id taken; analytics SDKs send UUIDs (36 characters).
+pub const ANONYMOUS_ID_MAX: usize = 128;
+
+/// The client-side anonymous id in `header`: 1–[`ANONYMOUS_ID_MAX`] visible ASCII characters,
+/// surrounding quotes and spaces ignored. Anything else is not an id and is ignored (it is a
+/// hint for analytics, not a credential, so a malformed one never refuses a call).
+pub fn client_anonymous_id(headers: &HeaderMap, header: &HeaderName) -> Option<String> {
+    let value = headers.get(header)?.to_str().ok()?.trim().trim_matches('"');
+    let ok = !value.is_empty()
+        && value.len() <= ANONYMOUS_ID_MAX
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    ok.then(|| value.to_string())
 }
 
 /// The anonymous tier: callers with no credentials at all, each client IP its own tenant.
@@ -92,6 +112,7 @@ impl AnonymousTier {
             identity: IdentityKind::Anonymous,
             key_id: None,
             user: None,
+            client_anonymous_id: None,
         }
     }
 }
@@ -243,6 +264,7 @@ impl ApiKeys {
                 identity: IdentityKind::ApiKey,
                 key_id: Some(entry.id.clone()),
                 user: None,
+                client_anonymous_id: None,
             })),
             _ => Ok(KeyCheck::LookUp(digest)),
         }

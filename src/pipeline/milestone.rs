@@ -10,7 +10,7 @@
 //! A store failure skips the milestone (logged) and never fails the call: a lost hint is better
 //! than a refused call.
 
-use super::identity::Caller;
+use super::identity::{Caller, IdentityKind};
 use super::meter::{MeterUse, Usage, EXPIRY_GRACE_SECS};
 use jiff::Timestamp;
 
@@ -106,6 +106,39 @@ impl Milestone {
             feature: None,
         }
     }
+}
+
+/// A visitor's client-side anonymous id joined to the identified caller that sent it
+/// (`dev.tollgate.identify`, SPEC §6): emitted once per (anonymous id, tenant, user).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identify {
+    /// The id the visitor's analytics SDK sent (`onboarding.anonymous_id_header`).
+    pub anonymous_id: String,
+    /// The tenant the credential names.
+    pub tenant: String,
+    /// The end user, when the credential names one.
+    pub user: Option<String>,
+}
+
+/// The merge of a call's client-side anonymous id into its identified caller, the first time
+/// any instance sees that (anonymous id, tenant, user): a set-if-absent of
+/// `tg:{<tenant>}:ms:identify:<hash>`, which never expires (a link is made once; see the
+/// configuration reference for what the keys cost). After the first call this instance answers
+/// from memory, so a visitor's later calls pay no round trip. `None` for anonymous callers and
+/// calls without an anonymous id.
+pub async fn identify(store: &StoreHandle, caller: &Caller) -> Option<Identify> {
+    if caller.identity == IdentityKind::Anonymous {
+        return None;
+    }
+    let anonymous_id = caller.client_anonymous_id.as_deref()?;
+    let tenant = caller.tenant.name.as_str();
+    let user = caller.user.as_deref();
+    let key = keys::identify(tenant, anonymous_id, user);
+    once(store, &key, None).await.then(|| Identify {
+        anonymous_id: anonymous_id.to_string(),
+        tenant: tenant.to_string(),
+        user: user.map(str::to_string),
+    })
 }
 
 /// Whether `used` is at or past the meter's warning threshold (the `warn_at` part of

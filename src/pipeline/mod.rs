@@ -49,6 +49,8 @@ pub struct Gateway {
     pub milestones: bool,
     /// What makes a tenant `activated`, when milestones are on and it is configured.
     activation: Option<crate::config::Activation>,
+    /// Where a visitor's client-side anonymous id comes from, when onboarding is configured.
+    anonymous_id_header: Option<http::HeaderName>,
 }
 
 /// Why a call is refused before it reaches the upstream. `proxy::respond` turns each into its
@@ -97,6 +99,8 @@ pub struct Admitted {
     pub usage: Usage,
     /// Lifecycle milestones this call fired.
     pub milestones: Vec<milestone::Milestone>,
+    /// The anonymous → identified merge this call made, if it was the first to.
+    pub identify: Option<milestone::Identify>,
 }
 
 /// Who was refused, when they got far enough to be known (for the answer and the metrics).
@@ -113,6 +117,8 @@ pub struct Refused {
     pub burst: Option<BurstState>,
     /// Lifecycle milestones this refusal fired (`limit_reached`, `feature_denied`).
     pub milestones: Vec<milestone::Milestone>,
+    /// The anonymous → identified merge this call made (a refused call is still identified).
+    pub identify: Option<milestone::Identify>,
 }
 
 /// The call's `Idempotency-Key`, if it sent one (a quoted or plain string of 1–255 visible
@@ -159,6 +165,10 @@ impl Gateway {
                 .onboarding
                 .as_ref()
                 .and_then(|o| o.activation.clone()),
+            anonymous_id_header: config
+                .onboarding
+                .as_ref()
+                .map(|o| o.anonymous_id_header.clone()),
         }
     }
 
@@ -177,6 +187,7 @@ impl Gateway {
             plan: None,
             burst: None,
             milestones: Vec::new(),
+            identify: None,
         };
         macro_rules! step {
             ($e:expr) => {
@@ -199,7 +210,11 @@ impl Gateway {
         if route.auth == RouteAuth::None {
             return Ok(Admission::Public(route));
         }
-        let caller = self.with_plan_override(step!(self.identify(headers, peer).await)); // 2. who
+        let mut caller = self.with_plan_override(step!(self.identify(headers, peer).await)); // 2. who
+        if let Some(header) = &self.anonymous_id_header {
+            caller.client_anonymous_id = identity::client_anonymous_id(headers, header);
+            refused.identify = milestone::identify(&self.store, &caller).await;
+        }
         refused.caller = Some(caller.clone());
         let plan = step!(self.plans.resolve(&caller)); // 3. what they bought
         refused.plan = Some(plan.plan.clone());
@@ -279,6 +294,7 @@ impl Gateway {
             burst,
             usage,
             milestones,
+            identify: refused.identify.take(),
         })))
     }
 
@@ -359,6 +375,7 @@ impl Gateway {
             identity: identity::IdentityKind::Jwt,
             key_id: None,
             user: claims.user,
+            client_anonymous_id: None,
         })
     }
 
@@ -394,6 +411,7 @@ impl Gateway {
             identity: identity::IdentityKind::ApiKey,
             key_id: Some(record.id),
             user: None,
+            client_anonymous_id: None,
         })
     }
 

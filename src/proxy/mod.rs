@@ -157,7 +157,7 @@ impl ProxyHttp for Proxy {
                 ctx.labels = Labels::of_refused(&refused);
                 let method = req.method.to_string();
                 let mut problem = respond::rejection(&refused, &path, &method, gw.now());
-                self.emit_milestones(&gw, &refused.milestones);
+                self.emit_milestones(&gw, &refused.milestones, refused.identify.as_ref());
                 if let Some(v) = milestone::header_value(&refused.milestones) {
                     problem.headers.push((TOLLGATE_MILESTONE, v));
                 }
@@ -167,7 +167,7 @@ impl ProxyHttp for Proxy {
             }
         };
         if let Admission::Admitted(a) = &admission {
-            self.emit_milestones(&gw, &a.milestones);
+            self.emit_milestones(&gw, &a.milestones, a.identify.as_ref());
         }
         ctx.outcome = Outcome::of_admission(&admission);
         let route = match &admission {
@@ -554,15 +554,27 @@ impl Proxy {
         headers
     }
 
-    /// Queues the events of the milestones a call fired, when telemetry is configured. Done
-    /// when the call is admitted or refused, not when it is logged, so an event is not lost to
-    /// a client that hangs up before the answer ends.
-    fn emit_milestones(&self, gw: &Gateway, fired: &[milestone::Milestone]) {
-        if let (Some(events), false) = (&self.events, fired.is_empty()) {
-            let now = gw.now();
-            for m in fired {
-                events.emit_milestone(now, m);
-            }
+    /// Queues the events of the milestones (and the identity merge) a call fired, when
+    /// telemetry is configured. Done when the call is admitted or refused, not when it is
+    /// logged, so an event is not lost to a client that hangs up before the answer ends.
+    fn emit_milestones(
+        &self,
+        gw: &Gateway,
+        fired: &[milestone::Milestone],
+        identify: Option<&milestone::Identify>,
+    ) {
+        let Some(events) = &self.events else {
+            return;
+        };
+        if fired.is_empty() && identify.is_none() {
+            return;
+        }
+        let now = gw.now();
+        if let Some(i) = identify {
+            events.emit_identify(now, i);
+        }
+        for m in fired {
+            events.emit_milestone(now, m);
         }
     }
 

@@ -46,6 +46,27 @@ pub fn milestone(
     key
 }
 
+/// `tg:{<tenant>}:ms:identify:<32 hex>` — the mark of one (anonymous id, tenant, user) merge:
+/// the first 16 bytes of SHA-256 over the anonymous id and the user, so the key's length and
+/// characters do not depend on what a client sent.
+pub fn identify(tenant: &str, anonymous_id: &str, user: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(anonymous_id.as_bytes());
+    // A separator no visible-ASCII anonymous id contains, then whether a user is named, so
+    // ("a", user "b") and ("a\0b", none) cannot collide.
+    h.update([0u8]);
+    match user {
+        Some(u) => {
+            h.update([1u8]);
+            h.update(u.as_bytes());
+        }
+        None => h.update([0u8]),
+    }
+    let digest = h.finalize();
+    format!("tg:{{{tenant}}}:ms:identify:{}", hex::encode(&digest[..16]))
+}
+
 /// `tg:{<tenant>}:activation` — admitted calls since the tenant's first, for the `activated`
 /// milestone; expires when `onboarding.activation.within` since the first call is over.
 pub fn activation(tenant: &str) -> String {

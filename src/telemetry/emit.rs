@@ -19,7 +19,7 @@ use super::outcome::Outcome;
 use crate::config::{Plan, Route};
 use crate::meter::period::Window;
 use crate::pipeline::identity::Caller;
-use crate::pipeline::milestone::Milestone;
+use crate::pipeline::milestone::{Identify, Milestone};
 use crate::pipeline::{Admission, Refused, Rejection};
 
 /// Hands events from the request path to the spool writer.
@@ -58,6 +58,11 @@ impl Emitter {
             time,
             milestone,
         ));
+    }
+
+    /// Queues an anonymous → identified merge's event (`dev.tollgate.identify`); never blocks.
+    pub fn emit_identify(&self, time: Timestamp, identify: &Identify) {
+        self.queue(super::event::encode_identify(&self.source, time, identify));
     }
 
     fn queue(&self, encoded: Result<Bytes, serde_json::Error>) {

@@ -13,13 +13,16 @@ use serde::Serialize;
 use crate::meter::period::{Period, Window};
 use crate::pipeline::identity::Caller;
 use crate::pipeline::meter::MeterUse;
-use crate::pipeline::milestone::{Kind, Milestone};
+use crate::pipeline::milestone::{Identify, Kind, Milestone};
 
 /// The CloudEvents `type` of a call's usage event.
 pub const REQUEST_TYPE: &str = "dev.tollgate.request";
 
 /// The CloudEvents `type` of a lifecycle milestone.
 pub const MILESTONE_TYPE: &str = "dev.tollgate.milestone";
+
+/// The CloudEvents `type` of an anonymous → identified merge.
+pub const IDENTIFY_TYPE: &str = "dev.tollgate.identify";
 
 /// A CloudEvents 1.0 envelope.
 #[derive(Serialize)]
@@ -192,6 +195,39 @@ pub fn encode_milestone(
             feature: m.feature.as_deref(),
             from: changed.then_some(m.from.as_deref()),
             to: changed.then_some(m.plan.as_str()),
+        },
+    };
+    serde_json::to_vec(&envelope).map(Bytes::from)
+}
+
+/// `data` of an identify event (SPEC §6): exactly these three fields, `user` `null` when the
+/// credential names no end user.
+#[derive(Serialize)]
+struct IdentifyData<'a> {
+    anonymous_id: &'a str,
+    tenant: &'a str,
+    user: Option<&'a str>,
+}
+
+/// An anonymous → identified merge's event (`dev.tollgate.identify`), as one line of compact
+/// JSON.
+pub fn encode_identify(
+    source: &str,
+    time: Timestamp,
+    i: &Identify,
+) -> Result<Bytes, serde_json::Error> {
+    let envelope = Envelope {
+        specversion: "1.0",
+        id: new_id(time),
+        source,
+        kind: IDENTIFY_TYPE,
+        subject: Some(&i.tenant),
+        time: format!("{time:.3}"),
+        datacontenttype: "application/json",
+        data: IdentifyData {
+            anonymous_id: &i.anonymous_id,
+            tenant: &i.tenant,
+            user: i.user.as_deref(),
         },
     };
     serde_json::to_vec(&envelope).map(Bytes::from)

@@ -16,6 +16,7 @@ mod embedded;
 mod harness;
 mod hygiene;
 mod idempotency;
+mod identify;
 mod jwt;
 mod limits;
 mod measured;
