@@ -20,7 +20,11 @@
 #                     (`requests: 1`, `input_tokens` / `output_tokens` reserved at 1000 and
 #                     settled to 12 / 30): (f) measures them with the llm-usage plugin, (f0) with
 #                     the built-in `from_response: json:…`; against (f0), the plugin host's cost
-# (a) runs once; (b)-(f) run ROUNDS times, interleaved, and the table shows medians.
+#   (g0)/(g) baseline examples/baseline_proxy.rs, pinned like the gateway: a bare pingora
+#                     passthrough (g0), and the same plus one EVALSHA per call on a redis-rs
+#                     ConnectionManager (g). g/g0 is what "one store round trip per call" costs
+#                     any pingora gateway on this machine; (c)/(b) is what tollgate's costs.
+# (a) runs once; (b)-(g) run ROUNDS times, interleaved, and the table shows medians.
 # "metered/unmetered" is the median of the per-round ratios of req/s. The table also shows how
 # busy each CPU was during a run and the CPU time the gateway (and Redis) spent per request
 # (from /proc/<pid>/stat): when the machine is shared, CPU per request is the steadier number.
@@ -88,10 +92,12 @@ fi
 # ---------------------------------------------------------------- build
 if [[ $SKIP_BUILD != 1 ]]; then
   log "cargo build --release"
-  cargo build --release --bin tollgate
+  cargo build --release --bin tollgate --example baseline_proxy
 fi
 BIN=${TOLLGATE_BIN:-$ROOT/target/release/tollgate}
 [[ -x $BIN ]] || die "$BIN not found (build it with cargo build --release)"
+BASELINE_BIN=$ROOT/target/release/examples/baseline_proxy
+[[ -x $BASELINE_BIN ]] || die "$BASELINE_BIN not found (cargo build --release --example baseline_proxy)"
 
 # ---------------------------------------------------------------- processes and cleanup
 scratch load
@@ -99,6 +105,7 @@ scratch load
 free_port ORIGIN_PORT
 free_port REDIS_PORT
 free_port GW_PORT
+free_port BASE_PORT
 
 # ---------------------------------------------------------------- origin: nginx
 mkdir -p "$TMP/nginx"
@@ -232,6 +239,17 @@ GW_PID=$!
 GW=http://127.0.0.1:$GW_PORT
 wait_until 30 "${PIDS[-1]}" tollgate curl -fsS --max-time 1 "$GW/open"
 
+# The baseline, on the gateway's CPU (it idles while the gateway is measured, and the other way
+# round).
+"${GW_PIN[@]}" "$BASELINE_BIN" "127.0.0.1:$BASE_PORT" "127.0.0.1:$ORIGIN_PORT" \
+  "redis://127.0.0.1:$REDIS_PORT/0" >"$RESULTS_DIR/baseline.log" 2>&1 &
+PIDS+=($!)
+BASE_PID=$!
+BASE=http://127.0.0.1:$BASE_PORT
+wait_until 30 "$BASE_PID" baseline curl -fsS --max-time 1 "$BASE/evalsha"
+[[ $(redis-cli -p "$REDIS_PORT" get baseline:counter) -ge 1 ]] ||
+  die "the baseline's EVALSHA did not count"
+
 # meter_sum METER: sum of the tenant's counters of METER (one per period; a run may cross
 # midnight). counter: the `requests` meter's.
 meter_sum() {
@@ -331,6 +349,7 @@ read -r o_rps o_p50 o_p99 o_reqs o_non o_err o_c0 o_c1 o_gw o_rd <"$RESULTS_DIR/
 : >"$RESULTS_DIR/rounds.txt"
 : >"$RESULTS_DIR/measured_rounds.txt"
 : >"$RESULTS_DIR/plugin_rounds.txt"
+: >"$RESULTS_DIR/baseline_rounds.txt"
 mismatch=0
 AUTH=(-H "Authorization: Bearer $KEY")
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -393,6 +412,25 @@ for ((r = 1; r <= ROUNDS; r++)); do
   # columns: 1 round, 2-4 without: rps p99 gw_us, 5-7 with llm-usage: rps p99 gw_us, 8 req/s ratio
   printf '%d %s %s %s %s %s %s %s\n' "$r" "$p0_rps" "$p0_p99" "$p0_gw" "$p1_rps" "$p1_p99" "$p1_gw" \
     "$(awk -v a="$p1_rps" -v b="$p0_rps" 'BEGIN { printf "%.4f", a / b }')" >>"$RESULTS_DIR/plugin_rounds.txt"
+
+  # (g0)/(g): the bare pingora baseline, without and with one EVALSHA per call. The gateway's
+  # PID slot measures the baseline's CPU here.
+  saved_pid=$GW_PID
+  GW_PID=$BASE_PID
+  for kind in bare evalsha; do
+    log "round $r/$ROUNDS: (g) baseline $kind"
+    path=$([[ $kind == bare ]] && echo /open || echo /evalsha)
+    warm "baseline-$kind.$r" "$BASE$path"
+    measure "baseline-$kind.$r" "$BASE$path"
+  done
+  GW_PID=$saved_pid
+  read -r g0_rps _ g0_p99 _ _ _ _ _ g0_gw _ <"$RESULTS_DIR/baseline-bare.$r.parsed"
+  read -r g1_rps _ g1_p99 _ _ _ _ _ g1_gw g1_rd <"$RESULTS_DIR/baseline-evalsha.$r.parsed"
+  # columns: 1 round, 2-4 bare: rps p99 cpu-us, 5-8 with EVALSHA: rps p99 cpu-us redis-us,
+  # 9 req/s ratio evalsha/bare, 10 tollgate metered/unmetered of the same round
+  printf '%d %s %s %s %s %s %s %s %s %s\n' "$r" "$g0_rps" "$g0_p99" "$g0_gw" "$g1_rps" "$g1_p99" "$g1_gw" "$g1_rd" \
+    "$(awk -v a="$g1_rps" -v b="$g0_rps" 'BEGIN { printf "%.4f", a / b }')" \
+    "$(awk -v m="$m_rps" -v u="$u_rps" 'BEGIN { printf "%.4f", m / u }')" >>"$RESULTS_DIR/baseline_rounds.txt"
 done
 
 # ---------------------------------------------------------------- report
@@ -423,11 +461,16 @@ ratios=$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $8 }' "$RESULTS_DIR/rounds
   pcol() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/plugin_rounds.txt" | median; }
   row "(f0) SSE tokens, from_response *" "$(printf %.0f "$(pcol 2)")" "-" "$(printf %.3f "$(pcol 3)")" "-" "-" "$(pcol 4)" "-"
   row "(f) SSE tokens, llm-usage plugin *" "$(printf %.0f "$(pcol 5)")" "-" "$(printf %.3f "$(pcol 6)")" "-" "-" "$(pcol 7)" "-"
+  bcol() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/baseline_rounds.txt" | median; }
+  row "(g0) bare pingora passthrough *" "$(printf %.0f "$(bcol 2)")" "-" "$(printf %.3f "$(bcol 3)")" "-" "-" "$(bcol 4)" "-"
+  row "(g) bare pingora + 1 EVALSHA *" "$(printf %.0f "$(bcol 5)")" "-" "$(printf %.3f "$(bcol 6)")" "-" "-" "$(bcol 7)" "$(bcol 8)"
   echo
   printf 'response-measured/fixed-cost req/s, same two meters: JSON %.3f, SSE %.3f (medians of per-round ratios)\n' "$(mcol 6)" "$(mcol 7)"
   printf 'llm-usage plugin on SSE / same route without it, req/s: %.3f (median of per-round ratios)\n' "$(pcol 8)"
   printf 'metered/unmetered req/s: %.3f  (median of per-round ratios: %s)\n' "$ratio" "$ratios"
   printf 'gateway CPU per request, metered/unmetered: %.3f (median of per-round ratios)\n' "$cpu_ratio"
+  printf 'baseline: bare pingora + 1 EVALSHA / bare pingora req/s: %.3f (per round: %s)\n' "$(bcol 9)" \
+    "$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $9 }' "$RESULTS_DIR/baseline_rounds.txt")"
   printf '* median of %d rounds.\n' "$ROUNDS"
   echo "cpuN%: busy share of CPU N during the run, whoever used it ($PIN_NOTE);"
   echo "gw us/r, redis us/r: CPU microseconds per answered request used by the gateway, by Redis."
