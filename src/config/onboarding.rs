@@ -1,21 +1,23 @@
 //! `onboarding:` — lifecycle milestones (SPEC §2, §6). The validated types live here too, so the
 //! section is one file.
 //!
-//! Only `activation` is implemented; `anonymous_id_header` and `webhooks` are part of the
-//! contract but not of this release, so they are refused at their position rather than ignored
-//! (a config that asks for webhooks must not silently deliver none).
+//! `webhooks` are decoded in `webhooks.rs`. `anonymous_id_header` is part of the contract but not
+//! of this release, so it is refused at its position rather than ignored.
 
 use std::num::NonZeroU64;
 use std::time::Duration;
 
 use super::decode::Decoder;
 use super::node::Node;
+use super::webhooks::{self, Webhook};
 
 /// `onboarding:` — present means milestones are detected (and emitted when `telemetry` is set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Onboarding {
     /// What counts as `activated`, if configured.
     pub activation: Option<Activation>,
+    /// `webhooks`: milestones POSTed, signed, to each URL (delivered as telemetry sinks).
+    pub webhooks: Vec<Webhook>,
 }
 
 /// `onboarding.activation`: `calls` admitted calls within `within` of the first call.
@@ -28,7 +30,7 @@ pub struct Activation {
 }
 
 /// Keys of the contract that this release does not implement yet.
-const NOT_YET: &[&str] = &["anonymous_id_header", "webhooks"];
+const NOT_YET: &[&str] = &["anonymous_id_header"];
 
 pub(super) fn onboarding(d: &mut Decoder, n: &Node) -> Option<Onboarding> {
     let f = d.fields(
@@ -46,11 +48,20 @@ pub(super) fn onboarding(d: &mut Decoder, n: &Node) -> Option<Onboarding> {
             );
         }
     }
+    // Decoded before `activation`, whose mistakes return early, so both report theirs.
+    let webhooks = f.get("webhooks").map(|n| webhooks::webhooks(d, n));
     let activation = match f.get("activation") {
         Some(n) => Some(activation(d, n)?),
         None => None,
     };
-    Some(Onboarding { activation })
+    let webhooks = match webhooks {
+        Some(w) => w?,
+        None => Vec::new(),
+    };
+    Some(Onboarding {
+        activation,
+        webhooks,
+    })
 }
 
 fn activation(d: &mut Decoder, n: &Node) -> Option<Activation> {

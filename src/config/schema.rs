@@ -70,11 +70,12 @@ pub fn schema() -> Value {
                 "additionalProperties": {"type": "object"},
             },
             "telemetry": telemetry(),
-            "onboarding": obj("Lifecycle milestones (dev.tollgate.milestone events and the Tollgate-Milestone header). `anonymous_id_header` and `webhooks` are not supported yet.", &[], &[
+            "onboarding": obj("Lifecycle milestones (dev.tollgate.milestone events and the Tollgate-Milestone header). `anonymous_id_header` is not supported yet.", &[], &[
                 ("activation", obj("What makes a tenant `activated`: `calls` admitted metered calls within `within` of its first call.", &["calls", "within"], &[
                     ("calls", int("Admitted calls needed.", 1)),
                     ("within", duration("Counted from the tenant's first call.")),
                 ])),
+                ("webhooks", webhooks()),
             ]),
         }
     })
@@ -330,6 +331,29 @@ fn route() -> Value {
                 ]}),
             ),
         ],
+    )
+}
+
+fn webhooks() -> Value {
+    use crate::pipeline::milestone::Kind;
+    let names = Kind::ALL.map(Kind::as_str);
+    list(
+        "Milestones POSTed one by one, signed per Standard Webhooks, delivered from the telemetry spool (needs `telemetry`).",
+        obj(
+            "One webhook.",
+            &["url", "events", "secret"],
+            &[
+                ("url", string("http://… or https://…")),
+                (
+                    "events",
+                    list("The milestones posted (at least one).", words("A milestone.", &names)),
+                ),
+                (
+                    "secret",
+                    string("whsec_ followed by base64 of 24 to 64 bytes: the signing key."),
+                ),
+            ],
+        ),
     )
 }
 
