@@ -32,3 +32,4 @@ mod schema;
 mod stripe_meter;
 mod telemetry;
 mod telemetry_spool;
+mod webhooks;
