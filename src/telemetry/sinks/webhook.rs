@@ -176,6 +176,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::pipeline::milestone::Kind;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn signs_the_standard_webhooks_test_vector() {
@@ -193,40 +194,99 @@ mod tests {
         );
     }
 
-    #[test]
-    fn picks_only_the_chosen_milestones() {
-        let config = crate::config::load_str(
-            "t.yaml",
+    /// The webhook of a config posting `first_call` and `limit_reached` to `url`.
+    fn hook(url: &str) -> Webhook {
+        let yaml = format!(
             r#"
-server: { listen: "127.0.0.1:8080" }
-store: { kind: embedded, path: "/tmp/unused.db" }
-plans: { free: {} }
-routes: [{ name: r, match: { path: / }, respond: { body: hi } }]
-telemetry: { sinks: [{ kind: file, path: events.jsonl }] }
+server: {{ listen: "127.0.0.1:8080" }}
+store: {{ kind: embedded, path: "/tmp/unused.db" }}
+plans: {{ free: {{}} }}
+routes: [{{ name: r, match: {{ path: / }}, respond: {{ body: hi }} }}]
+telemetry: {{ sinks: [{{ kind: file, path: events.jsonl }}] }}
 onboarding:
   webhooks:
-    - url: "http://127.0.0.1:1/hook"
+    - url: "{url}"
       events: [first_call, limit_reached]
       secret: "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
-"#,
-            &|_| None,
-        )
-        .unwrap();
-        let hook = &config.onboarding.unwrap().webhooks[0];
+"#
+        );
+        let config = crate::config::load_str("t.yaml", &yaml, &|_| None).unwrap();
+        config.onboarding.unwrap().webhooks.remove(0)
+    }
+
+    fn milestone(m: &str) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"id":"e-{m}","type":"dev.tollgate.milestone","data":{{"milestone":"{m}"}}}}"#
+        ))
+    }
+
+    const REQUEST: &str = r#"{"id":"r","type":"dev.tollgate.request","data":{"milestone":"first_call","note":"dev.tollgate.milestone"}}"#;
+
+    #[test]
+    fn picks_only_the_chosen_milestones() {
+        let hook = hook("http://127.0.0.1:1/hook");
         assert_eq!(hook.events, vec![Kind::FirstCall, Kind::LimitReached]);
-        let sink = WebhookSink::new(hook).unwrap();
-        let milestone = |m: &str| {
-            format!(
-                r#"{{"id":"e-{m}","type":"dev.tollgate.milestone","data":{{"milestone":"{m}"}}}}"#
-            )
-        };
+        let sink = WebhookSink::new(&hook).unwrap();
         assert_eq!(
-            sink.wanted(milestone("first_call").as_bytes()).as_deref(),
+            sink.wanted(&milestone("first_call")).as_deref(),
             Some("e-first_call")
         );
-        assert_eq!(sink.wanted(milestone("limit_warning").as_bytes()), None);
-        let request = r#"{"id":"r","type":"dev.tollgate.request","data":{"milestone":"first_call","note":"dev.tollgate.milestone"}}"#;
-        assert_eq!(sink.wanted(request.as_bytes()), None);
+        assert_eq!(sink.wanted(&milestone("limit_warning")), None);
+        assert_eq!(sink.wanted(REQUEST.as_bytes()), None);
         assert!(!format!("{sink:?}").contains("C2FV"));
+    }
+
+    /// A receiver recording each `webhook-id`; it answers 500 to the first attempt at
+    /// `e-limit_reached`, 204 to everything else.
+    async fn receiver(seen: Arc<Mutex<Vec<String>>>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = seen.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
+                    let id = req.headers()["webhook-id"].to_str().unwrap().to_string();
+                    let mut seen = seen.lock().unwrap();
+                    seen.push(id.clone());
+                    let first = seen.iter().filter(|s| **s == id).count() == 1;
+                    let status = if first && id == "e-limit_reached" {
+                        500
+                    } else {
+                        204
+                    };
+                    let response = hyper::Response::builder()
+                        .status(status)
+                        .body(http_body_util::Full::new(Bytes::new()));
+                    async move { response }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service),
+                );
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_retry_resends_only_what_was_not_accepted() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let addr = receiver(seen.clone()).await;
+        let mut sink = WebhookSink::new(&hook(&format!("http://{addr}/hook"))).unwrap();
+        let batch = [
+            milestone("first_call"),
+            Bytes::from(REQUEST),
+            milestone("limit_warning"),
+            milestone("limit_reached"),
+        ];
+        assert!(sink.deliver(&batch).await.is_err());
+        sink.deliver(&batch).await.unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["e-first_call", "e-limit_reached", "e-limit_reached"]
+        );
+        // The next batch starts with nothing remembered.
+        sink.deliver(&batch[..1]).await.unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 4);
     }
 }
