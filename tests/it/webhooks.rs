@@ -100,6 +100,8 @@ async fn receive(
 struct Setup {
     hooks: Arc<Mutex<Hooks>>,
     url: String,
+    /// The config template the gateway runs with.
+    yaml: String,
     gateway: Gateway,
     client: reqwest::Client,
     _receiver: tokio::task::JoinHandle<()>,
@@ -122,11 +124,27 @@ impl Setup {
             hooks,
             url,
             gateway: Gateway::start(&yaml).await,
+            yaml,
             client: crate::common::client(),
             _receiver: receiver,
             _redis: redis,
             _upstream: upstream,
         }
+    }
+
+    /// An admin-API call that must answer 200; its JSON answer (`null` when empty).
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let mut request = self
+            .client
+            .request(method, self.gateway.admin_url(path))
+            .bearer_auth(TOKEN);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let text = response.text().await.unwrap();
+        serde_json::from_str(&text).unwrap_or(Value::Null)
     }
 
     /// 52 calls: `first_call` on the first, `limit_warning` on the 40th, `activated` on the
@@ -163,15 +181,12 @@ impl Setup {
 async fn chosen_milestones_arrive_once_each_signed_per_standard_webhooks() {
     let s = Setup::start("[first_call, activated, limit_reached, plan_changed]", 0).await;
     s.calls().await;
-    let r = s
-        .client
-        .put(s.gateway.admin_url("/admin/v1/tenants/acme/plan"))
-        .bearer_auth(TOKEN)
-        .json(&json!({ "plan": "pro" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    s.admin(
+        reqwest::Method::PUT,
+        "/admin/v1/tenants/acme/plan",
+        json!({ "plan": "pro" }),
+    )
+    .await;
     s.wait_for_accepted(&["first_call", "activated", "limit_reached", "plan_changed"])
         .await;
 
@@ -219,6 +234,27 @@ async fn a_failing_receiver_gets_every_milestone_again_with_the_same_id() {
         count("delivered") > 0.0,
         "deliveries counted for {sink}:\n{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_secret_needs_a_restart_and_no_secret_is_ever_printed() {
+    let s = Setup::start("[first_call]", 0).await;
+    let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    s.gateway.rewrite_config(&s.yaml.replace(SECRET, other));
+    let reply = s
+        .admin(reqwest::Method::POST, "/admin/v1/reload", Value::Null)
+        .await;
+    assert_eq!(
+        reply["needs_restart"],
+        json!(["telemetry"]),
+        "the sink still signs with the old secret: {reply}"
+    );
+    let logs = s.gateway.stderr();
+    for secret in [SECRET, other] {
+        let key = secret.trim_start_matches("whsec_");
+        assert!(!logs.contains(key), "a secret in the logs:\n{logs}");
+        assert!(!reply.to_string().contains(key), "{reply}");
+    }
 }
 
 /// Four failed POSTs, then each milestone accepted once; every attempt verified, and every
