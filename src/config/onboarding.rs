@@ -1,8 +1,8 @@
 //! `onboarding:` — lifecycle milestones (SPEC §2, §6). The validated types live here too, so the
-//! section is one file.
+//! section is one file, but for `webhooks`, decoded in `webhooks.rs`.
 //!
-//! `webhooks` are decoded in `webhooks.rs`. `anonymous_id_header` is part of the contract but not
-//! of this release, so it is refused at its position rather than ignored.
+//! `anonymous_id_header` is part of the contract but not of this release, so it is refused at its
+//! position rather than ignored.
 
 use std::num::NonZeroU64;
 use std::time::Duration;
