@@ -169,8 +169,22 @@ fn restart_sections(running: &Config, next: &Config) -> Vec<&'static str> {
     if differs(&running.store, &next.store) {
         out.push("store");
     }
-    if differs(&running.telemetry, &next.telemetry) {
+    // A webhook's secret is redacted from `Debug`, so webhooks are compared by value too.
+    if differs(&running.telemetry, &next.telemetry) || webhooks(running) != webhooks(next) {
         out.push("telemetry");
     }
     out
+}
+
+/// The webhooks the telemetry service delivers (`onboarding.webhooks`, as sinks).
+fn webhooks(config: &Config) -> Vec<&crate::config::Webhook> {
+    config
+        .telemetry
+        .iter()
+        .flat_map(|t| &t.sinks)
+        .filter_map(|s| match &s.kind {
+            crate::config::SinkKind::Webhook(w) => Some(w),
+            _ => None,
+        })
+        .collect()
 }

@@ -11,6 +11,7 @@ mod routes;
 pub mod schema;
 mod sections;
 mod telemetry;
+mod webhooks;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -20,6 +21,7 @@ pub use model::*;
 use node::{Pos, Value};
 pub use onboarding::{Activation, Onboarding};
 pub use telemetry::{OnFull, PluginSink, SinkConfig, SinkKind, Telemetry};
+pub use webhooks::{Webhook, WebhookSecret};
 
 /// One configuration mistake, printed as `file:line:col: message`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -188,6 +190,24 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
         .get("telemetry")
         .map(|n| telemetry::telemetry(d, n, &plugins));
     let onboarding = f.get("onboarding").map(|n| onboarding::onboarding(d, n));
+    // Where `onboarding.webhooks` is, for the errors of the step that joins the two sections.
+    let hooks_at = f
+        .get("onboarding")
+        .and_then(|n| match &n.value {
+            Value::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == "webhooks")),
+            _ => None,
+        })
+        .map_or(f.pos, |(_, v)| v.pos);
+    let telemetry = match (telemetry, &onboarding) {
+        (Some(Some(t)), Some(Some(o))) => Some(Some(webhook_sinks(d, t, o, hooks_at))),
+        (None, Some(Some(o))) if !o.webhooks.is_empty() => {
+            d.err(hooks_at, "`onboarding.webhooks` needs a `telemetry` section: webhooks are delivered from its spool and retried until acknowledged");
+            None
+        }
+        (t, _) => t,
+    };
     Some(Config {
         source: Default::default(),
         server: server?,
@@ -201,6 +221,30 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
         telemetry: telemetry.flatten(),
         onboarding: onboarding.flatten(),
     })
+}
+
+/// Adds one telemetry sink per webhook: each then has its own spool position and is retried by
+/// the delivery loop like any sink. A user sink may not already use a webhook's name.
+fn webhook_sinks(
+    d: &mut decode::Decoder,
+    mut telemetry: Telemetry,
+    onboarding: &Onboarding,
+    at: Pos,
+) -> Telemetry {
+    for hook in &onboarding.webhooks {
+        let sink = hook.sink();
+        if telemetry.sinks.iter().any(|s| s.name == sink.name) {
+            d.err(
+                at,
+                format!(
+                    "a sink is named `{}`, the name of the webhook to {}; rename the sink",
+                    sink.name, hook.url
+                ),
+            );
+        }
+        telemetry.sinks.push(sink);
+    }
+    telemetry
 }
 
 #[cfg(test)]

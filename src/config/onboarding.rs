@@ -1,8 +1,5 @@
 //! `onboarding:` — lifecycle milestones (SPEC §2, §6). The validated types live here too, so the
-//! section is one file.
-//!
-//! `webhooks` is part of the contract but not of this release, so it is refused at its position
-//! rather than ignored (a config that asks for webhooks must not silently deliver none).
+//! section is one file, but for `webhooks`, decoded in `webhooks.rs`.
 
 use std::num::NonZeroU64;
 use std::time::Duration;
@@ -11,6 +8,7 @@ use http::HeaderName;
 
 use super::decode::Decoder;
 use super::node::Node;
+use super::webhooks::{self, Webhook};
 
 /// `onboarding:` — present means milestones are detected (and emitted when `telemetry` is set).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +18,8 @@ pub struct Onboarding {
     /// The header carrying the client-side anonymous id analytics SDKs send
     /// (`anonymous_id_header`, default `x-anonymous-id`), lower-cased.
     pub anonymous_id_header: HeaderName,
+    /// `webhooks`: milestones POSTed, signed, to each URL (delivered as telemetry sinks).
+    pub webhooks: Vec<Webhook>,
 }
 
 /// The header analytics SDKs send a visitor's anonymous id in, unless `anonymous_id_header`
@@ -35,25 +35,14 @@ pub struct Activation {
     pub within: Duration,
 }
 
-/// Keys of the contract that this release does not implement yet.
-const NOT_YET: &[&str] = &["webhooks"];
-
 pub(super) fn onboarding(d: &mut Decoder, n: &Node) -> Option<Onboarding> {
     let f = d.fields(
         n,
         "`onboarding`",
         &["activation", "anonymous_id_header", "webhooks"],
     )?;
-    for key in NOT_YET {
-        if let Some(n) = f.get(key) {
-            d.err(
-                n.pos,
-                format!(
-                    "`onboarding.{key}` is not supported yet by this version of tollgate; remove it"
-                ),
-            );
-        }
-    }
+    // Decoded before `activation`, whose mistakes return early, so both report theirs.
+    let webhooks = f.get("webhooks").map(|n| webhooks::webhooks(d, n));
     let activation = match f.get("activation") {
         Some(n) => activation(d, n).map(Some),
         None => Some(None),
@@ -74,9 +63,14 @@ pub(super) fn onboarding(d: &mut Decoder, n: &Node) -> Option<Onboarding> {
         }
         None => HeaderName::from_static(DEFAULT_ANONYMOUS_ID_HEADER),
     };
+    let webhooks = match webhooks {
+        Some(w) => w?,
+        None => Vec::new(),
+    };
     Some(Onboarding {
         activation: activation?,
         anonymous_id_header,
+        webhooks,
     })
 }
 

@@ -70,12 +70,13 @@ pub fn schema() -> Value {
                 "additionalProperties": {"type": "object"},
             },
             "telemetry": telemetry(),
-            "onboarding": obj("Lifecycle milestones (dev.tollgate.milestone events and the Tollgate-Milestone header) and anonymous-to-identified merges (dev.tollgate.identify). `webhooks` is not supported yet.", &[], &[
+            "onboarding": obj("Lifecycle milestones (dev.tollgate.milestone events and the Tollgate-Milestone header) and anonymous-to-identified merges (dev.tollgate.identify). Chosen milestones can also be POSTed to `webhooks`, signed per Standard Webhooks.", &[], &[
                 ("activation", obj("What makes a tenant `activated`: `calls` admitted metered calls within `within` of its first call.", &["calls", "within"], &[
                     ("calls", int("Admitted calls needed.", 1)),
                     ("within", duration("Counted from the tenant's first call.")),
                 ])),
                 ("anonymous_id_header", string("The header carrying the visitor's client-side anonymous id, as analytics SDKs send it (default x-anonymous-id). With an identified credential it links the two ids (one dev.tollgate.identify event); on anonymous calls it is their anonymous_id.")),
+                ("webhooks", webhooks()),
             ]),
         }
     })
@@ -331,6 +332,29 @@ fn route() -> Value {
                 ]}),
             ),
         ],
+    )
+}
+
+fn webhooks() -> Value {
+    use crate::pipeline::milestone::Kind;
+    let names = Kind::ALL.map(Kind::as_str);
+    list(
+        "Milestones POSTed one by one, signed per Standard Webhooks, delivered from the telemetry spool (needs `telemetry`).",
+        obj(
+            "One webhook.",
+            &["url", "events", "secret"],
+            &[
+                ("url", string("http://… or https://…")),
+                (
+                    "events",
+                    list("The milestones posted (at least one).", words("A milestone.", &names)),
+                ),
+                (
+                    "secret",
+                    string("whsec_ followed by base64 of 24 to 64 bytes: the signing key."),
+                ),
+            ],
+        ),
     )
 }
 

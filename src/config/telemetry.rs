@@ -92,6 +92,9 @@ pub enum SinkKind {
     },
     /// A sink a plugin provides ([`tollgate_plugin::Plugin::event_sink`]).
     Plugin(PluginSink),
+    /// An `onboarding.webhooks` entry: chosen milestones, each POSTed signed on its own. Never
+    /// written under `telemetry.sinks`; the config adds one per webhook.
+    Webhook(super::Webhook),
 }
 
 /// The plugin behind a `kind: plugin` sink: the one set up under the top-level `plugins:`.
@@ -122,6 +125,7 @@ impl SinkKind {
             SinkKind::Http { .. } => "http",
             SinkKind::Nats { .. } => "nats",
             SinkKind::Plugin(_) => "plugin",
+            SinkKind::Webhook(_) => "webhook",
         }
     }
 }

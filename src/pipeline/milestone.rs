@@ -39,6 +39,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every milestone, in the order the docs list them (config errors name them in this order).
+    pub const ALL: [Kind; 7] = [
+        Kind::FirstCall,
+        Kind::Activated,
+        Kind::LimitWarning,
+        Kind::LimitReached,
+        Kind::FeatureDenied,
+        Kind::OverageStarted,
+        Kind::PlanChanged,
+    ];
+
     /// The name in events and in `Tollgate-Milestone`.
     pub fn as_str(self) -> &'static str {
         match self {

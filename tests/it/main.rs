@@ -33,3 +33,4 @@ mod schema;
 mod stripe_meter;
 mod telemetry;
 mod telemetry_spool;
+mod webhooks;

@@ -14,7 +14,7 @@ const TOKEN: &str = "an-admin-token-for-the-tests";
 
 /// `acme` on `tiny`: 50 requests a month, warned at 40, activated at 45. Both instances emit to
 /// one stream.
-const YAML: &str = r#"
+pub const YAML: &str = r#"
 server:
   listen: "{listen}"
   threads: 2

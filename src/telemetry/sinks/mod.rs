@@ -7,6 +7,7 @@ pub mod http;
 pub mod nats;
 pub mod plugin;
 pub mod redis_stream;
+pub mod webhook;
 
 use std::time::Duration;
 
@@ -66,6 +67,7 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
             timeout,
         } => Box::new(nats::NatsSink::new(url, subject, stream.clone(), *timeout)?),
         SinkKind::Plugin(p) => Box::new(plugin::PluginSink::new(&p.0)?),
+        SinkKind::Webhook(hook) => Box::new(webhook::WebhookSink::new(hook)?),
     })
 }
 

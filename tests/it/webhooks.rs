@@ -1,0 +1,328 @@
+//! Signed webhooks (`onboarding.webhooks`, SPEC §2, §6): chosen milestones are POSTed one by
+//! one, each verified here by an independent Standard Webhooks implementation (the
+//! `standardwebhooks` crate); a receiver that fails keeps being retried through the spool with
+//! the same `webhook-id`; broken webhook configs are refused at their position.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::common::events::{metric, metrics, wait_for};
+use crate::common::receiver::serve;
+use crate::common::{get, render, run_check, Gateway, RedisServer, Upstream, ACME_KEY};
+
+const TOKEN: &str = "an-admin-token-for-the-tests";
+const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// The milestones test's gateway (`acme` on `tiny`: 50 requests a month, warned at 40,
+/// activated at 45), with one webhook to `{hook}` for the milestones in `{events}`.
+fn yaml(redis: &str, upstream: &str, hook: &str, events: &str) -> String {
+    let base = render(crate::milestones::YAML, redis, upstream).replace("{events}", redis);
+    format!("{base}  webhooks:\n    - url: \"{hook}\"\n      events: {events}\n      secret: \"{SECRET}\"\n")
+}
+
+/// One POST the receiver got.
+struct Attempt {
+    /// `webhook-id`.
+    id: String,
+    /// `data.milestone` of the body.
+    milestone: String,
+    /// The body's CloudEvents `id`.
+    event_id: String,
+    /// What the independent verifier said.
+    verified: Result<(), String>,
+    /// What the receiver answered.
+    status: u16,
+}
+
+/// What a webhook receiver saw; it answers 500 to its first `fail_next` POSTs.
+#[derive(Default)]
+struct Hooks {
+    attempts: Vec<Attempt>,
+    fail_next: usize,
+}
+
+impl Hooks {
+    /// Accepted POSTs per milestone, each with its distinct `webhook-id`s.
+    fn accepted(&self) -> BTreeMap<String, Vec<String>> {
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for a in self.attempts.iter().filter(|a| a.status == 200) {
+            out.entry(a.milestone.clone())
+                .or_default()
+                .push(a.id.clone());
+        }
+        out
+    }
+}
+
+async fn receive(
+    hooks: Arc<Mutex<Hooks>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let headers = req.headers().clone();
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let verified = standardwebhooks::Webhook::new(SECRET)
+        .unwrap()
+        .verify(&body, &headers)
+        .map_err(|e| e.to_string());
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(headers["content-type"], "application/json");
+    let mut hooks = hooks.lock().unwrap();
+    let status = if verified.is_err() {
+        StatusCode::BAD_REQUEST
+    } else if hooks.fail_next > 0 {
+        hooks.fail_next -= 1;
+        StatusCode::INTERNAL_SERVER_ERROR
+    } else {
+        StatusCode::OK
+    };
+    hooks.attempts.push(Attempt {
+        id: headers["webhook-id"].to_str().unwrap().to_string(),
+        milestone: event["data"]["milestone"].as_str().unwrap().to_string(),
+        event_id: event["id"].as_str().unwrap().to_string(),
+        verified,
+        status: status.as_u16(),
+    });
+    let mut response = Response::new(Full::new(Bytes::new()));
+    *response.status_mut() = status;
+    Ok(response)
+}
+
+/// A receiver, and a gateway posting `events` to it.
+struct Setup {
+    hooks: Arc<Mutex<Hooks>>,
+    url: String,
+    /// The config template the gateway runs with.
+    yaml: String,
+    gateway: Gateway,
+    client: reqwest::Client,
+    _receiver: tokio::task::JoinHandle<()>,
+    _redis: RedisServer,
+    _upstream: Upstream,
+}
+
+impl Setup {
+    async fn start(events: &str, fail_first: usize) -> Setup {
+        let hooks = Arc::new(Mutex::new(Hooks {
+            fail_next: fail_first,
+            ..Hooks::default()
+        }));
+        let (addr, receiver) = serve(hooks.clone(), receive).await;
+        let url = format!("http://{addr}/hooks/tollgate");
+        let redis = RedisServer::start().await;
+        let upstream = Upstream::start().await;
+        let yaml = yaml(&redis.url(), &upstream.addr(), &url, events);
+        Setup {
+            hooks,
+            url,
+            gateway: Gateway::start(&yaml).await,
+            yaml,
+            client: crate::common::client(),
+            _receiver: receiver,
+            _redis: redis,
+            _upstream: upstream,
+        }
+    }
+
+    /// An admin-API call that must answer 200; its JSON answer (`null` when empty).
+    async fn admin(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let mut request = self
+            .client
+            .request(method, self.gateway.admin_url(path))
+            .bearer_auth(TOKEN);
+        if !body.is_null() {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let text = response.text().await.unwrap();
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    /// 52 calls: `first_call` on the first, `limit_warning` on the 40th, `activated` on the
+    /// 45th, `limit_reached` on the 51st (the first 402).
+    async fn calls(&self) {
+        for i in 1..=52 {
+            let r = get(&self.client, &self.gateway.url("/v1/items"), Some(ACME_KEY)).await;
+            assert_eq!(r.status, if i <= 50 { 200 } else { 402 }, "call {i}");
+        }
+    }
+
+    async fn wait_for_accepted(&self, milestones: &[&str]) {
+        wait_for(
+            &format!("{milestones:?} accepted"),
+            Duration::from_secs(15),
+            || async {
+                let accepted = self.hooks.lock().unwrap().accepted();
+                milestones.iter().all(|m| accepted.contains_key(*m))
+            },
+        )
+        .await;
+        // Anything further (a duplicate, an unchosen milestone) would have come by now.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+
+    /// The webhook's sink name: `webhook-` and 8 hex digits of the SHA-256 of its URL.
+    fn sink(&self) -> String {
+        let digest = Sha256::digest(self.url.as_bytes());
+        format!("webhook-{}", hex::encode(&digest[..4]))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chosen_milestones_arrive_once_each_signed_per_standard_webhooks() {
+    let s = Setup::start("[first_call, activated, limit_reached, plan_changed]", 0).await;
+    s.calls().await;
+    s.admin(
+        reqwest::Method::PUT,
+        "/admin/v1/tenants/acme/plan",
+        json!({ "plan": "pro" }),
+    )
+    .await;
+    s.wait_for_accepted(&["first_call", "activated", "limit_reached", "plan_changed"])
+        .await;
+
+    let hooks = s.hooks.lock().unwrap();
+    for a in &hooks.attempts {
+        assert_eq!(a.verified, Ok(()), "{} ({})", a.id, a.milestone);
+        assert_eq!(a.id, a.event_id, "webhook-id is the CloudEvents id");
+    }
+    let accepted = hooks.accepted();
+    let milestones: Vec<&str> = accepted.keys().map(String::as_str).collect();
+    assert_eq!(
+        milestones,
+        ["activated", "first_call", "limit_reached", "plan_changed"],
+        "limit_warning fired but is not chosen"
+    );
+    for (milestone, ids) in &accepted {
+        assert_eq!(ids.len(), 1, "{milestone} posted once: {ids:?}");
+    }
+    assert_eq!(hooks.attempts.len(), 4, "no other POSTs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_receiver_gets_every_milestone_again_with_the_same_id() {
+    let s = Setup::start("[first_call, limit_warning, limit_reached]", 4).await;
+    s.calls().await;
+    s.wait_for_accepted(&["first_call", "limit_warning", "limit_reached"])
+        .await;
+
+    same_id_on_every_attempt(&s.hooks.lock().unwrap());
+
+    let text = metrics(&s.gateway).await;
+    let sink = s.sink();
+    let count = |result| {
+        metric(
+            &text,
+            "tollgate_events_total",
+            &[("sink", sink.as_str()), ("result", result)],
+        )
+    };
+    assert!(
+        count("failed") > 0.0,
+        "failures counted for {sink}:\n{text}"
+    );
+    assert!(
+        count("delivered") > 0.0,
+        "deliveries counted for {sink}:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_secret_needs_a_restart_and_no_secret_is_ever_printed() {
+    let s = Setup::start("[first_call]", 0).await;
+    let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    s.gateway.rewrite_config(&s.yaml.replace(SECRET, other));
+    let reply = s
+        .admin(reqwest::Method::POST, "/admin/v1/reload", Value::Null)
+        .await;
+    assert_eq!(
+        reply["needs_restart"],
+        json!(["telemetry"]),
+        "the sink still signs with the old secret: {reply}"
+    );
+    let logs = s.gateway.stderr();
+    for secret in [SECRET, other] {
+        let key = secret.trim_start_matches("whsec_");
+        assert!(!logs.contains(key), "a secret in the logs:\n{logs}");
+        assert!(!reply.to_string().contains(key), "{reply}");
+    }
+}
+
+/// Four failed POSTs, then each milestone accepted once; every attempt verified, and every
+/// attempt at one milestone carried the same `webhook-id`.
+fn same_id_on_every_attempt(hooks: &Hooks) {
+    assert_eq!(
+        hooks.attempts.iter().filter(|a| a.status == 500).count(),
+        4,
+        "the first four POSTs failed"
+    );
+    let mut ids: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for a in &hooks.attempts {
+        assert_eq!(a.verified, Ok(()), "{} ({})", a.id, a.milestone);
+        ids.entry(a.milestone.as_str())
+            .or_default()
+            .insert(a.id.as_str());
+    }
+    for (milestone, seen) in &ids {
+        assert_eq!(
+            seen.len(),
+            1,
+            "every attempt at {milestone} has one webhook-id"
+        );
+    }
+    for (milestone, accepted) in hooks.accepted() {
+        assert_eq!(accepted.len(), 1, "{milestone} accepted once: {accepted:?}");
+    }
+    assert_eq!(ids.len(), 3);
+}
+
+#[test]
+fn broken_webhooks_are_refused_at_their_position() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config");
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "webhook_bad_secret.yaml",
+            &[
+                "43:15: `secret` of a webhook must start with `whsec_` followed by base64 (a Standard Webhooks secret)",
+                "46:15: `secret` of a webhook must decode to 24 to 64 bytes after `whsec_`",
+            ],
+        ),
+        (
+            "webhook_unknown_event.yaml",
+            &[
+                "42:28: unknown milestone `signed_up` in `events` of a webhook; expected one of: first_call, activated, limit_warning, limit_reached, feature_denied, overage_started, plan_changed",
+                "44:12: `url` of a webhook must start with http:// or https://, found \"ftp://crm.example.com/hooks\"",
+                "45:15: `events` of a webhook needs at least one milestone: first_call, activated, limit_warning, limit_reached, feature_denied, overage_started, plan_changed",
+            ],
+        ),
+        (
+            "webhooks_without_telemetry.yaml",
+            &["39:5: `onboarding.webhooks` needs a `telemetry` section: webhooks are delivered from its spool and retried until acknowledged"],
+        ),
+    ];
+    for (file, expected) in cases {
+        let path = dir.join(file);
+        let (code, stdout, stderr) = run_check(&path);
+        assert_eq!(code, 1, "{file}\n{stdout}{stderr}");
+        let output = format!("{stdout}{stderr}");
+        let prefix = format!("{}:", path.display());
+        let lines: Vec<&str> = output
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .collect();
+        assert_eq!(lines, *expected, "{file}\n{output}");
+        assert!(
+            !output.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            "the secret is never printed"
+        );
+    }
+}
