@@ -69,7 +69,9 @@ impl Sink for FileSink {
         })
         .await
         .map_err(|e| SinkError::Io(std::io::Error::other(e)))?;
-        self.buf = buf;
+        if buf.capacity() <= crate::telemetry::spool::KEEP_BUFFER {
+            self.buf = buf;
+        }
         Ok(result?)
     }
 }

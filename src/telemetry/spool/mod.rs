@@ -118,6 +118,8 @@ struct State {
 
 /// How much of the newest spooled data stays in memory for sinks that keep up.
 const TAIL_BYTES: usize = 1 << 20;
+/// The largest write buffer kept between batches (a full batch of usage events is ~300 KB).
+pub(crate) const KEEP_BUFFER: usize = 4 << 20;
 
 struct Writer {
     file: Option<File>,
@@ -279,7 +281,10 @@ impl Spool {
         file.write_all(&buf).map_err(io_err(&path))?;
         file.sync_data().map_err(io_err(&path))?;
         let written = buf.len();
-        writer.buf = buf;
+        // Kept for the next batch unless an unusual one (events near `MAX_RECORD`) made it big.
+        if buf.capacity() <= KEEP_BUFFER {
+            writer.buf = buf;
+        }
         out.written = seq - first;
         let mut state = self.lock_state();
         state.next_seq = seq;
