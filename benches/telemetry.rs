@@ -2,7 +2,7 @@
 //!
 //! Each iteration moves one batch of 512 realistic events (about 450 bytes of JSON each): the
 //! spool writer appends and fsyncs it, the sink's reader reads it back, the sink delivers it,
-//! and the sink's position is saved (write + fsync + rename). Throughput is in events.
+//! and the sink's position is saved (one write in place). Throughput is in events.
 //!
 //! - `encode_event`: the request path's share: one usage event encoded (UUIDv7, time, JSON) and
 //!   handed to the queue with `try_send` (drained by the bench, as the spool writer would).

@@ -75,7 +75,7 @@ impl TelemetryService {
     async fn write(&self, events: Vec<Bytes>) {
         let spool = self.spool.clone();
         let n = events.len() as u64;
-        let result = tokio::task::spawn_blocking(move || spool.append(&events)).await;
+        let result = tokio::task::spawn_blocking(move || spool.append_batch(events)).await;
         let m = &self.metrics;
         match result {
             Ok(Ok(done)) => {

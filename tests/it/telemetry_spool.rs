@@ -118,7 +118,7 @@ fn run(ops: Vec<Op>) {
                 let from = m.read[sink] as usize;
                 let to = (from + max).min(m.events.len());
                 assert_eq!(
-                    batch.events,
+                    *batch.events,
                     m.events[from..to],
                     "sink {sink} reads in order"
                 );
@@ -149,7 +149,7 @@ fn run(ops: Vec<Op>) {
     for (i, r) in rs.iter_mut().enumerate() {
         let rest = r.next_batch(usize::MAX).unwrap();
         assert_eq!(
-            rest.events,
+            *rest.events,
             m.events[m.read[i] as usize..],
             "sink {i} gets the rest"
         );

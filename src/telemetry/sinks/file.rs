@@ -15,6 +15,9 @@ pub struct FileSink {
     path: PathBuf,
     /// Shared with the blocking task that writes; reopened after an error.
     file: Arc<Mutex<Option<File>>>,
+    /// The lines of a batch, kept between batches: a fresh buffer of a batch's size cost a page
+    /// fault per 4 KiB (the allocator returns freed large blocks to the kernel).
+    buf: Vec<u8>,
 }
 
 impl FileSink {
@@ -23,6 +26,7 @@ impl FileSink {
         FileSink {
             path,
             file: Arc::new(Mutex::new(None)),
+            buf: Vec::new(),
         }
     }
 }
@@ -51,15 +55,23 @@ fn append(path: &PathBuf, slot: &Mutex<Option<File>>, buf: &[u8]) -> std::io::Re
 #[async_trait]
 impl Sink for FileSink {
     async fn deliver(&mut self, batch: &[Bytes]) -> Result<(), SinkError> {
-        let mut buf = Vec::with_capacity(batch.iter().map(|e| e.len() + 1).sum());
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        buf.reserve(batch.iter().map(|e| e.len() + 1).sum());
         for event in batch {
             buf.extend_from_slice(event);
             buf.push(b'\n');
         }
         let (path, file) = (self.path.clone(), self.file.clone());
-        tokio::task::spawn_blocking(move || append(&path, &file, &buf))
-            .await
-            .map_err(|e| SinkError::Io(std::io::Error::other(e)))??;
-        Ok(())
+        let (result, buf) = tokio::task::spawn_blocking(move || {
+            let result = append(&path, &file, &buf);
+            (result, buf)
+        })
+        .await
+        .map_err(|e| SinkError::Io(std::io::Error::other(e)))?;
+        if buf.capacity() <= crate::telemetry::spool::KEEP_BUFFER {
+            self.buf = buf;
+        }
+        Ok(result?)
     }
 }

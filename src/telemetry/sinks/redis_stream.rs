@@ -32,6 +32,33 @@ impl RedisStreamSink {
     }
 }
 
+impl RedisStreamSink {
+    /// One `XADD` per event, each command's buffer sized once. The replies are read but not
+    /// kept (no `ignore()`: it files every command's index in a hash set).
+    fn xadds(&self, batch: &[Bytes]) -> redis::Pipeline {
+        let max_len = self.max_len.to_string();
+        let fixed =
+            XADD_ARGS.iter().map(|a| a.len()).sum::<usize>() + self.stream.len() + max_len.len();
+        let mut pipe = redis::Pipeline::with_capacity(batch.len());
+        for event in batch {
+            let mut cmd = redis::Cmd::with_capacity(8, fixed + event.len());
+            cmd.arg("XADD")
+                .arg(&self.stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(&max_len)
+                .arg("*")
+                .arg("event")
+                .arg(event.as_ref());
+            pipe.add_command(cmd);
+        }
+        pipe
+    }
+}
+
+/// The constant arguments of each `XADD`.
+const XADD_ARGS: [&str; 5] = ["XADD", "MAXLEN", "~", "*", "event"];
+
 #[async_trait]
 impl Sink for RedisStreamSink {
     async fn deliver(&mut self, batch: &[Bytes]) -> Result<(), SinkError> {
@@ -55,18 +82,7 @@ impl Sink for RedisStreamSink {
                 c
             }
         };
-        let mut pipe = redis::pipe();
-        for event in batch {
-            pipe.cmd("XADD")
-                .arg(&self.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(self.max_len)
-                .arg("*")
-                .arg("event")
-                .arg(event.as_ref())
-                .ignore();
-        }
+        let pipe = self.xadds(batch);
         let result = within(TIMEOUT, async {
             Ok(pipe.query_async::<()>(&mut conn).await?)
         })

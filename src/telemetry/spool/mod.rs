@@ -4,7 +4,7 @@
 //! - `<first seq, 20 digits>.seg`: segment files of records, each framed as
 //!   `len: u32 LE | crc32: u32 LE | seq: u64 LE | payload` (the CRC covers `seq` and the payload);
 //! - `<sink>.ack`: the sequence number of the first record the sink has not acknowledged, as
-//!   decimal text, replaced atomically (write a temporary file, rename it over).
+//!   decimal text with a checksum, overwritten in place (see `position.rs`).
 //!
 //! Every record carries its own sequence number, so a corrupted record can be skipped without
 //! renumbering the records after it, and positions stay meaningful across restarts.
@@ -29,9 +29,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+mod position;
 mod reader;
 mod record;
 
+use position::PositionFile;
 pub use reader::{Batch, Reader};
 use record::{frame, recover};
 
@@ -116,9 +118,13 @@ struct State {
 
 /// How much of the newest spooled data stays in memory for sinks that keep up.
 const TAIL_BYTES: usize = 1 << 20;
+/// The largest write buffer kept between batches (a full batch of usage events is ~300 KB).
+pub(crate) const KEEP_BUFFER: usize = 4 << 20;
 
 struct Writer {
     file: Option<File>,
+    /// Frames of the batch being written.
+    buf: Vec<u8>,
 }
 
 /// The spool of one gateway process: one writer, one reader per sink.
@@ -127,6 +133,8 @@ pub struct Spool {
     limits: Limits,
     state: Mutex<State>,
     writer: Mutex<Writer>,
+    /// Each sink's open position file.
+    positions: Mutex<BTreeMap<String, PositionFile>>,
     committed: watch::Sender<u64>,
     metrics: Arc<Metrics>,
 }
@@ -143,17 +151,11 @@ impl Spool {
     ) -> Result<Arc<Spool>, SpoolError> {
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let mut acks = BTreeMap::new();
+        let mut positions = BTreeMap::new();
         for sink in sinks {
             let path = dir.join(format!("{sink}.ack"));
-            let pos = match fs::read_to_string(&path) {
-                Ok(text) => text.trim().parse().unwrap_or_else(|_| {
-                    tracing::warn!(sink = %sink, file = %path.display(), "Unreadable spool position; the sink starts over from the oldest spooled event.");
-                    0
-                }),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-                Err(e) => return Err(io_err(&path)(e)),
-            };
-            acks.insert(sink.clone(), pos);
+            acks.insert(sink.clone(), position::load(&path, sink)?);
+            positions.insert(sink.clone(), PositionFile::new(path));
         }
         let mut bases = Vec::new();
         for entry in fs::read_dir(dir).map_err(io_err(dir))? {
@@ -199,7 +201,11 @@ impl Spool {
                 tail: VecDeque::new(),
                 tail_bytes: 0,
             }),
-            writer: Mutex::new(Writer { file: None }),
+            writer: Mutex::new(Writer {
+                file: None,
+                buf: Vec::new(),
+            }),
+            positions: Mutex::new(positions),
             committed,
             metrics,
         });
@@ -212,28 +218,39 @@ impl Spool {
 
     /// Appends `events` as one batch and fsyncs it; sinks see them once this returns.
     pub fn append(&self, events: &[Bytes]) -> Result<Appended, SpoolError> {
+        self.append_batch(events.to_vec())
+    }
+
+    /// [`Spool::append`], taking the events: the in-memory tail keeps them without copying.
+    pub fn append_batch(&self, mut events: Vec<Bytes>) -> Result<Appended, SpoolError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Appended::default();
+        let want = frame_len(&events);
         let (mut seq, mut room) = {
             let mut state = self.lock_state();
-            let room = self.make_room(&mut state, &mut writer, frame_len(events), &mut out)?;
+            let room = self.make_room(&mut state, &mut writer, want, &mut out)?;
             (state.next_seq, room)
         };
-        let mut buf = Vec::with_capacity(frame_len(events) as usize);
+        // The frame buffer is kept between batches: a fresh one of this size cost a page fault
+        // per 4 KiB written.
+        let mut buf = std::mem::take(&mut writer.buf);
+        buf.clear();
+        buf.reserve(want as usize);
         let first = seq;
-        let mut kept = Vec::with_capacity(events.len());
-        for event in events {
+        events.retain(|event| {
             let len = (HEADER + event.len()) as u64;
             if event.len() > MAX_RECORD || len > room {
                 out.dropped += 1;
-                continue;
+                return false;
             }
             room -= len;
             frame(&mut buf, seq, event);
-            kept.push(event.clone());
             seq += 1;
-        }
+            true
+        });
+        let kept = events;
         if buf.is_empty() {
+            writer.buf = buf;
             return Ok(out);
         }
         let path = self.segment_path(first);
@@ -263,10 +280,15 @@ impl Spool {
             .map_or(path, |s| s.path.clone());
         file.write_all(&buf).map_err(io_err(&path))?;
         file.sync_data().map_err(io_err(&path))?;
+        let written = buf.len();
+        // Kept for the next batch unless an unusual one (events near `MAX_RECORD`) made it big.
+        if buf.capacity() <= KEEP_BUFFER {
+            writer.buf = buf;
+        }
         out.written = seq - first;
         let mut state = self.lock_state();
         state.next_seq = seq;
-        state.tail_bytes += buf.len();
+        state.tail_bytes += written;
         state.tail.push_back((first, kept.into()));
         while state.tail_bytes > TAIL_BYTES && state.tail.len() > 1 {
             if let Some((_, old)) = state.tail.pop_front() {
@@ -276,7 +298,7 @@ impl Spool {
         let rotate = match state.segments.back_mut() {
             Some(seg) => {
                 seg.end = seq;
-                seg.bytes += buf.len() as u64;
+                seg.bytes += written as u64;
                 seg.bytes >= self.limits.segment_bytes
             }
             None => true,
@@ -295,13 +317,16 @@ impl Spool {
     /// Records that `sink` has delivered everything before `upto`, durably; deletes segments
     /// every sink is past.
     pub fn ack(&self, sink: &str, upto: u64) -> Result<(), SpoolError> {
-        let path = self.dir.join(format!("{sink}.ack"));
-        let tmp = self.dir.join(format!("{sink}.ack.tmp"));
         // No fsync here, on purpose: a position lost to a power cut (a process crash keeps it,
         // the page cache survives) only makes the sink deliver again, which at-least-once
         // allows; an fsync per acknowledgement cost as much as the spool's own write.
-        fs::write(&tmp, upto.to_string()).map_err(io_err(&tmp))?;
-        fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        {
+            let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+            let file = positions
+                .entry(sink.to_string())
+                .or_insert_with(|| PositionFile::new(self.dir.join(format!("{sink}.ack"))));
+            file.save(upto)?;
+        }
         let mut state = self.lock_state();
         if let Some(pos) = state.acks.get_mut(sink) {
             *pos = (*pos).max(upto);
@@ -319,11 +344,18 @@ impl Spool {
 
     /// Up to `max` events from `pos` on, if the in-memory tail still holds `pos`; with the
     /// sequence number after the last one.
-    fn read_tail(&self, pos: u64, max: usize) -> Option<(Vec<Bytes>, u64)> {
+    fn read_tail(&self, pos: u64, max: usize) -> Option<(Arc<[Bytes]>, u64)> {
         let state = self.lock_state();
         let (oldest, _) = state.tail.front()?;
         if *oldest > pos || pos >= state.next_seq {
             return None;
+        }
+        // A sink that keeps up asks for exactly the batch written last: share it.
+        if let Some((first, batch)) = state.tail.back() {
+            let end = first + batch.len() as u64;
+            if *first == pos && end == state.next_seq && batch.len() <= max {
+                return Some((batch.clone(), end));
+            }
         }
         let mut events = Vec::new();
         let mut end = pos;
@@ -340,7 +372,7 @@ impl Spool {
                 break;
             }
         }
-        Some((events, end))
+        Some((events.into(), end))
     }
 
     /// Records not yet acknowledged by `sink`.

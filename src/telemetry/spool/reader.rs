@@ -29,10 +29,10 @@ struct Cursor {
 }
 
 /// Records read for one delivery: acknowledge `end` once delivered.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Batch {
-    /// The events, in spool order.
-    pub events: Vec<Bytes>,
+    /// The events, in spool order (shared with the spool's in-memory tail when read from it).
+    pub events: Arc<[Bytes]>,
     /// One past the last sequence number read.
     pub end: u64,
 }
@@ -79,7 +79,7 @@ impl Reader {
             };
             let Some((base, committed, path)) = seg else {
                 return Ok(Batch {
-                    events,
+                    events: events.into(),
                     end: self.pos,
                 });
             };
@@ -155,7 +155,7 @@ impl Reader {
             }
         }
         Ok(Batch {
-            events,
+            events: events.into(),
             end: self.pos,
         })
     }
