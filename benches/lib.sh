@@ -174,6 +174,30 @@ start_nginx() {
   wait_until 10 "${PIDS[-1]}" nginx curl -fsS --max-time 1 "http://127.0.0.1:$ORIGIN_PORT/"
 }
 
+# ab_prologue: what the A/B benchmarks (telemetry.sh, milestones.sh) do before their runs:
+# check the tools, set WRK_BOUND / WARM_BOUND, pin the gateways to CPU 0 and the load to CPU 1
+# (PIN=0 or one core: no pinning), build the release binary unless SKIP_BUILD=1, set BIN.
+ab_prologue() {
+  local cmd
+  for cmd in cargo nginx redis-server redis-cli wrk curl taskset; do
+    command -v "$cmd" >/dev/null 2>&1 || die "$cmd is missing (see benches/load.sh for the packages)"
+  done
+  WRK_BOUND=$(($(to_secs "$DURATION") + 30))
+  WARM_BOUND=$(($(to_secs "$WARMUP") + 30))
+  if [[ $PIN != 0 && $(nproc) -ge 2 ]]; then
+    GW_PIN=(taskset -c 0)
+    LOAD_PIN=(taskset -c 1)
+  else
+    GW_PIN=()
+    LOAD_PIN=()
+  fi
+  if [[ $SKIP_BUILD != 1 ]]; then
+    log "cargo build --release"
+    cargo build --release --bin tollgate
+  fi
+  BIN=$ROOT/target/release/tollgate
+}
+
 # start_plain_origin: nginx on ORIGIN_PORT answering every request 200 "ok" (the origin of the
 # A/B benchmarks, which measure the gateway, not the origin).
 start_plain_origin() {

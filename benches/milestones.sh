@@ -30,25 +30,8 @@ TAG=milestones
 source "$ROOT/benches/lib.sh"
 bench_setup milestones-
 
-for cmd in cargo nginx redis-server redis-cli wrk curl taskset; do
-  command -v "$cmd" >/dev/null 2>&1 || die "$cmd is missing (see benches/load.sh for the packages)"
-done
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
-WRK_BOUND=$(($(to_secs "$DURATION") + 30))
-WARM_BOUND=$(($(to_secs "$WARMUP") + 30))
-if [[ $PIN != 0 && $(nproc) -ge 2 ]]; then
-  GW_PIN=(taskset -c 0)
-  LOAD_PIN=(taskset -c 1)
-else
-  GW_PIN=()
-  LOAD_PIN=()
-fi
-
-if [[ $SKIP_BUILD != 1 ]]; then
-  log "cargo build --release"
-  cargo build --release --bin tollgate
-fi
-BIN=$ROOT/target/release/tollgate
+ab_prologue
 
 scratch milestones
 free_port ORIGIN_PORT

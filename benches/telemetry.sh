@@ -33,25 +33,7 @@ TAG=telemetry
 source "$ROOT/benches/lib.sh"
 bench_setup telemetry-
 
-for cmd in cargo nginx redis-server redis-cli wrk curl taskset; do
-  command -v "$cmd" >/dev/null 2>&1 || die "$cmd is missing (see benches/load.sh for the packages)"
-done
-DURATION_S=$(to_secs "$DURATION")
-WRK_BOUND=$((DURATION_S + 30))
-WARM_BOUND=$(($(to_secs "$WARMUP") + 30))
-if [[ $PIN != 0 && $(nproc) -ge 2 ]]; then
-  GW_PIN=(taskset -c 0)
-  LOAD_PIN=(taskset -c 1)
-else
-  GW_PIN=()
-  LOAD_PIN=()
-fi
-
-if [[ $SKIP_BUILD != 1 ]]; then
-  log "cargo build --release"
-  cargo build --release --bin tollgate
-fi
-BIN=$ROOT/target/release/tollgate
+ab_prologue
 
 scratch telemetry
 
@@ -61,28 +43,7 @@ free_port OFF_PORT
 free_port ON_PORT
 free_port ON_ADMIN
 
-mkdir -p "$TMP/nginx"
-cat >"$TMP/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 10000000;
-    client_body_temp_path $TMP/nginx/body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    server {
-        listen 127.0.0.1:$ORIGIN_PORT;
-        location / { default_type text/plain; return 200 'ok'; }
-    }
-}
-CONF
-start_nginx
+start_plain_origin
 
 start_redis
 # STREAM_REDIS=own: the event stream gets a Redis of its own (same CPU), not the store's.
