@@ -189,22 +189,15 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
     let telemetry = f
         .get("telemetry")
         .map(|n| telemetry::telemetry(d, n, &plugins));
-    let onboarding = f.get("onboarding").map(|n| onboarding::onboarding(d, n));
-    // Where `onboarding.webhooks` is, for the errors of the step that joins the two sections.
-    let hooks_at = f
+    let onboarding = f
         .get("onboarding")
-        .and_then(|n| match &n.value {
-            Value::Map(entries) => entries
-                .iter()
-                .find(|(k, _)| matches!(&k.value, Value::Str(s) if s == "webhooks")),
-            _ => None,
-        })
-        .map_or(f.pos, |(_, v)| v.pos);
+        .map(|n| onboarding::onboarding(d, n, telemetry.as_ref()));
+    // Each webhook is one more telemetry sink: its own spool position, retried by the delivery
+    // loop like any sink (`onboarding` checked that the two sections fit together).
     let telemetry = match (telemetry, &onboarding) {
-        (Some(Some(t)), Some(Some(o))) => Some(Some(webhook_sinks(d, t, o, hooks_at))),
-        (None, Some(Some(o))) if !o.webhooks.is_empty() => {
-            d.err(hooks_at, "`onboarding.webhooks` needs a `telemetry` section: webhooks are delivered from its spool and retried until acknowledged");
-            None
+        (Some(Some(mut t)), Some(Some(o))) => {
+            t.sinks.extend(o.webhooks.iter().map(Webhook::sink));
+            Some(Some(t))
         }
         (t, _) => t,
     };
@@ -221,30 +214,6 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
         telemetry: telemetry.flatten(),
         onboarding: onboarding.flatten(),
     })
-}
-
-/// Adds one telemetry sink per webhook: each then has its own spool position and is retried by
-/// the delivery loop like any sink. A user sink may not already use a webhook's name.
-fn webhook_sinks(
-    d: &mut decode::Decoder,
-    mut telemetry: Telemetry,
-    onboarding: &Onboarding,
-    at: Pos,
-) -> Telemetry {
-    for hook in &onboarding.webhooks {
-        let sink = hook.sink();
-        if telemetry.sinks.iter().any(|s| s.name == sink.name) {
-            d.err(
-                at,
-                format!(
-                    "a sink is named `{}`, the name of the webhook to {}; rename the sink",
-                    sink.name, hook.url
-                ),
-            );
-        }
-        telemetry.sinks.push(sink);
-    }
-    telemetry
 }
 
 #[cfg(test)]

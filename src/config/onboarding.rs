@@ -7,8 +7,9 @@ use std::time::Duration;
 use http::HeaderName;
 
 use super::decode::Decoder;
-use super::node::Node;
+use super::node::{Node, Pos};
 use super::webhooks::{self, Webhook};
+use super::Telemetry;
 
 /// `onboarding:` — present means milestones are detected (and emitted when `telemetry` is set).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,14 +36,26 @@ pub struct Activation {
     pub within: Duration,
 }
 
-pub(super) fn onboarding(d: &mut Decoder, n: &Node) -> Option<Onboarding> {
+/// `telemetry` is the `telemetry` section as decoded (`None`: absent; `Some(None)`: present
+/// but broken), which webhooks are delivered through.
+pub(super) fn onboarding(
+    d: &mut Decoder,
+    n: &Node,
+    telemetry: Option<&Option<Telemetry>>,
+) -> Option<Onboarding> {
     let f = d.fields(
         n,
         "`onboarding`",
         &["activation", "anonymous_id_header", "webhooks"],
     )?;
-    // Decoded before `activation`, whose mistakes return early, so both report theirs.
-    let webhooks = f.get("webhooks").map(|n| webhooks::webhooks(d, n));
+    // Every key is decoded before any early return, so each reports its mistakes.
+    let webhooks = f.get("webhooks").map(|n| {
+        let hooks = webhooks::webhooks(d, n);
+        if let Some(hooks) = &hooks {
+            fit_telemetry(d, n.pos, hooks, telemetry);
+        }
+        hooks
+    });
     let activation = match f.get("activation") {
         Some(n) => activation(d, n).map(Some),
         None => Some(None),
@@ -72,6 +85,37 @@ pub(super) fn onboarding(d: &mut Decoder, n: &Node) -> Option<Onboarding> {
         anonymous_id_header,
         webhooks,
     })
+}
+
+/// Webhooks are telemetry sinks (see `config::decode_root`): they need the section, and a
+/// sink of its own may not take a webhook's name.
+fn fit_telemetry(
+    d: &mut Decoder,
+    at: Pos,
+    hooks: &[Webhook],
+    telemetry: Option<&Option<Telemetry>>,
+) {
+    match telemetry {
+        None if !hooks.is_empty() => d.err(
+            at,
+            "`onboarding.webhooks` needs a `telemetry` section: webhooks are delivered from its spool and retried until acknowledged",
+        ),
+        Some(Some(t)) => {
+            for hook in hooks {
+                let name = hook.sink().name;
+                if t.sinks.iter().any(|s| s.name == name) {
+                    d.err(
+                        at,
+                        format!(
+                            "a sink is named `{name}`, the name of the webhook to {}; rename the sink",
+                            hook.url
+                        ),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 fn activation(d: &mut Decoder, n: &Node) -> Option<Activation> {
