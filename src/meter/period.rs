@@ -44,6 +44,16 @@ impl Clock for SystemClock {
     }
 }
 
+/// Windows remembered per thread by [`Window::containing`] (a tenant's anchor and period pick
+/// the slot; a collision only costs a recomputation).
+const RECENT_SLOTS: usize = 8;
+
+type Remembered = [Option<((Period, Option<u8>), Window)>; RECENT_SLOTS];
+
+thread_local! {
+    static RECENT: std::cell::Cell<Remembered> = const { std::cell::Cell::new([None; RECENT_SLOTS]) };
+}
+
 /// One period: `[start, end)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -57,11 +67,35 @@ pub struct Window {
 
 impl Window {
     /// The window of `period` containing `now`, for a tenant with an optional billing anchor.
+    ///
+    /// Every metered call asks this, and the answer is the same for every moment inside a
+    /// window: each thread remembers the last few windows it computed and reuses one while
+    /// `now` is inside it, so the calendar arithmetic runs about once per period instead of
+    /// once per call. The reuse checks `start <= now < end`, so a clock moved backwards or
+    /// forwards (tests, NTP steps) gets the right window.
     pub fn containing(
         period: Period,
         anchor: Option<u8>,
         now: Timestamp,
     ) -> Result<Window, jiff::Error> {
+        let key = (period, anchor);
+        let slot = (usize::from(anchor.unwrap_or(0)) * 2 + period as usize) % RECENT_SLOTS;
+        if let Some((k, w)) = RECENT.with(|r| r.get()[slot]) {
+            if k == key && w.start <= now && now < w.end {
+                return Ok(w);
+            }
+        }
+        let w = Window::compute(period, anchor, now)?;
+        RECENT.with(|r| {
+            let mut all = r.get();
+            all[slot] = Some((key, w));
+            r.set(all);
+        });
+        Ok(w)
+    }
+
+    /// [`Window::containing`] without the per-thread memory.
+    fn compute(period: Period, anchor: Option<u8>, now: Timestamp) -> Result<Window, jiff::Error> {
         let today = now.to_zoned(TimeZone::UTC).date();
         let (start, end) = match period {
             Period::Day => (today, today.tomorrow()?),
@@ -145,6 +179,33 @@ mod tests {
     fn win(p: Period, anchor: Option<u8>, now: &str) -> (String, String) {
         let w = Window::containing(p, anchor, ts(now)).unwrap();
         (w.start.to_string(), w.end.to_string())
+    }
+
+    #[test]
+    fn remembered_windows_match_computed_ones_as_the_clock_moves() {
+        let moments = [
+            "2026-11-26T12:00:00Z",
+            "2026-11-30T23:59:59Z",
+            "2026-12-01T00:00:00Z",
+            "2026-11-14T23:59:59Z",
+            "2026-11-15T00:00:00Z",
+            "2027-02-28T10:00:00Z",
+            "2026-11-26T12:00:01Z",
+            "2028-02-29T01:00:00Z",
+        ];
+        for _ in 0..3 {
+            for now in moments {
+                for period in [Period::Day, Period::Month] {
+                    for anchor in [None, Some(1), Some(15), Some(31), Some(29)] {
+                        assert_eq!(
+                            Window::containing(period, anchor, ts(now)).unwrap(),
+                            Window::compute(period, anchor, ts(now)).unwrap(),
+                            "{period:?} anchor {anchor:?} at {now}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

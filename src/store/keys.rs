@@ -7,7 +7,35 @@ use jiff::civil::Date;
 
 /// `tg:{<tenant>}:m:<meter>:<period start>` — a usage counter.
 pub fn counter(tenant: &str, meter: &str, period_start: Date) -> String {
-    format!("tg:{{{tenant}}}:m:{meter}:{period_start}")
+    // Built by hand: this runs for every meter of every metered call.
+    let mut key = String::with_capacity(tenant.len() + meter.len() + 20);
+    key.push_str("tg:{");
+    key.push_str(tenant);
+    key.push_str("}:m:");
+    key.push_str(meter);
+    key.push(':');
+    push_date(&mut key, period_start);
+    key
+}
+
+/// `YYYY-MM-DD`, as jiff's `Display` of a date writes it.
+fn push_date(out: &mut String, d: Date) {
+    let (y, m, day) = (d.year(), d.month(), d.day());
+    if !(0..=9999).contains(&y) {
+        use std::fmt::Write;
+        let _ = write!(out, "{d}");
+        return;
+    }
+    let digits = |n: u32, width: u32, out: &mut String| {
+        for i in (0..width).rev() {
+            out.push(char::from(b'0' + ((n / 10u32.pow(i)) % 10) as u8));
+        }
+    };
+    digits(y as u32, 4, out);
+    out.push('-');
+    digits(m as u32, 2, out);
+    out.push('-');
+    digits(day as u32, 2, out);
 }
 
 /// `tg:{<tenant>}:tenant` — a tenant's overrides (hash).
@@ -102,5 +130,31 @@ mod tests {
             milestone("acme", "limit_reached", Some("requests"), Some(d)),
             "tg:{acme}:ms:limit_reached:requests:2026-11-15"
         );
+    }
+
+    #[test]
+    fn counter_dates_are_written_as_jiff_writes_them() {
+        for text in [
+            "0000-01-01",
+            "0001-02-03",
+            "0999-12-31",
+            "1970-01-01",
+            "2026-11-26",
+            "9999-12-31",
+        ] {
+            let d: Date = text.parse().unwrap();
+            assert_eq!(counter("t", "m", d), format!("tg:{{t}}:m:m:{d}"));
+            assert_eq!(counter("t", "m", d), format!("tg:{{t}}:m:m:{text}"));
+        }
+        let mut d: Date = "2024-01-01".parse().unwrap();
+        for _ in 0..800 {
+            assert_eq!(
+                counter("acme", "requests", d),
+                format!("tg:{{acme}}:m:requests:{d}")
+            );
+            d = d.tomorrow().unwrap();
+        }
+        let far = Date::new(-5, 3, 4).unwrap();
+        assert_eq!(counter("t", "m", far), format!("tg:{{t}}:m:m:{far}"));
     }
 }
