@@ -23,8 +23,8 @@ pub type KeyIndex = HashMap<[u8; 32], KeyEntry>;
 pub struct KeyEntry {
     /// Whose key it is.
     pub tenant: Arc<Tenant>,
-    /// The key's id.
-    pub id: String,
+    /// The key's id (shared with every call made with the key: no copy per call).
+    pub id: Arc<str>,
     /// SHA-256 of the key.
     pub sha256: [u8; 32],
 }
@@ -37,7 +37,7 @@ pub struct Caller {
     /// How they proved it.
     pub identity: IdentityKind,
     /// The id of the key used (never the key).
-    pub key_id: Option<String>,
+    pub key_id: Option<Arc<str>>,
     /// The end user inside the tenant, when the credential names one (a JWT's `user_claim`).
     pub user: Option<String>,
     /// The visitor's client-side anonymous id (`onboarding.anonymous_id_header`), when the call
@@ -329,7 +329,7 @@ pub fn static_index<'a>(tenants: impl Iterator<Item = &'a Arc<Tenant>>) -> KeyIn
                 k.sha256,
                 KeyEntry {
                     tenant: t.clone(),
-                    id: k.id.clone(),
+                    id: Arc::from(k.id.as_str()),
                     sha256: k.sha256,
                 },
             );

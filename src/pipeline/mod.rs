@@ -409,7 +409,7 @@ impl Gateway {
         Ok(Caller {
             tenant,
             identity: identity::IdentityKind::ApiKey,
-            key_id: Some(record.id),
+            key_id: Some(Arc::from(record.id)),
             user: None,
             client_anonymous_id: None,
         })
