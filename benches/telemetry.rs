@@ -12,6 +12,9 @@
 //! - `spool_to_file`: the whole path to the file sink.
 //! - `spool_to_redis_stream`: the whole path to a private `redis-server` (unix socket), one
 //!   pipelined `XADD … MAXLEN ~` per event.
+//!
+//! Group `encode`: one typical usage event encoded alone, by the hand-written encoder the request
+//! path uses (`hand_written`) and by the serde encoder it replaced (`serde_reference`).
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // a bench may panic: that is how it reports a broken set-up
 
@@ -110,6 +113,50 @@ fn through(
     spool.ack("sink", read.end).unwrap();
 }
 
+/// The caller of the benches' events: an API key of tenant `acme`.
+fn acme() -> Caller {
+    Caller {
+        tenant: Arc::new(Tenant {
+            name: "acme".into(),
+            plan: "free".into(),
+            billing_anchor: None,
+            keys: Vec::new(),
+        }),
+        identity: IdentityKind::ApiKey,
+        key_id: Some("acme-ci".into()),
+        user: None,
+        client_anonymous_id: None,
+    }
+}
+
+fn encode(c: &mut Criterion) {
+    let caller = acme();
+    let event = CallEvent {
+        source: "tollgate/bench",
+        time: "2026-11-26T12:00:00.123456Z".parse().unwrap(),
+        caller: Some(&caller),
+        plan: Some("free"),
+        route: Some("api"),
+        method: "GET",
+        path: "/v1/search/items",
+        status: 200,
+        outcome: "allowed",
+        meters: vec![("requests", 1)],
+        period: "2026-11".into(),
+        latency_ms: 3.2,
+        extra: None,
+    };
+    let mut g = c.benchmark_group("encode");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("hand_written", |b| {
+        b.iter(|| std::hint::black_box(&event).encode().unwrap())
+    });
+    g.bench_function("serde_reference", |b| {
+        b.iter(|| std::hint::black_box(&event).encode_reference().unwrap())
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -125,18 +172,7 @@ fn bench(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::unregistered().unwrap());
     let (tx, mut rx) = tokio::sync::mpsc::channel(65_536);
     let emitter = Emitter::new(tx, "tollgate/bench".into(), metrics);
-    let caller = Caller {
-        tenant: Arc::new(Tenant {
-            name: "acme".into(),
-            plan: "free".into(),
-            billing_anchor: None,
-            keys: Vec::new(),
-        }),
-        identity: IdentityKind::ApiKey,
-        key_id: Some("acme-ci".into()),
-        user: None,
-        client_anonymous_id: None,
-    };
+    let caller = acme();
     g.bench_function("encode_event", |b| {
         b.iter(|| {
             emitter.emit(&CallEvent {
@@ -188,5 +224,5 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, encode, bench);
 criterion_main!(benches);

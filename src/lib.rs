@@ -22,6 +22,7 @@ pub mod telemetry {
     //! delivered to every sink.
     pub mod emit;
     pub mod event;
+    mod json;
     pub mod metrics;
     pub mod outcome;
     pub mod service;
