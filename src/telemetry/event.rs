@@ -662,7 +662,7 @@ mod tests {
                 }),
                 identity: [IdentityKind::ApiKey, IdentityKind::Jwt, IdentityKind::Anonymous]
                     [usize::from(*kind)],
-                key_id: key_id.clone(),
+                key_id: key_id.as_deref().map(Arc::from),
                 user: user.clone(),
                 client_anonymous_id: anonymous_id.clone(),
             });
