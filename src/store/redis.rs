@@ -118,13 +118,19 @@ impl Shared {
     ) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
         let cmd = self.evalsha(batch);
         let mut conn = self.conn().await?;
-        let flat: Vec<i64> = match cmd.query_async(&mut conn).await {
+        let reply: Vec<u8> = match cmd.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                 self.reserve.load_async(&mut conn).await.map_err(backend)?;
                 cmd.query_async(&mut conn).await.map_err(backend)?
             }
             other => other.map_err(backend)?,
         };
+        let flat = parse_integers(&reply).ok_or_else(|| {
+            StoreError::Backend(format!(
+                "unexpected reply from the reserve script: {:?}",
+                String::from_utf8_lossy(&reply)
+            ))
+        })?;
         parse_batch(&flat, batch)
     }
 
@@ -170,6 +176,17 @@ impl Shared {
         }
         cmd
     }
+}
+
+/// The reserve script's reply: integers separated by single spaces (empty for no integers).
+fn parse_integers(reply: &[u8]) -> Option<Vec<i64>> {
+    if reply.is_empty() {
+        return Some(Vec::new());
+    }
+    reply
+        .split(|b| *b == b' ')
+        .map(|word| std::str::from_utf8(word).ok()?.parse().ok())
+        .collect()
 }
 
 /// Splits the script's flat reply into one answer per reservation.
@@ -504,5 +521,26 @@ impl Store for RedisStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_integers;
+
+    #[test]
+    fn reserve_replies_parse_as_integers() {
+        assert_eq!(parse_integers(b""), Some(vec![]));
+        assert_eq!(
+            parse_integers(b"1 0 200 2 0 7 -1 0 0"),
+            Some(vec![1, 0, 200, 2, 0, 7, -1, 0, 0])
+        );
+        assert_eq!(
+            parse_integers(b"0 1 9007199254740992"),
+            Some(vec![0, 1, 9_007_199_254_740_992])
+        );
+        assert_eq!(parse_integers(b"1 0 1e+15"), None);
+        assert_eq!(parse_integers(b"1  0"), None);
+        assert_eq!(parse_integers(b"1 0 "), None);
     }
 }
