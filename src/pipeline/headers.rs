@@ -2,8 +2,6 @@
 //!
 //! Values are Structured Fields lists (RFC 9651): `"name";param=value`, comma-separated.
 
-use std::fmt::Write;
-
 use jiff::Timestamp;
 
 use super::burst::BurstState;
@@ -39,40 +37,43 @@ pub struct UsageView<'a> {
 }
 
 /// Builds the headers; empty when no policy applied. (Built straight into one buffer per
-/// header: this runs on every metered call.)
+/// header, numbers with `itoa` rather than `fmt`: this runs on every metered call.)
 pub fn usage_headers(v: &UsageView) -> Vec<(&'static str, String)> {
     let mut policy = String::with_capacity(64);
     let mut state = String::with_capacity(64);
     let mut warnings = String::new();
-    let sep = |s: &mut String| {
-        if !s.is_empty() {
-            s.push_str(", ");
-        }
-    };
     if let Some(b) = v.burst {
-        let _ = write!(policy, "\"burst\";q={};w={}", b.quota, b.window_secs);
-        let _ = write!(state, "\"burst\";r={};t={}", b.remaining, b.window_secs);
+        item(
+            &mut policy,
+            "burst",
+            &[("q", u64::from(b.quota)), ("w", b.window_secs)],
+        );
+        item(
+            &mut state,
+            "burst",
+            &[("r", u64::from(b.remaining)), ("t", b.window_secs)],
+        );
     }
     for m in v.meters {
-        sep(&mut policy);
-        let _ = write!(
-            policy,
-            "\"{}\";q={};w={}",
-            m.name,
-            m.limit,
-            m.window.length_secs()
+        item(
+            &mut policy,
+            &m.name,
+            &[("q", m.limit), ("w", m.window.length_secs())],
         );
-        sep(&mut state);
-        let _ = write!(
-            state,
-            "\"{}\";r={};t={}",
-            m.name,
-            m.remaining(),
-            m.window.seconds_to_reset(v.now)
+        item(
+            &mut state,
+            &m.name,
+            &[
+                ("r", m.remaining()),
+                ("t", m.window.seconds_to_reset(v.now)),
+            ],
         );
         if m.warns() || v.exhausted == Some(m.name.as_str()) {
-            sep(&mut warnings);
-            let _ = write!(warnings, "\"{}\";used={};limit={}", m.name, m.used, m.limit);
+            item(
+                &mut warnings,
+                &m.name,
+                &[("used", m.used), ("limit", m.limit)],
+            );
             if m.in_overage() {
                 warnings.push_str(";overage");
             }
@@ -90,6 +91,24 @@ pub fn usage_headers(v: &UsageView) -> Vec<(&'static str, String)> {
         }
     }
     out
+}
+
+/// Appends one list member `"name";k=v;k=v` to `out`, after `, ` unless it is the first.
+/// (Meter names are checked at config load to be plain tokens, so they need no escaping.)
+fn item(out: &mut String, name: &str, params: &[(&str, u64)]) {
+    if !out.is_empty() {
+        out.push_str(", ");
+    }
+    out.push('"');
+    out.push_str(name);
+    out.push('"');
+    let mut digits = itoa::Buffer::new();
+    for (key, value) in params {
+        out.push(';');
+        out.push_str(key);
+        out.push('=');
+        out.push_str(digits.format(*value));
+    }
 }
 
 /// `"pro";url="https://…"`
