@@ -19,7 +19,7 @@ pub fn counter(tenant: &str, meter: &str, period_start: Date) -> String {
 }
 
 /// `YYYY-MM-DD`, as jiff's `Display` of a date writes it.
-fn push_date(out: &mut String, d: Date) {
+pub(crate) fn push_date(out: &mut String, d: Date) {
     let (y, m, day) = (d.year(), d.month(), d.day());
     if !(0..=9999).contains(&y) {
         use std::fmt::Write;

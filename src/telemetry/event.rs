@@ -371,6 +371,15 @@ fn new_id(time: Timestamp) -> Uuid {
 /// `2026-11-26` for a daily one.
 pub fn period_label(period: Period, window: &Window) -> String {
     let d = window.start_date;
+    if (0..=9999).contains(&d.year()) {
+        // Every event has one: written by hand rather than through `format!`.
+        let mut label = String::with_capacity(10);
+        crate::store::keys::push_date(&mut label, d);
+        if period == Period::Month {
+            label.truncate(7);
+        }
+        return label;
+    }
     match period {
         Period::Month => format!("{:04}-{:02}", d.year(), d.month()),
         Period::Day => format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()),
@@ -396,6 +405,23 @@ pub fn id_of(event: &[u8]) -> Option<String> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn period_labels_are_year_month_or_the_day() {
+        let mut now: Timestamp = "2024-01-01T12:00:00Z".parse().unwrap();
+        for _ in 0..400 {
+            for period in [Period::Day, Period::Month] {
+                let w = Window::containing(period, Some(31), now).unwrap();
+                let d = w.start_date;
+                let expected = match period {
+                    Period::Month => format!("{:04}-{:02}", d.year(), d.month()),
+                    Period::Day => format!("{:04}-{:02}-{:02}", d.year(), d.month(), d.day()),
+                };
+                assert_eq!(period_label(period, &w), expected);
+            }
+            now += jiff::SignedDuration::from_hours(25);
+        }
+    }
 
     use std::sync::Arc;
 
