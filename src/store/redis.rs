@@ -154,8 +154,21 @@ impl Shared {
             .iter()
             .map(|r| r.charges.len() + usize::from(r.replay.is_some()))
             .sum();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.reserve.get_hash()).arg(keys);
+        // Sized once: grown argument by argument, the buffers were reallocated several times
+        // per batch. Per charge: key, units, limit, expire-at; per call: count and marker.
+        let charges: usize = batch.iter().map(|r| r.charges.len()).sum();
+        let key_bytes: usize = batch
+            .iter()
+            .flat_map(|r| r.charges.iter().map(|c| c.key.len()))
+            .chain(
+                batch
+                    .iter()
+                    .filter_map(|r| r.replay.as_ref().map(|m| m.key.len())),
+            )
+            .sum();
+        let args = 4 + keys + 2 * batch.len() + 3 * charges;
+        let mut cmd = redis::Cmd::with_capacity(args, 64 + key_bytes + 24 * args);
+        cmd.arg("EVALSHA").arg(self.reserve.get_hash()).arg(keys);
         for r in batch {
             if let Some(marker) = &r.replay {
                 cmd.arg(&marker.key);
@@ -183,10 +196,11 @@ fn parse_integers(reply: &[u8]) -> Option<Vec<i64>> {
     if reply.is_empty() {
         return Some(Vec::new());
     }
-    reply
-        .split(|b| *b == b' ')
-        .map(|word| std::str::from_utf8(word).ok()?.parse().ok())
-        .collect()
+    let mut out = Vec::with_capacity(reply.iter().filter(|b| **b == b' ').count() + 1);
+    for word in reply.split(|b| *b == b' ') {
+        out.push(std::str::from_utf8(word).ok()?.parse().ok()?);
+    }
+    Some(out)
 }
 
 /// Splits the script's flat reply into one answer per reservation.
