@@ -176,7 +176,8 @@ start_nginx() {
 
 # ab_prologue: what the A/B benchmarks (telemetry.sh, milestones.sh) do before their runs:
 # check the tools, set WRK_BOUND / WARM_BOUND, pin the gateways to CPU 0 and the load to CPU 1
-# (PIN=0 or one core: no pinning), build the release binary unless SKIP_BUILD=1, set BIN.
+# (PIN=0 or one core: no pinning), build the release binary unless SKIP_BUILD=1 or
+# TOLLGATE_BIN is set, set BIN.
 ab_prologue() {
   local cmd
   for cmd in cargo nginx redis-server redis-cli wrk curl taskset; do
@@ -191,11 +192,13 @@ ab_prologue() {
     GW_PIN=()
     LOAD_PIN=()
   fi
-  if [[ $SKIP_BUILD != 1 ]]; then
+  if [[ $SKIP_BUILD != 1 && -z ${TOLLGATE_BIN:-} ]]; then
     log "cargo build --release"
     cargo build --release --bin tollgate
   fi
-  BIN=$ROOT/target/release/tollgate
+  # TOLLGATE_BIN: measure another build (an earlier commit's, say) with the same script.
+  BIN=${TOLLGATE_BIN:-$ROOT/target/release/tollgate}
+  [[ -x $BIN ]] || die "$BIN not found (build it with cargo build --release)"
 }
 
 # start_plain_origin: nginx on ORIGIN_PORT answering every request 200 "ok" (the origin of the

@@ -19,7 +19,8 @@
 # Knobs (environment): SINKS (stream, file or stream+file), STREAM_REDIS (store: the stream on
 # the store's Redis; own: on a Redis of its own), DURATION (10s), ROUNDS (5),
 # CONNECTIONS (32), WARMUP (2s), PIN (1),
-# RESULTS_DIR (target/load/telemetry-<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn).
+# RESULTS_DIR (target/load/telemetry-<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn),
+# TOLLGATE_BIN (another build to measure, e.g. an earlier commit's, for a before/after run).
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
 
@@ -173,7 +174,11 @@ fi
 col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
 {
   echo
-  echo "telemetry cost on the metered route — $STAMP, commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+  if [[ -n ${TOLLGATE_BIN:-} ]]; then
+    echo "telemetry cost on the metered route — $STAMP, binary $TOLLGATE_BIN"
+  else
+    echo "telemetry cost on the metered route — $STAMP, commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+  fi
   echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; server.threads: 1; flush_interval ${FLUSH_INTERVAL:-20ms};" \
     "$([[ ${#GW_PIN[@]} -gt 0 ]] && echo "gateways on CPU 0, wrk + nginx + redis on CPU 1" || echo "no CPU pinning")"
   printf '%-30s %9s %8s %8s %9s %9s\n' "" "req/s" "p50 ms" "p99 ms" "gw us/r" "proxy us/r"
