@@ -51,34 +51,48 @@ where
     F: Fn(Vec<J>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>> + Send + 'static,
 {
-    // A batch is what is queued when this task wakes: the calls that became ready while it
-    // waited for its turn on the thread. It does not yield to gather more first: that made
-    // every call of a burst wait for the slowest to reach its store call, and the proxy thread
-    // then idled in lock-step with Redis (benches/load.sh, metered route: the gateway's core 88%
-    // busy with the yield, 97% without, 8% more calls per second, ~3% more CPU per call).
-    while let Some(first) = rx.recv().await {
-        let mut jobs = vec![first];
-        while jobs.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => jobs.push(job),
-                Err(_) => break,
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    // Batches in flight are polled by this task, not spawned: a spawned batch would wait for a
+    // turn on the thread before sending its request, after every task queued ahead of it.
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            // A batch is what is queued when this task wakes: the calls that became ready while
+            // it waited for its turn on the thread. It does not yield to gather more first:
+            // that made every call of a burst wait for the slowest to reach its store call, and
+            // the proxy thread then idled in lock-step with Redis (benches/load.sh, metered
+            // route: the gateway's core 88% busy with the yield, 97% without).
+            first = rx.recv(), if open => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                let mut jobs = vec![first];
+                while jobs.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
+                let (calls, replies): (Vec<J>, Vec<_>) = jobs.into_iter().unzip();
+                let batch = run(calls);
+                in_flight.push(async move {
+                    match batch.await {
+                        Ok(results) => {
+                            for (reply, result) in replies.into_iter().zip(results) {
+                                let _ = reply.send(result);
+                            }
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                            }
+                        }
+                    }
+                });
             }
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
         }
-        let (calls, replies): (Vec<J>, Vec<_>) = jobs.into_iter().unzip();
-        let batch = run(calls);
-        tokio::spawn(async move {
-            match batch.await {
-                Ok(results) => {
-                    for (reply, result) in replies.into_iter().zip(results) {
-                        let _ = reply.send(result);
-                    }
-                }
-                Err(e) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(StoreError::Backend(e.to_string())));
-                    }
-                }
-            }
-        });
     }
 }
