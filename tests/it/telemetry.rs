@@ -751,3 +751,113 @@ async fn events_say_overage_feature_denied_upstream_error_and_anonymous() {
     assert_eq!(anonymous["data"]["period"], clock::day_start().as_str());
     assert_eq!(events[2]["data"]["route"], "export");
 }
+
+/// The `redis_stream` sink speaks RESP itself: over TCP it authenticates (an ACL user, or the
+/// default user's password) and selects the database its URL names; an error reply fails the
+/// batch without leaving the connection out of step, and the batch goes through once the
+/// cause is gone.
+#[tokio::test]
+async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_replies() {
+    use bytes::Bytes;
+    use tollgate::telemetry::sinks::redis_stream::RedisStreamSink;
+    use tollgate::telemetry::sinks::Sink;
+
+    let dir = tempfile::tempdir().unwrap();
+    let addr = crate::common::gateway::free_addr();
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let mut server = std::process::Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--requirepass", "default-secret"])
+        .args(["--user", "events", "on", ">events-secret", "~*", "+@all"])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server is not on PATH; apt-get install redis-server");
+    let admin = redis::Client::open(format!("redis://:default-secret@{addr}/3")).unwrap();
+    let mut conn = None;
+    for _ in 0..250 {
+        if let Ok(c) = admin.get_multiplexed_async_connection().await {
+            conn = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut conn = conn.expect("the password-protected redis-server did not come up");
+    let events = [
+        Bytes::from_static(br#"{"n":1}"#),
+        Bytes::from_static(br#"{"n":2,"s":"\r\n$3\r\n"}"#),
+        Bytes::from_static(br#"{"n":3}"#),
+    ];
+
+    let mut acl = RedisStreamSink::new(
+        &format!("redis://events:events-secret@{addr}/3"),
+        "tg:acl",
+        1000,
+    )
+    .unwrap();
+    acl.deliver(&events).await.unwrap();
+    let mut default = RedisStreamSink::new(
+        &format!("redis://:default-secret@{addr}/3"),
+        "tg:default",
+        1000,
+    )
+    .unwrap();
+    default.deliver(&events[..1]).await.unwrap();
+    let want: Vec<Vec<u8>> = events.iter().map(|e| e.to_vec()).collect();
+    assert_eq!(xrange(&mut conn, "tg:acl").await, want);
+    assert_eq!(xrange(&mut conn, "tg:default").await, want[..1].to_vec());
+
+    // A wrong password is refused, and the error does not carry the password.
+    let mut wrong =
+        RedisStreamSink::new(&format!("redis://events:not-it@{addr}/3"), "tg:acl", 1000).unwrap();
+    let refused = wrong.deliver(&events).await.unwrap_err().to_string();
+    assert!(refused.contains("WRONGPASS"), "{refused}");
+    assert!(!refused.contains("not-it"), "{refused}");
+
+    // The stream's key holds a string: every XADD fails, the batch with them.
+    let _: () = redis::cmd("SET")
+        .arg("tg:acl")
+        .arg("not a stream")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let failed = acl.deliver(&events).await.unwrap_err().to_string();
+    assert!(failed.contains("WRONGTYPE"), "{failed}");
+    let _: () = redis::cmd("DEL")
+        .arg("tg:acl")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    acl.deliver(&events).await.unwrap();
+    assert_eq!(xrange(&mut conn, "tg:acl").await, want);
+
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// The `event` field of every entry of `stream`, raw.
+async fn xrange(conn: &mut redis::aio::MultiplexedConnection, stream: &str) -> Vec<Vec<u8>> {
+    type Entry = (String, Vec<(String, Vec<u8>)>);
+    let entries: Vec<Entry> = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    entries
+        .into_iter()
+        .map(|(_, fields)| fields[0].1.clone())
+        .collect()
+}

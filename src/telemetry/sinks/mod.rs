@@ -26,6 +26,9 @@ pub enum SinkError {
     /// Redis refused or could not be reached.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// Redis answered with an error, or with something that is not a Redis reply.
+    #[error("redis: {0}")]
+    RedisReply(String),
     /// The HTTP receiver could not be reached or did not answer 2xx.
     #[error("http: {0}")]
     Http(String),
