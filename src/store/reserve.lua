@@ -14,9 +14,25 @@
 -- (0 if none), then the n counter values (after the reservation when admitted, unchanged
 -- otherwise). One string rather than a list of integers: the gateway parses a batch's reply on
 -- the request path's thread, and one bulk reply costs it a fraction of one integer reply each.
+-- The common case, a call that fits, costs one INCRBY per counter: each counter is incremented
+-- first and checked after, and a call that does not fit is rolled back before the script ends.
+-- Nothing else runs between the two (a script is atomic), so no other call can see the
+-- intermediate value. (Reading each counter with GET before incrementing it cost Redis a
+-- second command per counter and call.)
 local out = {}
 local k = 0 -- KEYS consumed
 local a = 2 -- next ARGV
+
+-- The value of counter `key`, read: 0 when absent, nil when it does not hold an integer.
+local function read(key)
+  local raw = redis.pcall('GET', key)
+  if raw == false then return 0 end
+  if type(raw) ~= 'string' then return nil end
+  local v = tonumber(raw)
+  if v == nil or v ~= math.floor(v) then return nil end
+  return v
+end
+
 for _ = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   local marker_exp = tonumber(ARGV[a + 1])
@@ -27,37 +43,55 @@ for _ = 1, tonumber(ARGV[1]) do
     marker = KEYS[k]
   end
   local used, status, denied = {}, 1, 0
-  for i = 1, n do
-    local raw = redis.pcall('GET', KEYS[k + i])
-    local v = 0
-    if type(raw) == 'string' then v = tonumber(raw) end
-    if type(raw) == 'table' or v == nil or v ~= math.floor(v) then
-      status, v = -1, 0
-    end
-    used[i] = v
-  end
-  if status == 1 and marker and redis.call('EXISTS', marker) == 1 then
+  if marker and redis.call('EXISTS', marker) == 1 then
+    -- A replay is charged nothing: report the counters as they are.
     status = 2
-  end
-  if status == 1 then
     for i = 1, n do
+      local v = read(KEYS[k + i])
+      if v == nil then status, v = -1, 0 end
+      used[i] = v
+    end
+  else
+    local done = 0 -- counters incremented so far
+    for i = 1, n do
+      local key = KEYS[k + i]
+      local units = tonumber(ARGV[a + 3 * (i - 1)])
       local limit = tonumber(ARGV[a + 3 * (i - 1) + 1])
-      if limit >= 0 and used[i] + tonumber(ARGV[a + 3 * (i - 1)]) > limit then
+      local v = redis.pcall('INCRBY', key, units)
+      if type(v) ~= 'number' then
+        status = -1 -- not an integer (or out of range): INCRBY changed nothing
+        break
+      end
+      done = i
+      used[i] = v
+      if limit >= 0 and v > limit then
         status, denied = 0, i
         break
       end
     end
-  end
-  if status == 1 then
-    for i = 1, n do
-      local key = KEYS[k + i]
-      local units = tonumber(ARGV[a + 3 * (i - 1)])
-      used[i] = redis.call('INCRBY', key, units)
-      -- The expiry is the same for every call of a period: set it when the counter is created
-      -- (or was refunded back to zero), not on every call.
-      if used[i] == units then redis.call('EXPIREAT', key, ARGV[a + 3 * (i - 1) + 2]) end
+    if status == 1 then
+      for i = 1, n do
+        -- The expiry is the same for every call of a period: set it when the counter is
+        -- created (or was refunded back to zero), not on every call.
+        if used[i] == tonumber(ARGV[a + 3 * (i - 1)]) then
+          redis.call('EXPIREAT', KEYS[k + i], ARGV[a + 3 * (i - 1) + 2])
+        end
+      end
+      if marker then redis.call('SET', marker, '1', 'EXAT', marker_exp) end
+    else
+      -- Undo every increment of this call; a counter this call created is removed again, so
+      -- a refused call leaves Redis exactly as it found it.
+      for i = 1, done do
+        local key = KEYS[k + i]
+        local units = tonumber(ARGV[a + 3 * (i - 1)])
+        local v = redis.call('DECRBY', key, units)
+        if v == 0 and used[i] == units then redis.call('DEL', key) end
+        used[i] = v
+      end
+      for i = done + 1, n do
+        used[i] = read(KEYS[k + i]) or 0
+      end
     end
-    if marker then redis.call('SET', marker, '1', 'EXAT', marker_exp) end
   end
   out[#out + 1] = status
   out[#out + 1] = denied

@@ -203,3 +203,86 @@ fn redis_store_matches_the_model() {
         panic!("{e}");
     }
 }
+
+/// Every key of the Redis, with its value and whether it expires.
+async fn snapshot(redis: &RedisServer) -> Vec<(String, Option<String>, bool)> {
+    let mut conn = redis.conn().await;
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    let mut out = Vec::new();
+    for key in keys {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        out.push((key, value, ttl > 0));
+    }
+    out
+}
+
+/// The script increments first and checks after; a refused call must still leave Redis exactly
+/// as it found it: counters it incremented are restored, and one it created is removed again
+/// (not left behind at 0).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_reservation_leaves_redis_exactly_as_it_was() {
+    let redis = RedisServer::start().await;
+    let store = RedisStore::new(&redis.url(), std::time::Duration::from_secs(2)).unwrap();
+    let expire_at = jiff::Timestamp::now().as_second() + 3600;
+    let charge = |name: &str, units: u64, limit: Option<u64>| Charge {
+        key: format!("tg:{{t}}:m:{name}"),
+        units,
+        limit,
+        expire_at,
+    };
+    // `full` is at its limit; `fresh` does not exist yet; `kept` has some usage.
+    let admitted = Reservation {
+        charges: vec![charge("full", 3, Some(3)), charge("kept", 2, Some(10))],
+        replay: None,
+    };
+    let got = store.reserve(&Arc::new(admitted)).await.unwrap();
+    assert_eq!(got, Reserved::Admitted(vec![3, 2]));
+    let before = snapshot(&redis).await;
+
+    for charges in [
+        // Created, then refused on the second counter.
+        vec![charge("fresh", 1, Some(5)), charge("full", 1, Some(3))],
+        // Incremented, created, then refused on the third; a non-blocking one after is read.
+        vec![
+            charge("kept", 1, Some(10)),
+            charge("fresh", 4, None),
+            charge("full", 1, Some(3)),
+            charge("other", 1, None),
+        ],
+        // Refused on its own first counter: the units alone exceed the limit.
+        vec![charge("fresh", 6, Some(5))],
+    ] {
+        let n = charges.len();
+        let r = Reservation {
+            charges,
+            replay: Some(ReplayMarker {
+                key: "tg:{t}:idem:x".into(),
+                expire_at,
+            }),
+        };
+        let got = store.reserve(&Arc::new(r)).await.unwrap();
+        let Reserved::Denied { used, .. } = got else {
+            panic!("expected a refusal, got {got:?}");
+        };
+        assert_eq!(used.len(), n);
+        assert_eq!(
+            snapshot(&redis).await,
+            before,
+            "Redis changed after {used:?}"
+        );
+    }
+}

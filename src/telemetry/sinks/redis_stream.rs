@@ -211,10 +211,7 @@ type Reply = Result<(), String>;
 
 /// Reads one complete reply: `Ok(Ok(()))` for any reply but an error, `Ok(Err(message))` for
 /// an error reply, `Err` when the connection fails or speaks something that is not RESP.
-async fn read_reply(
-    conn: &mut Box<dyn Io>,
-    input: &mut BytesMut,
-) -> Result<Reply, SinkError> {
+async fn read_reply(conn: &mut Box<dyn Io>, input: &mut BytesMut) -> Result<Reply, SinkError> {
     loop {
         match skip_reply(input)? {
             Some((len, outcome)) => {
