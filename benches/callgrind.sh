@@ -35,12 +35,7 @@ for cmd in valgrind callgrind_control nginx redis-server redis-cli wrk curl; do
     die "$cmd is missing (apt-get install -y valgrind nginx-light redis-server redis-tools wrk curl)"
 done
 LOAD_PIN=()
-if [[ $SKIP_BUILD != 1 && -z ${TOLLGATE_BIN:-} ]]; then
-  log "cargo build --release"
-  cargo build --release --bin tollgate
-fi
-BIN=${TOLLGATE_BIN:-$ROOT/target/release/tollgate}
-[[ -x $BIN ]] || die "$BIN not found (build it with cargo build --release)"
+release_bin
 
 scratch callgrind
 free_port ORIGIN_PORT
@@ -48,17 +43,12 @@ free_port REDIS_PORT
 start_plain_origin
 start_redis
 
-KEY="tg_bench_$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-KEY_SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+bench_key
 
 # gateway_config PORT TELEMETRY(0|1) -> the config on stdout
 gateway_config() {
+  metered_gateway "$1"
   cat <<CONF
-server: { listen: "127.0.0.1:$1", threads: 1, grace_period: 1s }
-store: { kind: redis, url: "redis://127.0.0.1:$REDIS_PORT/0" }
-upstreams: { origin: { targets: ["127.0.0.1:$ORIGIN_PORT"] } }
-tenants: { bench: { plan: bench, keys: [ { id: bench-key, sha256: "$KEY_SHA" } ] } }
-plans: { bench: { meters: { requests: { limit: 1000000000, period: month } } } }
 routes:
   - { name: open, match: { path: /open }, upstream: origin, auth: none }
   - { name: metered, match: { path_prefix: / }, upstream: origin, meter: { requests: 1 } }

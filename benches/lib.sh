@@ -192,13 +192,37 @@ ab_prologue() {
     GW_PIN=()
     LOAD_PIN=()
   fi
+  release_bin
+}
+
+# release_bin: builds the release binary unless SKIP_BUILD=1 or TOLLGATE_BIN
+# is set (a build to measure, an earlier commit's say), and sets BIN to the binary measured.
+release_bin() {
   if [[ $SKIP_BUILD != 1 && -z ${TOLLGATE_BIN:-} ]]; then
     log "cargo build --release"
     cargo build --release --bin tollgate
   fi
-  # TOLLGATE_BIN: measure another build (an earlier commit's, say) with the same script.
   BIN=${TOLLGATE_BIN:-$ROOT/target/release/tollgate}
   [[ -x $BIN ]] || die "$BIN not found (build it with cargo build --release)"
+}
+
+# bench_key: a random API key for the bench tenant (KEY) and its SHA-256 (KEY_SHA).
+bench_key() {
+  KEY="tg_bench_$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+  KEY_SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+}
+
+# metered_gateway PORT: the config of a one-core gateway on PORT with the bench tenant (KEY_SHA)
+# on a plan metering `requests` in the Redis on REDIS_PORT, up to `routes:` (the caller adds
+# its routes, and any other section, after it).
+metered_gateway() {
+  cat <<CONF
+server: { listen: "127.0.0.1:$1", threads: 1, grace_period: 1s }
+store: { kind: redis, url: "redis://127.0.0.1:$REDIS_PORT/0" }
+upstreams: { origin: { targets: ["127.0.0.1:$ORIGIN_PORT"] } }
+tenants: { bench: { plan: bench, keys: [{ id: bench-key, sha256: "$KEY_SHA" }] } }
+plans: { bench: { meters: { requests: { limit: 1000000000, period: month } } } }
+CONF
 }
 
 # start_plain_origin: nginx on ORIGIN_PORT answering every request 200 "ok" (the origin of the

@@ -156,8 +156,7 @@ start_redis
 
 # ---------------------------------------------------------------- gateway: tollgate
 TENANT=bench
-KEY="tg_bench_$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-KEY_SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+bench_key
 cat >"$TMP/tollgate.yaml" <<CONF
 # written by benches/load.sh
 server:

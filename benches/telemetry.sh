@@ -57,16 +57,11 @@ if [[ ${STREAM_REDIS:-store} == own ]]; then
   REDIS_PORT=$STORE_PORT
 fi
 
-KEY="tg_bench_$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
-KEY_SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
+bench_key
 # gateway_config PORT: the shared part of both configs.
 gateway_config() {
+  metered_gateway "$1"
   cat <<CONF
-server: { listen: "127.0.0.1:$1", threads: 1, grace_period: 1s }
-store: { kind: redis, url: "redis://127.0.0.1:$REDIS_PORT/0" }
-upstreams: { origin: { targets: ["127.0.0.1:$ORIGIN_PORT"] } }
-tenants: { bench: { plan: bench, keys: [{ id: bench-key, sha256: "$KEY_SHA" }] } }
-plans: { bench: { meters: { requests: { limit: 1000000000, period: month } } } }
 routes: [{ name: metered, match: { path_prefix: / }, upstream: origin, meter: { requests: 1 } }]
 CONF
 }

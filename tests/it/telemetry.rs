@@ -765,25 +765,27 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
     let dir = tempfile::tempdir().unwrap();
     let addr = crate::common::gateway::free_addr();
     let port = addr.rsplit(':').next().unwrap().to_string();
-    let mut server = std::process::Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--requirepass", "default-secret"])
-        .args(["--user", "events", "on", ">events-secret", "~*", "+@all"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server is not on PATH; apt-get install redis-server");
+    let _server = KillOnDrop(
+        std::process::Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--requirepass", "default-secret"])
+            .args(["--user", "events", "on", ">events-secret", "~*", "+@all"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is not on PATH; apt-get install redis-server"),
+    );
     let admin = redis::Client::open(format!("redis://:default-secret@{addr}/3")).unwrap();
     let mut conn = None;
     for _ in 0..250 {
@@ -841,9 +843,16 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
         .unwrap();
     acl.deliver(&events).await.unwrap();
     assert_eq!(xrange(&mut conn, "tg:acl").await, want);
+}
 
-    let _ = server.kill();
-    let _ = server.wait();
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// The `event` field of every entry of `stream`, raw.

@@ -22,8 +22,7 @@ use super::{within, Sink, SinkError};
 /// Upper bound on connecting and on one pipelined batch.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where and how to connect, read from the sink's URL once.
-#[derive(Clone, Debug)]
+/// Where and how to connect, read from the sink's URL once. (No `Debug`: it holds the password.)
 struct Target {
     addr: Addr,
     username: Option<String>,
@@ -31,7 +30,6 @@ struct Target {
     db: i64,
 }
 
-#[derive(Clone, Debug)]
 enum Addr {
     Tcp(String, u16),
     #[cfg(unix)]
@@ -110,24 +108,27 @@ impl RedisStreamSink {
         }
     }
 
-    /// Sends the batch and checks one reply per event.
+    /// Sends the batch and checks one reply per event. The connection is taken for the
+    /// duration: one that fails, or a batch that times out (`deliver` drops this future), is
+    /// dropped with it and the next batch connects afresh. An error reply keeps it: every
+    /// reply was read, so it is still in step.
     async fn send(&mut self, batch: &[Bytes]) -> Result<(), SinkError> {
-        if self.conn.is_none() {
-            self.conn = Some(connect(&self.target).await?);
-            self.input.clear();
-        }
+        let mut conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => {
+                self.input.clear();
+                connect(&self.target).await?
+            }
+        };
         self.encode(batch);
-        let conn = self.conn.as_mut().ok_or(SinkError::RedisReply(
-            "no connection to the stream's Redis".into(),
-        ))?;
         conn.write_all(&self.out).await?;
-        // Every reply is read even after an error reply, so the connection stays in step.
         let mut first_error = None;
         for _ in 0..batch.len() {
-            if let Err(e) = read_reply(conn, &mut self.input).await? {
+            if let Err(e) = read_reply(&mut conn, &mut self.input).await? {
                 first_error.get_or_insert(e);
             }
         }
+        self.conn = Some(conn);
         match first_error {
             None => Ok(()),
             Some(e) => Err(SinkError::RedisReply(e)),
@@ -141,12 +142,7 @@ impl Sink for RedisStreamSink {
         if batch.is_empty() {
             return Ok(());
         }
-        let result = within(TIMEOUT, self.send(batch)).await;
-        if result.is_err() {
-            // A fresh connection next time: this one may be half-way through a batch.
-            self.conn = None;
-        }
-        result
+        within(TIMEOUT, self.send(batch)).await
     }
 }
 
@@ -211,7 +207,10 @@ type Reply = Result<(), String>;
 
 /// Reads one complete reply: `Ok(Ok(()))` for any reply but an error, `Ok(Err(message))` for
 /// an error reply, `Err` when the connection fails or speaks something that is not RESP.
-async fn read_reply(conn: &mut Box<dyn Io>, input: &mut BytesMut) -> Result<Reply, SinkError> {
+async fn read_reply(
+    conn: &mut (impl AsyncRead + Unpin),
+    input: &mut BytesMut,
+) -> Result<Reply, SinkError> {
     loop {
         match skip_reply(input)? {
             Some((len, outcome)) => {
