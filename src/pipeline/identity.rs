@@ -319,7 +319,7 @@ impl ApiKeys {
             let key = if name == http::header::AUTHORIZATION {
                 let (scheme, token) = value
                     .split_once(' ')
-                    .ok_or(malformed("expected `Bearer <key>`"))?;
+                    .ok_or_else(|| malformed("expected `Bearer <key>`"))?;
                 if !scheme.eq_ignore_ascii_case("bearer") {
                     return Err(malformed("expected the Bearer scheme"));
                 }

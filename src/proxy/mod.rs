@@ -257,11 +257,6 @@ impl ProxyHttp for Proxy {
                 }
             }
         }
-        for name in [&X_TOLLGATE_TENANT, &X_TOLLGATE_PLAN] {
-            if up.headers.contains_key(name) {
-                up.remove_header(name);
-            }
-        }
         // A measured meter or a plugin reads the body: ask for it uncompressed.
         if ctx
             .route()
@@ -270,9 +265,19 @@ impl ProxyHttp for Proxy {
         {
             up.remove_header(&http::header::ACCEPT_ENCODING);
         }
-        if let Some(a) = ctx.admitted() {
-            up.insert_header("X-Tollgate-Tenant", a.caller.tenant.name.as_str())?;
-            up.insert_header("X-Tollgate-Plan", a.plan.name.as_str())?;
+        match ctx.admitted() {
+            // `insert_header` replaces a copy the client sent.
+            Some(a) => {
+                up.insert_header("X-Tollgate-Tenant", a.caller.tenant.name.as_str())?;
+                up.insert_header("X-Tollgate-Plan", a.plan.name.as_str())?;
+            }
+            None => {
+                for name in [&X_TOLLGATE_TENANT, &X_TOLLGATE_PLAN] {
+                    if up.headers.contains_key(name) {
+                        up.remove_header(name);
+                    }
+                }
+            }
         }
         Ok(())
     }
