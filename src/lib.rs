@@ -17,6 +17,7 @@ pub mod plugins;
 pub mod proxy;
 pub mod reload;
 pub mod store;
+pub mod tls;
 pub mod telemetry {
     //! Metrics, call outcomes, and usage events: built on the request path, spooled to disk,
     //! delivered to every sink.

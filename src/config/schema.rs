@@ -368,11 +368,12 @@ fn telemetry() -> Value {
             "kind": words("Where events go.", &["file", "redis_stream", "http", "nats", "plugin"]),
             "name": string("Unique sink name (metrics label, position file); default: the kind, or the plugin's name."),
             "path": string("file: the JSON-lines file."),
-            "url": string("redis_stream: redis://…; http: http://…; nats: nats://…"),
+            "url": string("redis_stream: redis://…; http: http://… or https://…; nats: nats://…"),
             "stream": string("redis_stream: the stream key; nats: a stream to create on the subject."),
             "max_len": int("redis_stream: MAXLEN ~ of every XADD.", 1),
             "subject": string("nats: the subject."),
             "timeout": duration("http, nats: bound on one delivery."),
+            "ca_file": string("http (https:// only): a PEM file of CA certificates trusted besides the public roots."),
             "plugin": string("plugin: the plugin providing the sink (set up under the top-level plugins)."),
         }
     });

@@ -74,10 +74,13 @@ pub enum SinkKind {
     },
     /// A CloudEvents batch `POST`.
     Http {
-        /// `http://…` (no TLS in this version).
+        /// `http://…` or `https://…`.
         url: String,
         /// Upper bound on one request.
         timeout: Duration,
+        /// `ca_file`: certificates trusted besides the webpki roots (an `https://` ingest
+        /// behind a private CA), read and checked when the config loads.
+        ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
     /// JetStream publish with `Nats-Msg-Id`.
     Nats {
@@ -237,6 +240,7 @@ fn sinks(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<Vec<SinkConf
 fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
     const ALL: &[&str] = &[
         "kind", "name", "path", "url", "stream", "max_len", "subject", "timeout", "plugin",
+        "ca_file",
     ];
     let f = d.fields(n, "a sink", ALL)?;
     let kind = d.require(&f, "kind", "a sink").and_then(|k| {
@@ -256,7 +260,7 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
     let allowed: &[&str] = match kind {
         "file" => &["kind", "name", "path"],
         "redis_stream" => &["kind", "name", "url", "stream", "max_len"],
-        "http" => &["kind", "name", "url", "timeout"],
+        "http" => &["kind", "name", "url", "timeout", "ca_file"],
         "plugin" => &["kind", "name", "plugin"],
         _ => &["kind", "name", "url", "subject", "stream", "timeout"],
     };
@@ -279,8 +283,8 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
         let v = d.require(&f, "url", &what)?;
         let url = d.string(v, "`url`")?;
         if !schemes.iter().any(|s| url.starts_with(s)) {
-            let tls = if url.starts_with("https://") {
-                " (this version sends plain http only)"
+            let tls = if url.starts_with("rediss://") {
+                " (this version has no TLS to a stream's Redis)"
             } else {
                 ""
             };
@@ -327,10 +331,23 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
             }
         }
         "http" => {
-            let url = url(d, &["http://"]);
+            let url = url(d, &["http://", "https://"]);
+            let ca = match f.get("ca_file") {
+                None => Some(Vec::new()),
+                Some(v) => d.string(v, "`ca_file`").and_then(|path| {
+                    if url.as_deref().is_some_and(|u| !u.starts_with("https://")) {
+                        d.err(v.pos, "`ca_file` applies to an https:// `url` only");
+                        return None;
+                    }
+                    crate::tls::read_ca_file(std::path::Path::new(&path))
+                        .map_err(|e| d.err(v.pos, e))
+                        .ok()
+                }),
+            };
             SinkKind::Http {
                 url: url?,
                 timeout: timeout(d)?,
+                ca: ca?,
             }
         }
         _ => {

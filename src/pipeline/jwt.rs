@@ -664,15 +664,7 @@ fn max_age(cache_control: &str) -> Option<Duration> {
 /// An HTTP client for JWKS fetches: TLS by rustls on aws-lc-rs (the crypto jsonwebtoken uses),
 /// with the webpki roots, no redirects to other schemes, no proxy surprises.
 fn http_client() -> Option<reqwest::Client> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .ok()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let tls = crate::tls::client_config(&[]).ok()?;
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .redirect(reqwest::redirect::Policy::limited(3))

@@ -12,6 +12,7 @@ use crate::common::events::{
 };
 use crate::common::nats::NatsServer;
 use crate::common::receiver::Receiver;
+use crate::common::tls::TestCa;
 use crate::common::{
     clock, get, render, Gateway, RedisServer, Upstream, ACME_KEY, BETA_KEY, GAMMA_KEY,
 };
@@ -377,6 +378,30 @@ fn acme_calls(n: usize) -> Vec<(Option<&'static str>, String)> {
         .collect()
 }
 
+/// A gateway with a file sink and an `http` sink posting to `receiver` (trusting `ca_file` when
+/// given), after `calls` calls of `acme` were answered 200 and their events are in the file.
+async fn through_http_sink(
+    receiver: &Receiver,
+    ca_file: Option<&std::path::Path>,
+    calls: usize,
+) -> Telemetry {
+    let ca = ca_file.map_or(String::new(), |p| {
+        format!("\n      ca_file: \"{}\"", p.display())
+    });
+    let sinks = r#"
+    - kind: file
+      path: "{dir}/events.jsonl"
+    - kind: http
+      url: "{ingest}"
+      timeout: 2s{ca}
+"#;
+    let t = Telemetry::start_with(sinks, &[("{ingest}", &receiver.url()), ("{ca}", &ca)]).await;
+    let statuses = call_all(&t.gateway, acme_calls(calls), 8).await.statuses;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    t.wait_for_file(calls).await;
+    t
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sink_down_under_load_loses_nothing_and_fails_no_call() {
     let mut t = Telemetry::start(FILE_AND_STREAM).await;
@@ -475,19 +500,7 @@ async fn kill_9_then_restart_delivers_the_spool_and_skips_a_corrupt_tail() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_http_receiver_sees_every_event_at_least_once_with_stable_ids() {
     let receiver = Receiver::start(3).await;
-    let sinks = r#"
-    - kind: file
-      path: "{dir}/events.jsonl"
-    - kind: http
-      url: "{ingest}"
-      timeout: 2s
-"#;
-    let t = Telemetry::start_with(sinks, &[("{ingest}", &receiver.url())]).await;
-
-    let statuses = call_all(&t.gateway, acme_calls(300), 8).await.statuses;
-
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    t.wait_for_file(300).await;
+    let t = through_http_sink(&receiver, None, 300).await;
     t.wait_for_spooled(0.0).await;
     let spooled = t.file_events();
     receiver.seen(|seen| {
@@ -534,6 +547,65 @@ async fn the_http_receiver_sees_every_event_at_least_once_with_stable_ids() {
             "tollgate_events_total",
             &[("sink", "http"), ("result", "failed")]
         ) > 0.0
+    );
+}
+
+/// An `https://` ingest behind a private CA: trusted through the sink's `ca_file`, every event
+/// arrives over TLS (the first batch answered 503 arrives again), and none is left in the spool.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_http_sink_delivers_over_https_trusting_its_ca_file() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start_tls(1, ca.server.clone()).await;
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_ca(ca_dir.path());
+    assert!(receiver.url().starts_with("https://127.0.0.1:"));
+
+    let t = through_http_sink(&receiver, Some(&ca_file), 200).await;
+
+    t.wait_for_spooled(0.0).await;
+    let spooled = t.file_events();
+    receiver.seen(|seen| {
+        assert_eq!(seen.batches[0].0, 503, "the first batch is refused once");
+        let accepted: Vec<&Value> = seen
+            .batches
+            .iter()
+            .filter(|(s, _)| *s == 202)
+            .flat_map(|(_, b)| b)
+            .collect();
+        assert_eq!(accepted.len(), 200, "each event acknowledged once");
+        let accepted: Vec<Value> = accepted.into_iter().cloned().collect();
+        assert_eq!(unique_ids(&accepted), unique_ids(&spooled));
+    });
+}
+
+/// The same receiver without `ca_file`: its certificate is not trusted, so nothing is sent to it,
+/// every event stays in the spool, and the failure says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_untrusted_https_receiver_gets_nothing_and_the_spool_keeps_every_event() {
+    let ca = TestCa::new();
+    let receiver = Receiver::start_tls(0, ca.server.clone()).await;
+
+    let t = through_http_sink(&receiver, None, 50).await;
+
+    wait_for(
+        "a failed delivery to the untrusted receiver",
+        Duration::from_secs(10),
+        || async {
+            metric(
+                &metrics(&t.gateway).await,
+                "tollgate_events_total",
+                &[("sink", "http"), ("result", "failed")],
+            ) > 0.0
+        },
+    )
+    .await;
+    receiver.seen(|seen| assert!(seen.batches.is_empty(), "no request got through"));
+    let text = metrics(&t.gateway).await;
+    assert_eq!(metric(&text, "tollgate_events_spooled", &[]), 50.0);
+    let log = t.gateway.stderr();
+    assert!(
+        log.contains("invalid peer certificate"),
+        "the log says the certificate is not trusted:\n{log}"
     );
 }
 

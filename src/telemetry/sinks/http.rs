@@ -1,7 +1,8 @@
 //! `http`: a CloudEvents batch (`application/cloudevents-batch+json`, a JSON array) per
 //! delivery, as OpenMeter's ingest API takes it; any 2xx acknowledges the whole batch.
 //!
-//! Plain `http://` only in this version: the gateway links no TLS stack of its own yet.
+//! `https://` is rustls on aws-lc-rs (see [`crate::tls`]), trusting the webpki roots and the
+//! sink's `ca_file`; redirects are not followed (a 3xx did not take the batch).
 
 use std::time::Duration;
 
@@ -20,10 +21,19 @@ pub struct HttpSink {
 }
 
 impl HttpSink {
-    /// A sink posting to `url`, each request bounded by `timeout`.
-    pub fn new(url: &str, timeout: Duration) -> Result<HttpSink, SinkError> {
+    /// A sink posting to `url`, each request bounded by `timeout`, trusting `ca` besides the
+    /// webpki roots.
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        ca: &[rustls::pki_types::CertificateDer<'static>],
+    ) -> Result<HttpSink, SinkError> {
+        let tls = crate::tls::client_config(ca).map_err(SinkError::Http)?;
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SinkError::Http(e.to_string()))?;
         Ok(HttpSink {
@@ -57,7 +67,7 @@ impl Sink for HttpSink {
             .body(json_array(batch))
             .send()
             .await
-            .map_err(|e| SinkError::Http(e.to_string()))?;
+            .map_err(|e| SinkError::Http(with_causes(&e)))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
@@ -65,4 +75,20 @@ impl Sink for HttpSink {
             Err(SinkError::Http(format!("the receiver answered {status}")))
         }
     }
+}
+
+/// An error with the chain of its causes: reqwest's own message ("error sending request for
+/// url …") leaves out why, such as the certificate the receiver presented not being trusted.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !out.contains(&cause_text) {
+            out.push_str(": ");
+            out.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    out
 }

@@ -62,7 +62,7 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
             stream,
             max_len,
         } => Box::new(redis_stream::RedisStreamSink::new(url, stream, *max_len)?),
-        SinkKind::Http { url, timeout } => Box::new(http::HttpSink::new(url, *timeout)?),
+        SinkKind::Http { url, timeout, ca } => Box::new(http::HttpSink::new(url, *timeout, ca)?),
         SinkKind::Nats {
             url,
             subject,

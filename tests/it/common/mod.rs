@@ -11,6 +11,7 @@ pub mod receiver;
 pub mod redis;
 pub mod streamer;
 pub mod stripe;
+pub mod tls;
 pub mod upstream;
 
 pub use gateway::{run_check, Gateway};

@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::rustls;
 
 /// What the receiver saw.
 #[derive(Default)]
@@ -29,6 +30,7 @@ pub struct Seen {
 /// An HTTP/1 server on `127.0.0.1:<free port>` accepting CloudEvents batches at any path.
 pub struct Receiver {
     addr: std::net::SocketAddr,
+    scheme: &'static str,
     seen: Arc<Mutex<Seen>>,
     task: JoinHandle<()>,
 }
@@ -36,17 +38,32 @@ pub struct Receiver {
 impl Receiver {
     /// Starts a receiver that answers 503 to its first `fail_first` requests.
     pub async fn start(fail_first: usize) -> Receiver {
+        Receiver::start_with(fail_first, None).await
+    }
+
+    /// The same over HTTPS, presenting the certificate of `tls`.
+    pub async fn start_tls(fail_first: usize, tls: Arc<rustls::ServerConfig>) -> Receiver {
+        Receiver::start_with(fail_first, Some(tls)).await
+    }
+
+    async fn start_with(fail_first: usize, tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let seen = Arc::new(Mutex::new(Seen {
             fail_next: fail_first,
             ..Seen::default()
         }));
-        let (addr, task) = serve(seen.clone(), receive).await;
-        Receiver { addr, seen, task }
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let (addr, task) = serve_with(seen.clone(), receive, tls).await;
+        Receiver {
+            addr,
+            scheme,
+            seen,
+            task,
+        }
     }
 
     /// The ingest URL.
     pub fn url(&self) -> String {
-        format!("http://{}/api/v1/events", self.addr)
+        format!("{}://{}/api/v1/events", self.scheme, self.addr)
     }
 
     /// Runs `f` on what was seen so far.
@@ -72,16 +89,38 @@ where
     F: Fn(Arc<Mutex<S>>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
 {
+    serve_with(state, handler, None).await
+}
+
+/// [`serve`], over TLS with `tls` when given.
+async fn serve_with<S, F, Fut>(
+    state: Arc<Mutex<S>>,
+    handler: F,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (std::net::SocketAddr, JoinHandle<()>)
+where
+    S: Send + 'static,
+    F: Fn(Arc<Mutex<S>>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let task = tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let state = state.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| handler(state.clone(), req));
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let http = http1::Builder::new();
+                let _ = match acceptor {
+                    // A client that does not trust the certificate ends the handshake: no request.
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(tls) => http.serve_connection(TokioIo::new(tls), service).await,
+                        Err(_) => return,
+                    },
+                    None => http.serve_connection(TokioIo::new(stream), service).await,
+                };
             });
         }
     });

@@ -1,0 +1,72 @@
+//! TLS for the gateway's outgoing HTTP clients (JWKS fetches, the `http` event sink): rustls on
+//! aws-lc-rs, the crypto jsonwebtoken already builds, trusting the webpki roots plus any
+//! certificates the config adds (`ca_file`, for an ingest endpoint behind a private CA).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+/// A client config trusting the webpki roots and `extra`.
+pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in extra {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("a certificate of `ca_file` cannot be trusted: {e}"))?;
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The certificates of a PEM file (`ca_file`), each checked to be one a client can trust; an
+/// unreadable file, one without a certificate, or one holding a certificate rustls refuses
+/// is an error naming the file.
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read `ca_file` {shown}: {e}"))?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("`ca_file` {shown} is not a PEM certificate bundle: {e}"))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "`ca_file` {shown} holds no certificate (expected PEM `-----BEGIN CERTIFICATE-----` blocks)"
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in &certs {
+        roots.add(cert.clone()).map_err(|e| {
+            format!("`ca_file` {shown} holds a certificate that cannot be trusted: {e}")
+        })?;
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_without_certificates_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.pem");
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let err = read_ca_file(&path).unwrap_err();
+        assert!(err.contains("holds no certificate"), "{err}");
+        assert!(err.contains("empty.pem"), "{err}");
+        let missing = read_ca_file(&dir.path().join("missing.pem")).unwrap_err();
+        assert!(missing.starts_with("cannot read `ca_file`"), "{missing}");
+    }
+
+    #[test]
+    fn the_webpki_roots_alone_make_a_config() {
+        assert!(client_config(&[]).is_ok());
+    }
+}
