@@ -1,6 +1,7 @@
-//! TLS for the gateway's outgoing HTTP clients (JWKS fetches, the `http` event sink): rustls on
-//! aws-lc-rs, the crypto jsonwebtoken already builds, trusting the webpki roots plus any
-//! certificates the config adds (`ca_file`, for an ingest endpoint behind a private CA).
+//! TLS for the gateway's own clients (JWKS fetches, the `http` and `redis_stream` event sinks):
+//! rustls on aws-lc-rs, the crypto jsonwebtoken already builds, trusting the webpki roots, and
+//! the certificates of a `ca_file` for a server behind a private CA. (The store's Redis
+//! connection is redis-rs's, on the same rustls and provider.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -10,10 +11,30 @@ use rustls::pki_types::CertificateDer;
 
 /// A client config trusting the webpki roots and `extra`.
 pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+    with_roots(
+        rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+        extra,
+    )
+}
+
+/// A client config for a `rediss://` server: trusting the certificates of its `ca_file` alone
+/// when it has one (as `redis-cli --cacert` does, and as the store's connection does), else
+/// the webpki roots.
+pub fn redis_client_config(ca: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
+    if ca.is_empty() {
+        client_config(&[])
+    } else {
+        with_roots(rustls::RootCertStore::empty(), ca)
+    }
+}
+
+fn with_roots(
+    mut roots: rustls::RootCertStore,
+    extra: &[CertificateDer<'static>],
+) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
     for cert in extra {
         roots
             .add(cert.clone())

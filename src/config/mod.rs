@@ -266,7 +266,8 @@ mod tests {
         assert_eq!(
             c.store.kind,
             StoreKind::Redis {
-                url: "redis://127.0.0.1:6379/0".into()
+                url: "redis://127.0.0.1:6379/0".into(),
+                ca_pem: None,
             }
         );
         assert_eq!(c.store.timeout, std::time::Duration::from_millis(50));

@@ -86,8 +86,11 @@ pub enum StoreKind {
     },
     /// A Redis server shared by every instance.
     Redis {
-        /// `redis://…` or `redis+unix://…`.
+        /// `redis://…`, `rediss://…` (TLS) or `redis+unix://…`.
         url: String,
+        /// `ca_file` (`rediss://` only): the PEM certificates trusted for this Redis instead of
+        /// the public roots, as `redis-cli --cacert` takes them; read when the config loads.
+        ca_pem: Option<Vec<u8>>,
     },
 }
 

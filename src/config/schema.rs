@@ -32,10 +32,11 @@ pub fn schema() -> Value {
             ]),
             "store": obj("Where usage counters live.", &["kind"], &[
                 ("kind", words("embedded (one file, one instance) or redis (shared).", &["embedded", "redis", "redis-cluster"])),
-                ("url", string("redis://host:port/db or redis+unix:///path (kind: redis).")),
+                ("url", string("redis://host:port/db, rediss://host:port/db (TLS) or redis+unix:///path (kind: redis).")),
                 ("urls", list("Redis Cluster seed URLs (not supported yet).", string("A URL."))),
                 ("path", string("The embedded store's file.")),
                 ("timeout", duration("Bound on every store call.")),
+                ("ca_file", string("redis with a rediss:// url: PEM CA certificates trusted for this Redis instead of the public roots.")),
                 ("on_outage", on_outage()),
             ]),
             "upstreams": named("Named upstream pools.", obj("One upstream pool.", &["targets"], &[
@@ -368,12 +369,12 @@ fn telemetry() -> Value {
             "kind": words("Where events go.", &["file", "redis_stream", "http", "nats", "plugin"]),
             "name": string("Unique sink name (metrics label, position file); default: the kind, or the plugin's name."),
             "path": string("file: the JSON-lines file."),
-            "url": string("redis_stream: redis://…; http: http://… or https://…; nats: nats://…"),
+            "url": string("redis_stream: redis://…, rediss://… (TLS) or redis+unix://…; http: http://… or https://…; nats: nats://…"),
             "stream": string("redis_stream: the stream key; nats: a stream to create on the subject."),
             "max_len": int("redis_stream: MAXLEN ~ of every XADD.", 1),
             "subject": string("nats: the subject."),
             "timeout": duration("http, nats: bound on one delivery."),
-            "ca_file": string("http (https:// only): a PEM file of CA certificates trusted besides the public roots."),
+            "ca_file": string("A PEM file of CA certificates. http (https:// only): trusted besides the public roots; redis_stream (rediss:// only): trusted instead of them."),
             "plugin": string("plugin: the plugin providing the sink (set up under the top-level plugins)."),
         }
     });

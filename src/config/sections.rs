@@ -95,7 +95,15 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
     let f = d.fields(
         n,
         "`store`",
-        &["kind", "url", "urls", "path", "timeout", "on_outage"],
+        &[
+            "kind",
+            "url",
+            "urls",
+            "path",
+            "timeout",
+            "on_outage",
+            "ca_file",
+        ],
     )?;
     #[derive(Clone, Copy)]
     enum Kind {
@@ -125,6 +133,12 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
                     "`store.url` is for kind redis; the embedded store takes `path`",
                 );
             }
+            if let Some(n) = f.get("ca_file") {
+                d.err(
+                    n.pos,
+                    "`store.ca_file` is for kind redis with a rediss:// `url`",
+                );
+            }
             StoreKind::Embedded { path: path? }
         }
         Kind::Redis => {
@@ -149,7 +163,33 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
                     "`store.urls` is for kind redis-cluster, which is not supported yet; use `url`",
                 );
             }
-            StoreKind::Redis { url: url? }
+            let ca_pem = match f.get("ca_file") {
+                None => Some(None),
+                Some(n) => d.string(n, "`store.ca_file`").and_then(|path| {
+                    if url.as_deref().is_some_and(|u| !u.starts_with("rediss://")) {
+                        d.err(
+                            n.pos,
+                            "`store.ca_file` is used only with a `url` starting with rediss://",
+                        );
+                        return None;
+                    }
+                    let path = std::path::Path::new(&path);
+                    // Checked here (readable, certificates rustls takes), passed on as PEM.
+                    match crate::tls::read_ca_file(path).and_then(|_| {
+                        std::fs::read(path).map_err(|e| format!("cannot read `ca_file`: {e}"))
+                    }) {
+                        Ok(pem) => Some(Some(pem)),
+                        Err(e) => {
+                            d.err(n.pos, e);
+                            None
+                        }
+                    }
+                }),
+            };
+            StoreKind::Redis {
+                url: url?,
+                ca_pem: ca_pem?,
+            }
         }
         Kind::Cluster => {
             d.err(

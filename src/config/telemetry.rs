@@ -65,8 +65,11 @@ pub enum SinkKind {
     },
     /// One Redis stream entry per event.
     RedisStream {
-        /// `redis://…` or `redis+unix://…`.
+        /// `redis://…`, `rediss://…` (TLS) or `redis+unix://…`.
         url: String,
+        /// `ca_file` (`rediss://` only): the certificates trusted for this Redis instead of the
+        /// public roots.
+        ca: Vec<rustls::pki_types::CertificateDer<'static>>,
         /// The stream key.
         stream: String,
         /// `MAXLEN ~` of every `XADD`.
@@ -259,7 +262,7 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
     let what = format!("sink of kind {kind}");
     let allowed: &[&str] = match kind {
         "file" => &["kind", "name", "path"],
-        "redis_stream" => &["kind", "name", "url", "stream", "max_len"],
+        "redis_stream" => &["kind", "name", "url", "stream", "max_len", "ca_file"],
         "http" => &["kind", "name", "url", "timeout", "ca_file"],
         "plugin" => &["kind", "name", "plugin"],
         _ => &["kind", "name", "url", "subject", "stream", "timeout"],
@@ -283,15 +286,10 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
         let v = d.require(&f, "url", &what)?;
         let url = d.string(v, "`url`")?;
         if !schemes.iter().any(|s| url.starts_with(s)) {
-            let tls = if url.starts_with("rediss://") {
-                " (this version has no TLS to a stream's Redis)"
-            } else {
-                ""
-            };
             d.err(
                 v.pos,
                 format!(
-                    "`url` of a {what} must start with {}, found \"{url}\"{tls}",
+                    "`url` of a {what} must start with {}, found \"{url}\"",
                     schemes.join(" or ")
                 ),
             );
@@ -301,6 +299,22 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
     };
     let timeout =
         |d: &mut Decoder| opt_duration(d, f.get("timeout"), "`timeout`", Duration::from_secs(10));
+    // `ca_file`: read and checked now, so `tollgate check` reports a bad one at its position.
+    let ca_file = |d: &mut Decoder, url: Option<&str>, tls_scheme: &str| match f.get("ca_file") {
+        None => Some(Vec::new()),
+        Some(v) => d.string(v, "`ca_file`").and_then(|path| {
+            if url.is_some_and(|u| !u.starts_with(tls_scheme)) {
+                d.err(
+                    v.pos,
+                    format!("`ca_file` is used only with a `url` starting with {tls_scheme}"),
+                );
+                return None;
+            }
+            crate::tls::read_ca_file(std::path::Path::new(&path))
+                .map_err(|e| d.err(v.pos, e))
+                .ok()
+        }),
+    };
     // A plugin sink is named after its plugin unless it says otherwise.
     let mut default_name = kind.to_string();
     let sink_kind = match kind {
@@ -315,7 +329,8 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
             path: text(d, "path")?.into(),
         },
         "redis_stream" => {
-            let url = url(d, &["redis://", "redis+unix://", "unix://"]);
+            let url = url(d, &["redis://", "rediss://", "redis+unix://", "unix://"]);
+            let ca = ca_file(d, url.as_deref(), "rediss://");
             let stream = match f.get("stream") {
                 Some(v) => d.string(v, "`stream`"),
                 None => Some("tollgate:events".to_string()),
@@ -326,24 +341,14 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
             };
             SinkKind::RedisStream {
                 url: url?,
+                ca: ca?,
                 stream: stream?,
                 max_len: max_len?,
             }
         }
         "http" => {
             let url = url(d, &["http://", "https://"]);
-            let ca = match f.get("ca_file") {
-                None => Some(Vec::new()),
-                Some(v) => d.string(v, "`ca_file`").and_then(|path| {
-                    if url.as_deref().is_some_and(|u| !u.starts_with("https://")) {
-                        d.err(v.pos, "`ca_file` applies to an https:// `url` only");
-                        return None;
-                    }
-                    crate::tls::read_ca_file(std::path::Path::new(&path))
-                        .map_err(|e| d.err(v.pos, e))
-                        .ok()
-                }),
-            };
+            let ca = ca_file(d, url.as_deref(), "https://");
             SinkKind::Http {
                 url: url?,
                 timeout: timeout(d)?,

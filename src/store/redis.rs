@@ -49,9 +49,27 @@ struct Shared {
 }
 
 impl RedisStore {
-    /// A store for `url`; nothing is connected yet.
-    pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Backend(e.to_string()))?;
+    /// A store for `url`; nothing is connected yet. A `rediss://` URL connects with TLS,
+    /// trusting the certificates of `ca_pem` (PEM) when given, else the webpki roots.
+    pub fn new(
+        url: &str,
+        ca_pem: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        // rustls needs the process's crypto provider (installed at start-up; again here for
+        // stores built outside `main`, as tests do).
+        crate::install_crypto_provider();
+        let client = match ca_pem {
+            None => redis::Client::open(url),
+            Some(pem) => redis::Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+        }
+        .map_err(|e| StoreError::Backend(e.to_string()))?;
         // Retrying is our caller's business (bounded by `store.timeout`); the manager's defaults
         // would keep a call waiting for seconds while Redis is away. The response timeout is
         // longer than `store.timeout` on purpose: a reservation the caller gave up on keeps

@@ -30,6 +30,7 @@ mod problems;
 mod refunds;
 mod runtime_keys;
 mod schema;
+mod store_tls;
 mod stripe_meter;
 mod telemetry;
 mod telemetry_spool;

@@ -578,6 +578,50 @@ async fn the_http_sink_delivers_over_https_trusting_its_ca_file() {
     });
 }
 
+/// A `redis_stream` sink on `rediss://`, trusting the Redis's private CA through `ca_file`:
+/// every event reaches the stream over TLS. The same sink without the CA gets no connection,
+/// and its error names the certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_sink_appends_over_rediss_trusting_its_ca_file() {
+    use tollgate::telemetry::sinks::redis_stream::RedisStreamSink;
+    use tollgate::telemetry::sinks::Sink;
+
+    let ca = TestCa::new();
+    let tls_redis = RedisServer::start_tls(&ca).await;
+    let ca_file = ca.write_ca(tls_redis.dir()).display().to_string();
+    let sinks = r#"
+    - kind: redis_stream
+      url: "{rediss}"
+      ca_file: "{ca}"
+      stream: "tollgate:events"
+"#;
+    let fill = [("{rediss}", tls_redis.tls_url()), ("{ca}", ca_file)];
+    let fill: Vec<(&str, &str)> = fill.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let t = Telemetry::start_with(sinks, &fill).await;
+
+    let statuses = call_all(&t.gateway, acme_calls(100), 8).await.statuses;
+
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    wait_for(
+        "100 events in the stream of the TLS Redis",
+        Duration::from_secs(30),
+        || async { stream_events(&tls_redis, "tollgate:events").await.len() >= 100 },
+    )
+    .await;
+    t.wait_for_spooled(0.0).await;
+    let events = stream_events(&tls_redis, "tollgate:events").await;
+    assert_eq!(unique_ids(&events).len(), 100);
+
+    let mut untrusted =
+        RedisStreamSink::new(&tls_redis.tls_url(), &[], "tg:untrusted", 1000).unwrap();
+    let refused = untrusted
+        .deliver(&[bytes::Bytes::from_static(b"{}")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("invalid peer certificate"), "{refused}");
+}
+
 /// The same receiver without `ca_file`: its certificate is not trusted, so nothing is sent to it,
 /// every event stays in the spool, and the failure says why.
 #[tokio::test(flavor = "multi_thread")]
@@ -876,6 +920,7 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
 
     let mut acl = RedisStreamSink::new(
         &format!("redis://events:events-secret@{addr}/3"),
+        &[],
         "tg:acl",
         1000,
     )
@@ -883,6 +928,7 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
     acl.deliver(&events).await.unwrap();
     let mut default = RedisStreamSink::new(
         &format!("redis://:default-secret@{addr}/3"),
+        &[],
         "tg:default",
         1000,
     )
@@ -893,8 +939,13 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
     assert_eq!(xrange(&mut conn, "tg:default").await, want[..1].to_vec());
 
     // A wrong password is refused, and the error does not carry the password.
-    let mut wrong =
-        RedisStreamSink::new(&format!("redis://events:not-it@{addr}/3"), "tg:acl", 1000).unwrap();
+    let mut wrong = RedisStreamSink::new(
+        &format!("redis://events:not-it@{addr}/3"),
+        &[],
+        "tg:acl",
+        1000,
+    )
+    .unwrap();
     let refused = wrong.deliver(&events).await.unwrap_err().to_string();
     assert!(refused.contains("WRONGPASS"), "{refused}");
     assert!(!refused.contains("not-it"), "{refused}");

@@ -29,6 +29,9 @@ pub enum SinkError {
     /// Redis answered with an error, or with something that is not a Redis reply.
     #[error("redis: {0}")]
     RedisReply(String),
+    /// A TLS connection could not be set up (a certificate not trusted, a bad server name).
+    #[error("tls: {0}")]
+    Tls(String),
     /// The HTTP receiver could not be reached or did not answer 2xx.
     #[error("http: {0}")]
     Http(String),
@@ -59,9 +62,12 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
         SinkKind::File { path } => Box::new(file::FileSink::new(path.clone())),
         SinkKind::RedisStream {
             url,
+            ca,
             stream,
             max_len,
-        } => Box::new(redis_stream::RedisStreamSink::new(url, stream, *max_len)?),
+        } => Box::new(redis_stream::RedisStreamSink::new(
+            url, ca, stream, *max_len,
+        )?),
         SinkKind::Http { url, timeout, ca } => Box::new(http::HttpSink::new(url, *timeout, ca)?),
         SinkKind::Nats {
             url,

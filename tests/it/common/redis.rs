@@ -1,4 +1,5 @@
-//! A real `redis-server`, private to one test, listening on a unix socket only.
+//! A real `redis-server`, private to one test, listening on a unix socket (and, when asked, on a
+//! TLS port of 127.0.0.1 as well).
 
 use std::fs::{File, OpenOptions};
 use std::path::PathBuf;
@@ -12,6 +13,8 @@ use tempfile::TempDir;
 pub struct RedisServer {
     dir: TempDir,
     child: Option<Child>,
+    /// The TLS port, when the server also serves TLS (certificate files in `dir`).
+    tls_port: Option<u16>,
 }
 
 // === impl RedisServer ===
@@ -26,9 +29,48 @@ impl RedisServer {
             .prefix("tg-redis-")
             .tempdir()
             .unwrap();
-        let mut server = RedisServer { dir, child: None };
+        let mut server = RedisServer {
+            dir,
+            child: None,
+            tls_port: None,
+        };
         server.spawn().await;
         server
+    }
+
+    /// Starts a server that also takes TLS connections on a free port of 127.0.0.1, presenting
+    /// `ca`'s server certificate (clients are not asked for one). The unix socket stays, for
+    /// the test's own reads.
+    pub async fn start_tls(ca: &crate::common::tls::TestCa) -> RedisServer {
+        let dir = tempfile::Builder::new()
+            .prefix("tg-redis-")
+            .tempdir()
+            .unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &ca.server_cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &ca.server_key_pem).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer {
+            dir,
+            child: None,
+            tls_port: Some(port),
+        };
+        server.spawn().await;
+        server
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/0`, for a server started with [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> String {
+        let port = self.tls_port.expect("started with start_tls");
+        format!("rediss://127.0.0.1:{port}/0")
+    }
+
+    /// The server's own directory (removed with it).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
     }
 
     /// The unix socket path; the same across restarts.
@@ -151,6 +193,19 @@ impl RedisServer {
             ])
             .args(["--daemonize", "no", "--dir"])
             .arg(self.dir.path())
+            .args(self.tls_port.map_or_else(Vec::new, |port| {
+                let file = |name: &str| self.dir.path().join(name).display().to_string();
+                vec![
+                    "--tls-port".to_string(),
+                    port.to_string(),
+                    "--tls-cert-file".to_string(),
+                    file("tls.crt"),
+                    "--tls-key-file".to_string(),
+                    file("tls.key"),
+                    "--tls-auth-clients".to_string(),
+                    "no".to_string(),
+                ]
+            }))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

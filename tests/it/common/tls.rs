@@ -12,11 +12,16 @@ use rcgen::{
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-/// The CA's certificate (PEM) and a rustls server config presenting a certificate it signed.
+/// The CA's certificate (PEM) and a server certificate it signed, as PEM files for a
+/// `redis-server` and as a rustls server config.
 pub struct TestCa {
     /// The CA certificate, PEM: what a `ca_file` holds.
     pub ca_pem: String,
-    /// A server config with the signed certificate for `127.0.0.1` and `localhost`.
+    /// The server certificate for `127.0.0.1` and `localhost`, PEM.
+    pub server_cert_pem: String,
+    /// Its private key, PEM (PKCS #8).
+    pub server_key_pem: String,
+    /// A server config presenting that certificate.
     pub server: Arc<rustls::ServerConfig>,
 }
 
@@ -58,6 +63,8 @@ impl TestCa {
             .unwrap();
         TestCa {
             ca_pem: ca_cert.pem(),
+            server_cert_pem: cert.pem(),
+            server_key_pem: key.serialize_pem(),
             server: Arc::new(server),
         }
     }
