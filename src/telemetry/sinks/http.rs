@@ -67,7 +67,7 @@ impl Sink for HttpSink {
             .body(json_array(batch))
             .send()
             .await
-            .map_err(|e| SinkError::Http(with_causes(&e)))?;
+            .map_err(|e| SinkError::Http(super::with_causes(&e)))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
@@ -75,20 +75,4 @@ impl Sink for HttpSink {
             Err(SinkError::Http(format!("the receiver answered {status}")))
         }
     }
-}
-
-/// An error with the chain of its causes: reqwest's own message ("error sending request for
-/// url …") leaves out why, such as the certificate the receiver presented not being trusted.
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !out.contains(&cause_text) {
-            out.push_str(": ");
-            out.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    out
 }

@@ -101,6 +101,22 @@ pub async fn within<T>(
         .map_err(|_| SinkError::Timeout(limit))?
 }
 
+/// An error with the chain of its causes: reqwest's own message ("error sending request for
+/// url …") leaves out why, such as the certificate the receiver presented not being trusted.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !out.contains(&cause_text) {
+            out.push_str(": ");
+            out.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -71,9 +71,9 @@ struct HeadData {
 impl WebhookSink {
     /// A sink for `hook`. Redirects are not followed: a POST answered 3xx was not accepted.
     pub fn new(hook: &Webhook) -> Result<WebhookSink, SinkError> {
-        // An `https://` client needs the process's TLS provider; `build` panics without one.
-        crate::install_crypto_provider();
+        let tls = crate::tls::client_config(&[]).map_err(SinkError::Tls)?;
         let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
             .timeout(TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
@@ -116,7 +116,7 @@ impl WebhookSink {
             .body(event.clone())
             .send()
             .await
-            .map_err(|e| SinkError::Http(format!("{}: {e}", self.url)))?;
+            .map_err(|e| SinkError::Http(format!("{}: {}", self.url, super::with_causes(&e))))?;
         let status = response.status();
         if status.is_success() {
             Ok(())
