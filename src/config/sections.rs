@@ -173,10 +173,10 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
                         );
                         return None;
                     }
-                    let path = std::path::Path::new(&path);
+                    let path = d.relative(&path);
                     // Checked here (readable, certificates rustls takes), passed on as PEM.
-                    match crate::tls::read_ca_file(path).and_then(|_| {
-                        std::fs::read(path).map_err(|e| format!("cannot read `ca_file`: {e}"))
+                    match crate::tls::read_ca_file(&path).and_then(|_| {
+                        std::fs::read(&path).map_err(|e| format!("cannot read `ca_file`: {e}"))
                     }) {
                         Ok(pem) => Some(Some(pem)),
                         Err(e) => {

@@ -310,7 +310,7 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
                 );
                 return None;
             }
-            crate::tls::read_ca_file(std::path::Path::new(&path))
+            crate::tls::read_ca_file(&d.relative(&path))
                 .map_err(|e| d.err(v.pos, e))
                 .ok()
         }),
