@@ -131,13 +131,19 @@ pub struct Identify {
     pub user: Option<String>,
 }
 
+/// How long the mark of an anonymous → identified link is kept: 400 days, past a yearly
+/// renewal. Links are made by visitors, so without an expiry their marks would pile up in
+/// Redis for good (about 100 bytes each); the same link made again after this long fires its
+/// event again, which a consumer joining on the pair takes as a repeat.
+const IDENTIFY_MARK_SECS: i64 = 400 * 86_400;
+
 /// The merge of a call's client-side anonymous id into its identified caller, the first time
 /// any instance sees that (anonymous id, tenant, user): a set-if-absent of
-/// `tg:{<tenant>}:ms:identify:<hash>`, which never expires (a link is made once; see the
-/// configuration reference for what the keys cost). After the first call this instance answers
+/// `tg:{<tenant>}:ms:identify:<hash>`, kept [`IDENTIFY_MARK_SECS`] (see the configuration
+/// reference for what the keys cost). After the first call this instance answers
 /// from memory, so a visitor's later calls pay no round trip. `None` for anonymous callers and
 /// calls without an anonymous id.
-pub async fn identify(store: &StoreHandle, caller: &Caller) -> Option<Identify> {
+pub async fn identify(store: &StoreHandle, caller: &Caller, now: Timestamp) -> Option<Identify> {
     if caller.identity == IdentityKind::Anonymous {
         return None;
     }
@@ -145,7 +151,8 @@ pub async fn identify(store: &StoreHandle, caller: &Caller) -> Option<Identify> 
     let tenant = caller.tenant.name.as_str();
     let user = caller.user.as_deref();
     let key = keys::identify(tenant, anonymous_id, user);
-    once(store, &key, None).await.then(|| Identify {
+    let expire_at = now.as_second() + IDENTIFY_MARK_SECS;
+    once(store, &key, Some(expire_at)).await.then(|| Identify {
         anonymous_id: anonymous_id.to_string(),
         tenant: tenant.to_string(),
         user: user.map(str::to_string),

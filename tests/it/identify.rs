@@ -230,6 +230,18 @@ async fn an_anonymous_trial_then_sign_up_is_linked_by_one_identify_event_across_
         .await
         .unwrap();
     assert_eq!(marks.len(), 3, "{marks:?}");
+    for mark in &marks {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(mark)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let days = 86_400;
+        assert!(
+            (399 * days..=400 * days).contains(&ttl),
+            "{mark} is kept 400 days, not {ttl} s"
+        );
+    }
     assert!(
         marks
             .iter()
