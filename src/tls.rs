@@ -47,6 +47,22 @@ fn with_roots(
         .with_no_client_auth())
 }
 
+/// `certs` as a PEM bundle, for a library that takes roots only as PEM (redis-rs).
+pub fn pem(certs: &[CertificateDer<'_>]) -> Vec<u8> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for cert in certs {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        out.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.extend_from_slice(line);
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    out
+}
+
 /// The certificates of a PEM file (`ca_file`), each checked to be one a client can trust; an
 /// unreadable file, one without a certificate, or one holding a certificate rustls refuses
 /// is an error naming the file.
@@ -84,6 +100,19 @@ mod tests {
         assert!(err.contains("empty.pem"), "{err}");
         let missing = read_ca_file(&dir.path().join("missing.pem")).unwrap_err();
         assert!(missing.starts_with("cannot read `ca_file`"), "{missing}");
+    }
+
+    #[test]
+    fn pem_reads_back_as_the_same_certificates() {
+        assert!(pem(&[]).is_empty());
+        let certs = vec![
+            CertificateDer::from((0u8..=200).collect::<Vec<u8>>()),
+            CertificateDer::from(vec![7u8; 3]),
+        ];
+        let back: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem(&certs))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, certs);
     }
 
     #[test]

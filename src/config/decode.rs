@@ -40,6 +40,32 @@ impl<'e> Decoder<'e> {
         }
     }
 
+    /// A `ca_file` (`key` names it in errors): a PEM file relative to the config file's
+    /// directory, read and checked now so `tollgate check` reports a bad one at its position,
+    /// and only with a `url` starting with `tls_scheme`. No node: no extra certificates.
+    pub fn ca_file(
+        &mut self,
+        n: Option<&Node>,
+        key: &str,
+        url: Option<&str>,
+        tls_scheme: &str,
+    ) -> Option<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let Some(n) = n else {
+            return Some(Vec::new());
+        };
+        let path = self.string(n, &format!("`{key}`"))?;
+        if url.is_some_and(|u| !u.starts_with(tls_scheme)) {
+            self.err(
+                n.pos,
+                format!("`{key}` is used only with a `url` starting with {tls_scheme}"),
+            );
+            return None;
+        }
+        crate::tls::read_ca_file(&self.relative(&path))
+            .map_err(|e| self.err(n.pos, e))
+            .ok()
+    }
+
     /// A path written in the config, relative to the config file's directory.
     pub fn relative(&self, path: &str) -> std::path::PathBuf {
         let path = std::path::Path::new(path);

@@ -267,7 +267,7 @@ mod tests {
             c.store.kind,
             StoreKind::Redis {
                 url: "redis://127.0.0.1:6379/0".into(),
-                ca_pem: None,
+                ca: Vec::new(),
             }
         );
         assert_eq!(c.store.timeout, std::time::Duration::from_millis(50));

@@ -88,9 +88,9 @@ pub enum StoreKind {
     Redis {
         /// `redis://…`, `rediss://…` (TLS) or `redis+unix://…`.
         url: String,
-        /// `ca_file` (`rediss://` only): the PEM certificates trusted for this Redis instead of
-        /// the public roots, as `redis-cli --cacert` takes them; read when the config loads.
-        ca_pem: Option<Vec<u8>>,
+        /// `ca_file` (`rediss://` only): the certificates trusted for this Redis instead of the
+        /// public roots, as `redis-cli --cacert` takes them; read when the config loads.
+        ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
 }
 

@@ -163,33 +163,13 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
                     "`store.urls` is for kind redis-cluster, which is not supported yet; use `url`",
                 );
             }
-            let ca_pem = match f.get("ca_file") {
-                None => Some(None),
-                Some(n) => d.string(n, "`store.ca_file`").and_then(|path| {
-                    if url.as_deref().is_some_and(|u| !u.starts_with("rediss://")) {
-                        d.err(
-                            n.pos,
-                            "`store.ca_file` is used only with a `url` starting with rediss://",
-                        );
-                        return None;
-                    }
-                    let path = d.relative(&path);
-                    // Checked here (readable, certificates rustls takes), passed on as PEM.
-                    match crate::tls::read_ca_file(&path).and_then(|_| {
-                        std::fs::read(&path).map_err(|e| format!("cannot read `ca_file`: {e}"))
-                    }) {
-                        Ok(pem) => Some(Some(pem)),
-                        Err(e) => {
-                            d.err(n.pos, e);
-                            None
-                        }
-                    }
-                }),
-            };
-            StoreKind::Redis {
-                url: url?,
-                ca_pem: ca_pem?,
-            }
+            let ca = d.ca_file(
+                f.get("ca_file"),
+                "store.ca_file",
+                url.as_deref(),
+                "rediss://",
+            );
+            StoreKind::Redis { url: url?, ca: ca? }
         }
         Kind::Cluster => {
             d.err(

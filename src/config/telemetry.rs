@@ -299,21 +299,8 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
     };
     let timeout =
         |d: &mut Decoder| opt_duration(d, f.get("timeout"), "`timeout`", Duration::from_secs(10));
-    // `ca_file`: read and checked now, so `tollgate check` reports a bad one at its position.
-    let ca_file = |d: &mut Decoder, url: Option<&str>, tls_scheme: &str| match f.get("ca_file") {
-        None => Some(Vec::new()),
-        Some(v) => d.string(v, "`ca_file`").and_then(|path| {
-            if url.is_some_and(|u| !u.starts_with(tls_scheme)) {
-                d.err(
-                    v.pos,
-                    format!("`ca_file` is used only with a `url` starting with {tls_scheme}"),
-                );
-                return None;
-            }
-            crate::tls::read_ca_file(&d.relative(&path))
-                .map_err(|e| d.err(v.pos, e))
-                .ok()
-        }),
+    let ca_file = |d: &mut Decoder, url: Option<&str>, scheme| {
+        d.ca_file(f.get("ca_file"), "ca_file", url, scheme)
     };
     // A plugin sink is named after its plugin unless it says otherwise.
     let mut default_name = kind.to_string();

@@ -15,7 +15,7 @@ use super::meter::{MeterUse, Usage, EXPIRY_GRACE_SECS};
 use jiff::Timestamp;
 
 use crate::config::{Activation, Plan, Route};
-use crate::meter::period::{Period, Window};
+use crate::meter::period::{Clock, Period, Window};
 use crate::store::{keys, Charge, StoreHandle};
 use crate::telemetry::event::period_label;
 
@@ -143,7 +143,7 @@ const IDENTIFY_MARK_SECS: i64 = 400 * 86_400;
 /// reference for what the keys cost). After the first call this instance answers
 /// from memory, so a visitor's later calls pay no round trip. `None` for anonymous callers and
 /// calls without an anonymous id.
-pub async fn identify(store: &StoreHandle, caller: &Caller, now: Timestamp) -> Option<Identify> {
+pub async fn identify(store: &StoreHandle, caller: &Caller, clock: &dyn Clock) -> Option<Identify> {
     if caller.identity == IdentityKind::Anonymous {
         return None;
     }
@@ -151,7 +151,7 @@ pub async fn identify(store: &StoreHandle, caller: &Caller, now: Timestamp) -> O
     let tenant = caller.tenant.name.as_str();
     let user = caller.user.as_deref();
     let key = keys::identify(tenant, anonymous_id, user);
-    let expire_at = now.as_second() + IDENTIFY_MARK_SECS;
+    let expire_at = clock.now().as_second() + IDENTIFY_MARK_SECS;
     once(store, &key, Some(expire_at)).await.then(|| Identify {
         anonymous_id: anonymous_id.to_string(),
         tenant: tenant.to_string(),

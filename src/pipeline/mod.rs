@@ -213,7 +213,7 @@ impl Gateway {
         let mut caller = self.with_plan_override(step!(self.identify(headers, peer).await)); // 2. who
         if let Some(header) = &self.anonymous_id_header {
             caller.client_anonymous_id = identity::client_anonymous_id(headers, header);
-            refused.identify = milestone::identify(&self.store, &caller, self.clock.now()).await;
+            refused.identify = milestone::identify(&self.store, &caller, self.clock.as_ref()).await;
         }
         refused.caller = Some(caller.clone());
         let plan = step!(self.plans.resolve(&caller)); // 3. what they bought

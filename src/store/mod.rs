@@ -266,11 +266,9 @@ impl StoreHandle {
     /// Opens the configured backend. Redis connects lazily on first use.
     pub fn open(config: &StoreConfig, metrics: &Metrics) -> Result<StoreHandle, StoreError> {
         let inner: Arc<dyn Store> = match &config.kind {
-            StoreKind::Redis { url, ca_pem } => Arc::new(redis::RedisStore::new(
-                url,
-                ca_pem.as_deref(),
-                config.timeout,
-            )?),
+            StoreKind::Redis { url, ca } => {
+                Arc::new(redis::RedisStore::new(url, ca, config.timeout)?)
+            }
             StoreKind::Embedded { path } => Arc::new(embedded::EmbeddedStore::open(path)?),
         };
         Ok(StoreHandle::new(inner, config.timeout, metrics))

@@ -50,24 +50,26 @@ struct Shared {
 
 impl RedisStore {
     /// A store for `url`; nothing is connected yet. A `rediss://` URL connects with TLS,
-    /// trusting the certificates of `ca_pem` (PEM) when given, else the webpki roots.
+    /// trusting `ca` when it is not empty (`store.ca_file`), else the webpki roots.
     pub fn new(
         url: &str,
-        ca_pem: Option<&[u8]>,
+        ca: &[rustls::pki_types::CertificateDer<'static>],
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
         // rustls needs the process's crypto provider (installed at start-up; again here for
         // stores built outside `main`, as tests do).
         crate::install_crypto_provider();
-        let client = match ca_pem {
-            None => redis::Client::open(url),
-            Some(pem) => redis::Client::build_with_tls(
+        let client = if ca.is_empty() {
+            redis::Client::open(url)
+        } else {
+            // redis-rs takes the roots as PEM only.
+            redis::Client::build_with_tls(
                 url,
                 redis::TlsCertificates {
                     client_tls: None,
-                    root_cert: Some(pem.to_vec()),
+                    root_cert: Some(crate::tls::pem(ca)),
                 },
-            ),
+            )
         }
         .map_err(|e| StoreError::Backend(e.to_string()))?;
         // Retrying is our caller's business (bounded by `store.timeout`); the manager's defaults

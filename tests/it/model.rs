@@ -195,7 +195,7 @@ fn redis_store_matches_the_model() {
         rt.block_on(async {
             redis.command(&["FLUSHALL"]).await;
             let store =
-                RedisStore::new(&redis.url(), None, std::time::Duration::from_secs(2)).unwrap();
+                RedisStore::new(&redis.url(), &[], std::time::Duration::from_secs(2)).unwrap();
             check(&store, &ops).await;
         });
         Ok(())
@@ -237,7 +237,7 @@ async fn snapshot(redis: &RedisServer) -> Vec<(String, Option<String>, bool)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_reservation_leaves_redis_exactly_as_it_was() {
     let redis = RedisServer::start().await;
-    let store = RedisStore::new(&redis.url(), None, std::time::Duration::from_secs(2)).unwrap();
+    let store = RedisStore::new(&redis.url(), &[], std::time::Duration::from_secs(2)).unwrap();
     let expire_at = jiff::Timestamp::now().as_second() + 3600;
     let charge = |name: &str, units: u64, limit: Option<u64>| Charge {
         key: format!("tg:{{t}}:m:{name}"),

@@ -28,7 +28,7 @@ impl HttpSink {
         timeout: Duration,
         ca: &[rustls::pki_types::CertificateDer<'static>],
     ) -> Result<HttpSink, SinkError> {
-        let tls = crate::tls::client_config(ca).map_err(SinkError::Http)?;
+        let tls = crate::tls::client_config(ca).map_err(SinkError::Tls)?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(timeout)
