@@ -354,6 +354,10 @@ fn webhooks() -> Value {
                     "secret",
                     string("whsec_ followed by base64 of 24 to 64 bytes: the signing key."),
                 ),
+                (
+                    "timeout",
+                    duration("Upper bound on one POST, connecting included; then the attempt failed and is retried (default 10s)."),
+                ),
             ],
         ),
     )

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::time::Duration;
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -23,7 +24,13 @@ pub struct Webhook {
     pub events: Vec<Kind>,
     /// The signing key.
     pub secret: WebhookSecret,
+    /// Upper bound on one POST, connecting included: a receiver that has not answered by then
+    /// failed this attempt, which is retried like any other failure.
+    pub timeout: Duration,
 }
+
+/// `timeout` when a webhook does not set it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A webhook's signing key: the bytes after `whsec_`, base64-decoded. Its `Debug` never shows
 /// them, so a logged config (or a reload's comparison of configs) cannot leak the key.
@@ -85,7 +92,7 @@ pub(super) fn webhooks(d: &mut Decoder, n: &Node) -> Option<Vec<Webhook>> {
 
 fn webhook(d: &mut Decoder, n: &Node) -> Option<Webhook> {
     const WHAT: &str = "a webhook";
-    let f = d.fields(n, WHAT, &["url", "events", "secret"])?;
+    let f = d.fields(n, WHAT, &["url", "events", "secret", "timeout"])?;
     let url = d.require(&f, "url", WHAT).and_then(|v| {
         let url = d.string(v, "`url` of a webhook")?;
         let ok = ["http://", "https://"]
@@ -110,10 +117,21 @@ fn webhook(d: &mut Decoder, n: &Node) -> Option<Webhook> {
             }
         }
     });
+    let timeout = match f.get("timeout") {
+        Some(v) => d.duration(v, "`timeout` of a webhook").and_then(|t| {
+            if t.is_zero() {
+                d.err(v.pos, "`timeout` of a webhook must be more than 0");
+                return None;
+            }
+            Some(t)
+        }),
+        None => Some(DEFAULT_TIMEOUT),
+    };
     Some(Webhook {
         url: url?,
         events: events?,
         secret: secret?,
+        timeout: timeout?,
     })
 }
 
@@ -188,6 +206,7 @@ mod tests {
             url: url.into(),
             events: vec![Kind::FirstCall],
             secret: WebhookSecret(vec![0; 24]),
+            timeout: DEFAULT_TIMEOUT,
         };
         let a = hook("https://a.example/hook").sink();
         assert!(

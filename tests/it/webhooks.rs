@@ -39,15 +39,19 @@ struct Attempt {
     event_id: String,
     /// What the independent verifier said.
     verified: Result<(), String>,
-    /// What the receiver answered.
+    /// What the receiver answered (0: nothing, it hung).
     status: u16,
+    /// When it arrived.
+    at: std::time::Instant,
 }
 
-/// What a webhook receiver saw; it answers 500 to its first `fail_next` POSTs.
+/// What a webhook receiver saw; it answers 500 to its first `fail_next` POSTs, and does not
+/// answer its first `hang_next` at all.
 #[derive(Default)]
 struct Hooks {
     attempts: Vec<Attempt>,
     fail_next: usize,
+    hang_next: usize,
 }
 
 impl Hooks {
@@ -75,6 +79,27 @@ async fn receive(
         .map_err(|e| e.to_string());
     let event: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(headers["content-type"], "application/json");
+    let hang = {
+        let mut hooks = hooks.lock().unwrap();
+        let hang = hooks.hang_next > 0;
+        if hang {
+            hooks.hang_next -= 1;
+            hooks.attempts.push(Attempt {
+                id: headers["webhook-id"].to_str().unwrap().to_string(),
+                milestone: event["data"]["milestone"].as_str().unwrap().to_string(),
+                event_id: event["id"].as_str().unwrap().to_string(),
+                verified: verified.clone(),
+                status: 0,
+                at: std::time::Instant::now(),
+            });
+        }
+        hang
+    };
+    if hang {
+        // Longer than the test waits: only the webhook's own timeout ends this attempt.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return Ok(Response::new(Full::new(Bytes::new())));
+    }
     let mut hooks = hooks.lock().unwrap();
     let status = if verified.is_err() {
         StatusCode::BAD_REQUEST
@@ -90,6 +115,7 @@ async fn receive(
         event_id: event["id"].as_str().unwrap().to_string(),
         verified,
         status: status.as_u16(),
+        at: std::time::Instant::now(),
     });
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
@@ -111,15 +137,22 @@ struct Setup {
 
 impl Setup {
     async fn start(events: &str, fail_first: usize) -> Setup {
+        Setup::start_with(events, fail_first, 0, "").await
+    }
+
+    /// `start`, with a receiver that does not answer its first `hang_first` POSTs, and
+    /// `extra` keys (indented lines) added to the webhook.
+    async fn start_with(events: &str, fail_first: usize, hang_first: usize, extra: &str) -> Setup {
         let hooks = Arc::new(Mutex::new(Hooks {
             fail_next: fail_first,
+            hang_next: hang_first,
             ..Hooks::default()
         }));
         let (addr, receiver) = serve(hooks.clone(), receive).await;
         let url = format!("http://{addr}/hooks/tollgate");
         let redis = RedisServer::start().await;
         let upstream = Upstream::start().await;
-        let yaml = yaml(&redis.url(), &upstream.addr(), &url, events);
+        let yaml = yaml(&redis.url(), &upstream.addr(), &url, events) + extra;
         Setup {
             hooks,
             url,
@@ -237,6 +270,49 @@ async fn a_failing_receiver_gets_every_milestone_again_with_the_same_id() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_receiver_that_does_not_answer_is_given_up_on_after_the_webhook_timeout() {
+    let s = Setup::start_with("[first_call]", 0, 1, "      timeout: 300ms\n").await;
+    let r = get(&s.client, &s.gateway.url("/v1/items"), Some(ACME_KEY)).await;
+    assert_eq!(r.status, 200);
+    s.wait_for_accepted(&["first_call"]).await;
+
+    {
+        let hooks = s.hooks.lock().unwrap();
+        let [hung, accepted] = &hooks.attempts[..] else {
+            panic!(
+                "one unanswered POST, then one accepted: {} attempts",
+                hooks.attempts.len()
+            );
+        };
+        assert_eq!((hung.status, accepted.status), (0, 200));
+        assert_eq!(hung.id, accepted.id, "the retry has the same webhook-id");
+        assert_eq!((&hung.verified, &accepted.verified), (&Ok(()), &Ok(())));
+        // The default timeout (10 s) would hold the retry back for 10 s; 300 ms and the backoff
+        // (retry_max 300ms) bring it within a second or two.
+        let gap = accepted.at - hung.at;
+        assert!(
+            gap >= Duration::from_millis(300) && gap < Duration::from_secs(5),
+            "retried {gap:?} after the unanswered POST"
+        );
+    }
+    let text = metrics(&s.gateway).await;
+    let sink = s.sink();
+    assert!(
+        metric(
+            &text,
+            "tollgate_events_total",
+            &[("sink", sink.as_str()), ("result", "failed")]
+        ) > 0.0,
+        "the unanswered POST counts as a failed delivery:\n{text}"
+    );
+    let log = s.gateway.stderr();
+    assert!(
+        log.contains("timed out"),
+        "the log names the timeout:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_new_secret_needs_a_restart_and_no_secret_is_ever_printed() {
     let s = Setup::start("[first_call]", 0).await;
     let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -302,6 +378,8 @@ fn broken_webhooks_are_refused_at_their_position() {
                 "42:28: unknown milestone `signed_up` in `events` of a webhook; expected one of: first_call, activated, limit_warning, limit_reached, feature_denied, overage_started, plan_changed",
                 "44:12: `url` of a webhook must start with http:// or https://, found \"ftp://crm.example.com/hooks\"",
                 "45:15: `events` of a webhook needs at least one milestone: first_call, activated, limit_warning, limit_reached, feature_denied, overage_started, plan_changed",
+                "50:16: `timeout` of a webhook must be a duration like 50ms, 2s, 1m, 1h or 1d, found \"soon\"",
+                "54:16: `timeout` of a webhook must be more than 0",
             ],
         ),
         (

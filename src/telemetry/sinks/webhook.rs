@@ -16,7 +16,7 @@
 //! that bound its age (five minutes in the reference libraries) accept a late retry too.
 
 use std::collections::HashSet;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -28,9 +28,6 @@ use sha2::Sha256;
 use super::{Sink, SinkError};
 use crate::config::Webhook;
 use crate::telemetry::event::MILESTONE_TYPE;
-
-/// Upper bound on one POST, connecting included.
-const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// POSTs chosen milestones, signed, to one URL.
 pub struct WebhookSink {
@@ -74,7 +71,7 @@ impl WebhookSink {
         let tls = crate::tls::client_config(&[]).map_err(SinkError::Tls)?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
-            .timeout(TIMEOUT)
+            .timeout(hook.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
             .build()
