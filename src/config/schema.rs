@@ -358,6 +358,10 @@ fn webhooks() -> Value {
                     "timeout",
                     duration("Upper bound on one POST, connecting included; then the attempt failed and is retried (default 10s)."),
                 ),
+                (
+                    "give_up_after",
+                    duration("How long one milestone may keep failing before this webhook skips it (logged, counted), so later ones go on. Not set: retried for as long as the spool holds it."),
+                ),
             ],
         ),
     )

@@ -27,6 +27,9 @@ pub struct Webhook {
     /// Upper bound on one POST, connecting included: a receiver that has not answered by then
     /// failed this attempt, which is retried like any other failure.
     pub timeout: Duration,
+    /// How long one milestone may keep failing before the webhook skips it, so the ones after
+    /// it go on; `None`: it is retried for as long as the spool holds it.
+    pub give_up_after: Option<Duration>,
 }
 
 /// `timeout` when a webhook does not set it.
@@ -92,7 +95,11 @@ pub(super) fn webhooks(d: &mut Decoder, n: &Node) -> Option<Vec<Webhook>> {
 
 fn webhook(d: &mut Decoder, n: &Node) -> Option<Webhook> {
     const WHAT: &str = "a webhook";
-    let f = d.fields(n, WHAT, &["url", "events", "secret", "timeout"])?;
+    let f = d.fields(
+        n,
+        WHAT,
+        &["url", "events", "secret", "timeout", "give_up_after"],
+    )?;
     let url = d.require(&f, "url", WHAT).and_then(|v| {
         let url = d.string(v, "`url` of a webhook")?;
         let ok = ["http://", "https://"]
@@ -118,21 +125,29 @@ fn webhook(d: &mut Decoder, n: &Node) -> Option<Webhook> {
         }
     });
     let timeout = match f.get("timeout") {
-        Some(v) => d.duration(v, "`timeout` of a webhook").and_then(|t| {
-            if t.is_zero() {
-                d.err(v.pos, "`timeout` of a webhook must be more than 0");
-                return None;
-            }
-            Some(t)
-        }),
+        Some(v) => positive_duration(d, v, "`timeout` of a webhook"),
         None => Some(DEFAULT_TIMEOUT),
+    };
+    let give_up_after = match f.get("give_up_after") {
+        Some(v) => positive_duration(d, v, "`give_up_after` of a webhook").map(Some),
+        None => Some(None),
     };
     Some(Webhook {
         url: url?,
         events: events?,
         secret: secret?,
         timeout: timeout?,
+        give_up_after: give_up_after?,
     })
+}
+
+fn positive_duration(d: &mut Decoder, v: &Node, what: &str) -> Option<Duration> {
+    let t = d.duration(v, what)?;
+    if t.is_zero() {
+        d.err(v.pos, format!("{what} must be more than 0"));
+        return None;
+    }
+    Some(t)
 }
 
 fn events(d: &mut Decoder, n: &Node) -> Option<Vec<Kind>> {
@@ -207,6 +222,7 @@ mod tests {
             events: vec![Kind::FirstCall],
             secret: WebhookSecret(vec![0; 24]),
             timeout: DEFAULT_TIMEOUT,
+            give_up_after: None,
         };
         let a = hook("https://a.example/hook").sink();
         assert!(

@@ -29,7 +29,7 @@ pub const BURST_KEYS: &str = "tollgate_burst_keys";
 /// `tollgate_config_reloads_total{result}`
 pub const CONFIG_RELOADS: &str = "tollgate_config_reloads_total";
 /// `tollgate_events_total{sink,result}`: usage events by sink (`spool` for the spool writer)
-/// and result (`delivered`, `failed`, `spooled`).
+/// and result (`delivered`, `failed`, `spooled`, and `gave_up` for milestones a webhook skipped).
 pub const EVENTS_TOTAL: &str = "tollgate_events_total";
 /// `tollgate_events_spooled`: events in the spool not yet acknowledged by every sink.
 pub const EVENTS_SPOOLED: &str = "tollgate_events_spooled";

@@ -52,7 +52,8 @@ impl TelemetryService {
             .context("opening the telemetry spool")?;
         let mut sinks = Vec::with_capacity(config.sinks.len());
         for s in &config.sinks {
-            let sink = sinks::build(s).with_context(|| format!("telemetry sink `{}`", s.name))?;
+            let sink = sinks::build(s, &metrics)
+                .with_context(|| format!("telemetry sink `{}`", s.name))?;
             sinks.push((s.name.clone(), sink));
         }
         let (tx, rx) = mpsc::channel(config.queue.get());

@@ -45,13 +45,14 @@ struct Attempt {
     at: std::time::Instant,
 }
 
-/// What a webhook receiver saw; it answers 500 to its first `fail_next` POSTs, and does not
-/// answer its first `hang_next` at all.
+/// What a webhook receiver saw; it answers 500 to its first `fail_next` POSTs, does not
+/// answer its first `hang_next` at all, and answers 400 to every POST of `refuse`.
 #[derive(Default)]
 struct Hooks {
     attempts: Vec<Attempt>,
     fail_next: usize,
     hang_next: usize,
+    refuse: Option<&'static str>,
 }
 
 impl Hooks {
@@ -101,7 +102,8 @@ async fn receive(
         return Ok(Response::new(Full::new(Bytes::new())));
     }
     let mut hooks = hooks.lock().unwrap();
-    let status = if verified.is_err() {
+    let milestone = event["data"]["milestone"].as_str().unwrap();
+    let status = if verified.is_err() || hooks.refuse == Some(milestone) {
         StatusCode::BAD_REQUEST
     } else if hooks.fail_next > 0 {
         hooks.fail_next -= 1;
@@ -313,6 +315,63 @@ async fn a_receiver_that_does_not_answer_is_given_up_on_after_the_webhook_timeou
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_milestone_refused_for_good_is_skipped_after_give_up_after_and_the_next_arrives() {
+    let s = Setup::start_with(
+        "[first_call, limit_warning]",
+        0,
+        0,
+        "      give_up_after: 1s\n",
+    )
+    .await;
+    s.hooks.lock().unwrap().refuse = Some("first_call");
+    s.calls().await;
+    // Without `give_up_after` the refused first_call would hold limit_warning back for good.
+    s.wait_for_accepted(&["limit_warning"]).await;
+
+    {
+        let hooks = s.hooks.lock().unwrap();
+        let refused: Vec<&Attempt> = hooks
+            .attempts
+            .iter()
+            .filter(|a| a.milestone == "first_call")
+            .collect();
+        assert!(refused.len() >= 2, "first_call retried before giving up");
+        assert!(refused.iter().all(|a| a.status == 400));
+        let (first, last) = (refused[0], refused[refused.len() - 1]);
+        assert_eq!(first.id, last.id, "one webhook-id on every attempt");
+        let window = last.at - first.at;
+        assert!(
+            window >= Duration::from_millis(1000) && window < Duration::from_secs(5),
+            "given up after the last attempt, {window:?} after the first"
+        );
+        let warning = hooks
+            .attempts
+            .iter()
+            .find(|a| a.milestone == "limit_warning")
+            .unwrap();
+        assert!(warning.at >= last.at, "limit_warning waited for first_call");
+        assert_eq!(hooks.accepted()["limit_warning"].len(), 1);
+        assert!(!hooks.accepted().contains_key("first_call"));
+    }
+    let text = metrics(&s.gateway).await;
+    let sink = s.sink();
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_events_total",
+            &[("sink", sink.as_str()), ("result", "gave_up")]
+        ),
+        1.0,
+        "one milestone given up:\n{text}"
+    );
+    let log = s.gateway.stderr();
+    assert!(
+        log.contains("gave up on a milestone") && log.contains("400"),
+        "the log says which and why:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_new_secret_needs_a_restart_and_no_secret_is_ever_printed() {
     let s = Setup::start("[first_call]", 0).await;
     let other = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -380,6 +439,7 @@ fn broken_webhooks_are_refused_at_their_position() {
                 "45:15: `events` of a webhook needs at least one milestone: first_call, activated, limit_warning, limit_reached, feature_denied, overage_started, plan_changed",
                 "50:16: `timeout` of a webhook must be a duration like 50ms, 2s, 1m, 1h or 1d, found \"soon\"",
                 "54:16: `timeout` of a webhook must be more than 0",
+                "55:22: `give_up_after` of a webhook must be a duration like 50ms, 2s, 1m, 1h or 1d, found \"forever\"",
             ],
         ),
         (

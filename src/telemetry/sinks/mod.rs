@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use rand::Rng;
 
+use super::metrics::Metrics;
 use crate::config::{SinkConfig, SinkKind};
 
 /// Why a batch was not acknowledged. The delivery loop retries it with backoff.
@@ -57,7 +58,7 @@ pub trait Sink: Send {
 
 /// The sink a config entry describes. Connections are opened on first delivery, on the
 /// background service's runtime (see NOTES-pingora: a connection's driver lives where it was made).
-pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
+pub fn build(config: &SinkConfig, metrics: &Metrics) -> Result<Box<dyn Sink>, SinkError> {
     Ok(match &config.kind {
         SinkKind::File { path } => Box::new(file::FileSink::new(path.clone())),
         SinkKind::RedisStream {
@@ -76,7 +77,13 @@ pub fn build(config: &SinkConfig) -> Result<Box<dyn Sink>, SinkError> {
             timeout,
         } => Box::new(nats::NatsSink::new(url, subject, stream.clone(), *timeout)?),
         SinkKind::Plugin(p) => Box::new(plugin::PluginSink::new(&p.0)?),
-        SinkKind::Webhook(hook) => Box::new(webhook::WebhookSink::new(hook)?),
+        SinkKind::Webhook(hook) => Box::new(
+            webhook::WebhookSink::new(hook)?.count_give_ups(
+                metrics
+                    .events
+                    .with_label_values(&[config.name.as_str(), "gave_up"]),
+            ),
+        ),
     })
 }
 

@@ -79,7 +79,8 @@ telemetry:
         let names: Vec<&str> = telemetry.sinks.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["stripe-meter", "billing-2"]);
         assert_eq!(telemetry.sinks[0].kind.as_str(), "plugin");
-        let mut sink = super::super::build(&telemetry.sinks[0]).unwrap();
+        let metrics = crate::telemetry::metrics::Metrics::unregistered().unwrap();
+        let mut sink = super::super::build(&telemetry.sinks[0], &metrics).unwrap();
         let event = br#"{"id":"e1","type":"dev.tollgate.request","time":"2026-11-26T12:00:00Z","data":{"tenant":"cus_A","meters":{"requests":1}}}"#;
         let err = sink
             .deliver(&[Bytes::from_static(event)])

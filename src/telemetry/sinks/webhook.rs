@@ -14,9 +14,15 @@
 //! are remembered, so a retry resends only what is missing (a restart forgets them: receivers
 //! deduplicate on `webhook-id`). The timestamp is signed afresh at each attempt, so receivers
 //! that bound its age (five minutes in the reference libraries) accept a late retry too.
+//!
+//! Events are posted in spool order and a failing one holds back those after it. With
+//! `give_up_after`, a milestone that has kept failing that long is skipped (logged with its id,
+//! counted in `tollgate_events_total{sink,result="gave_up"}`) so the webhook moves on: a
+//! receiver that refuses one event for good (a 400 for a body it cannot take) then costs that
+//! event, not every milestone after it.
 
-use std::collections::HashSet;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -38,6 +44,12 @@ pub struct WebhookSink {
     events: Vec<&'static str>,
     /// Ids the receiver acknowledged in the batch being delivered; emptied once it is done.
     accepted: HashSet<String>,
+    /// `give_up_after` of the webhook.
+    give_up_after: Option<Duration>,
+    /// When each event that is failing now first failed (only the batch being delivered's).
+    failing_since: HashMap<String, Instant>,
+    /// Counts the events given up on.
+    gave_up: Option<prometheus::IntCounter>,
 }
 
 impl std::fmt::Debug for WebhookSink {
@@ -82,7 +94,42 @@ impl WebhookSink {
             key: hook.secret.key().to_vec(),
             events: hook.events.iter().map(|k| k.as_str()).collect(),
             accepted: HashSet::new(),
+            give_up_after: hook.give_up_after,
+            failing_since: HashMap::new(),
+            gave_up: None,
         })
+    }
+
+    /// Counts the events this webhook gives up on in `counter`.
+    pub fn count_give_ups(mut self, counter: prometheus::IntCounter) -> WebhookSink {
+        self.gave_up = Some(counter);
+        self
+    }
+
+    /// After a failed POST of `id`: whether to skip it now (it has failed for `give_up_after`).
+    fn gives_up(&mut self, id: &str, error: &SinkError) -> bool {
+        let Some(limit) = self.give_up_after else {
+            return false;
+        };
+        let since = *self
+            .failing_since
+            .entry(id.to_string())
+            .or_insert_with(Instant::now);
+        if since.elapsed() < limit {
+            return false;
+        }
+        self.failing_since.remove(id);
+        if let Some(c) = &self.gave_up {
+            c.inc();
+        }
+        tracing::error!(
+            url = %self.url,
+            webhook_id = %id,
+            failing_for = ?since.elapsed(),
+            error = %error,
+            "Webhook gave up on a milestone after `give_up_after`; the ones after it go on."
+        );
+        true
     }
 
     /// The id of `event` when this webhook carries it.
@@ -136,11 +183,18 @@ impl Sink for WebhookSink {
             if self.accepted.contains(&id) {
                 continue;
             }
-            self.post(&id, event).await?;
+            match self.post(&id, event).await {
+                Ok(()) => {
+                    self.failing_since.remove(&id);
+                }
+                Err(e) if self.gives_up(&id, &e) => {}
+                Err(e) => return Err(e),
+            }
             self.accepted.insert(id);
         }
         // The batch is acknowledged; the next call brings a new one.
         self.accepted.clear();
+        self.failing_since.clear();
         Ok(())
     }
 }
