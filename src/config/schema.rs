@@ -359,6 +359,10 @@ fn webhooks() -> Value {
                     duration("Upper bound on one POST, connecting included; then the attempt failed and is retried (default 10s)."),
                 ),
                 (
+                    "ca_file",
+                    string("https:// only: a PEM file (relative to the config file) of CA certificates trusted besides the public webpki roots, for a receiver behind a private CA."),
+                ),
+                (
                     "give_up_after",
                     duration("How long one milestone may keep failing before this webhook skips it (logged, counted), so later ones go on. Not set: retried for as long as the spool holds it."),
                 ),

@@ -30,6 +30,9 @@ pub struct Webhook {
     /// How long one milestone may keep failing before the webhook skips it, so the ones after
     /// it go on; `None`: it is retried for as long as the spool holds it.
     pub give_up_after: Option<Duration>,
+    /// `ca_file` (`https://` only): certificates trusted besides the webpki roots, for a
+    /// receiver behind a private CA.
+    pub ca: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// `timeout` when a webhook does not set it.
@@ -98,7 +101,14 @@ fn webhook(d: &mut Decoder, n: &Node) -> Option<Webhook> {
     let f = d.fields(
         n,
         WHAT,
-        &["url", "events", "secret", "timeout", "give_up_after"],
+        &[
+            "url",
+            "events",
+            "secret",
+            "timeout",
+            "give_up_after",
+            "ca_file",
+        ],
     )?;
     let url = d.require(&f, "url", WHAT).and_then(|v| {
         let url = d.string(v, "`url` of a webhook")?;
@@ -132,12 +142,14 @@ fn webhook(d: &mut Decoder, n: &Node) -> Option<Webhook> {
         Some(v) => positive_duration(d, v, "`give_up_after` of a webhook").map(Some),
         None => Some(None),
     };
+    let ca = d.ca_file(f.get("ca_file"), "ca_file", url.as_deref(), "https://");
     Some(Webhook {
         url: url?,
         events: events?,
         secret: secret?,
         timeout: timeout?,
         give_up_after: give_up_after?,
+        ca: ca?,
     })
 }
 
@@ -223,6 +235,7 @@ mod tests {
             secret: WebhookSecret(vec![0; 24]),
             timeout: DEFAULT_TIMEOUT,
             give_up_after: None,
+            ca: Vec::new(),
         };
         let a = hook("https://a.example/hook").sink();
         assert!(

@@ -16,7 +16,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::common::events::{metric, metrics, wait_for};
-use crate::common::receiver::serve;
+use crate::common::receiver::{serve, serve_tls};
+use crate::common::tls::TestCa;
 use crate::common::{get, render, run_check, Gateway, RedisServer, Upstream, ACME_KEY};
 
 const TOKEN: &str = "an-admin-token-for-the-tests";
@@ -142,16 +143,34 @@ impl Setup {
         Setup::start_with(events, fail_first, 0, "").await
     }
 
+    /// `start` with an HTTPS receiver presenting `tls`, and `extra` keys for the webhook.
+    async fn start_tls(events: &str, tls: Arc<rustls::ServerConfig>, extra: &str) -> Setup {
+        Setup::start_on(events, 0, 0, extra, Some(tls)).await
+    }
+
     /// `start`, with a receiver that does not answer its first `hang_first` POSTs, and
     /// `extra` keys (indented lines) added to the webhook.
     async fn start_with(events: &str, fail_first: usize, hang_first: usize, extra: &str) -> Setup {
+        Setup::start_on(events, fail_first, hang_first, extra, None).await
+    }
+
+    async fn start_on(
+        events: &str,
+        fail_first: usize,
+        hang_first: usize,
+        extra: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Setup {
         let hooks = Arc::new(Mutex::new(Hooks {
             fail_next: fail_first,
             hang_next: hang_first,
             ..Hooks::default()
         }));
-        let (addr, receiver) = serve(hooks.clone(), receive).await;
-        let url = format!("http://{addr}/hooks/tollgate");
+        let (scheme, (addr, receiver)) = match tls {
+            Some(tls) => ("https", serve_tls(hooks.clone(), receive, tls).await),
+            None => ("http", serve(hooks.clone(), receive).await),
+        };
+        let url = format!("{scheme}://{addr}/hooks/tollgate");
         let redis = RedisServer::start().await;
         let upstream = Upstream::start().await;
         let yaml = yaml(&redis.url(), &upstream.addr(), &url, events) + extra;
@@ -371,6 +390,64 @@ async fn a_milestone_refused_for_good_is_skipped_after_give_up_after_and_the_nex
     );
 }
 
+/// A receiver behind a private CA: with the CA in the webhook's `ca_file` the milestone
+/// arrives over HTTPS, signed; without it no POST gets through the handshake, the failures are
+/// counted, and the log names the certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_receiver_behind_a_private_ca_is_reached_through_ca_file() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = ca.write_ca(dir.path());
+    let s = Setup::start_tls(
+        "[first_call]",
+        ca.server.clone(),
+        &format!("      ca_file: \"{}\"\n", ca_file.display()),
+    )
+    .await;
+    assert!(s.url.starts_with("https://"));
+    let r = get(&s.client, &s.gateway.url("/v1/items"), Some(ACME_KEY)).await;
+    assert_eq!(r.status, 200);
+    s.wait_for_accepted(&["first_call"]).await;
+    {
+        let hooks = s.hooks.lock().unwrap();
+        assert_eq!(hooks.attempts.len(), 1, "one POST");
+        assert_eq!(hooks.attempts[0].verified, Ok(()));
+        assert_eq!(hooks.attempts[0].status, 200);
+    }
+
+    let untrusted = Setup::start_tls("[first_call]", ca.server.clone(), "").await;
+    let r = get(
+        &untrusted.client,
+        &untrusted.gateway.url("/v1/items"),
+        Some(ACME_KEY),
+    )
+    .await;
+    assert_eq!(r.status, 200, "the call itself is not held up");
+    let sink = untrusted.sink();
+    wait_for(
+        "a failed delivery to the untrusted receiver",
+        Duration::from_secs(15),
+        || async {
+            let text = metrics(&untrusted.gateway).await;
+            metric(
+                &text,
+                "tollgate_events_total",
+                &[("sink", sink.as_str()), ("result", "failed")],
+            ) > 0.0
+        },
+    )
+    .await;
+    assert!(
+        untrusted.hooks.lock().unwrap().attempts.is_empty(),
+        "no POST without trusting the CA"
+    );
+    let log = untrusted.gateway.stderr();
+    assert!(
+        log.contains("invalid peer certificate"),
+        "the log names the certificate:\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_secret_needs_a_restart_and_no_secret_is_ever_printed() {
     let s = Setup::start("[first_call]", 0).await;
@@ -440,6 +517,7 @@ fn broken_webhooks_are_refused_at_their_position() {
                 "50:16: `timeout` of a webhook must be a duration like 50ms, 2s, 1m, 1h or 1d, found \"soon\"",
                 "54:16: `timeout` of a webhook must be more than 0",
                 "55:22: `give_up_after` of a webhook must be a duration like 50ms, 2s, 1m, 1h or 1d, found \"forever\"",
+                "59:16: `ca_file` is used only with a `url` starting with https://",
             ],
         ),
         (

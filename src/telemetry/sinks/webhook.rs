@@ -80,7 +80,7 @@ struct HeadData {
 impl WebhookSink {
     /// A sink for `hook`. Redirects are not followed: a POST answered 3xx was not accepted.
     pub fn new(hook: &Webhook) -> Result<WebhookSink, SinkError> {
-        let tls = crate::tls::client_config(&[]).map_err(SinkError::Tls)?;
+        let tls = crate::tls::client_config(&hook.ca).map_err(SinkError::Tls)?;
         let client = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(hook.timeout)

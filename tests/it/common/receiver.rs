@@ -92,6 +92,20 @@ where
     serve_with(state, handler, None).await
 }
 
+/// [`serve`] over TLS, presenting the certificate of `tls`.
+pub async fn serve_tls<S, F, Fut>(
+    state: Arc<Mutex<S>>,
+    handler: F,
+    tls: Arc<rustls::ServerConfig>,
+) -> (std::net::SocketAddr, JoinHandle<()>)
+where
+    S: Send + 'static,
+    F: Fn(Arc<Mutex<S>>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    serve_with(state, handler, Some(tls)).await
+}
+
 /// [`serve`], over TLS with `tls` when given.
 async fn serve_with<S, F, Fut>(
     state: Arc<Mutex<S>>,
