@@ -45,29 +45,11 @@ start_redis
 
 bench_key
 
-# gateway_config PORT TELEMETRY(0|1) -> the config on stdout
-gateway_config() {
-  metered_gateway "$1"
-  cat <<CONF
-routes:
-  - { name: open, match: { path: /open }, upstream: origin, auth: none }
-  - { name: metered, match: { path_prefix: / }, upstream: origin, meter: { requests: 1 } }
-CONF
-  if [[ $2 == 1 ]]; then
-    cat <<CONF
-telemetry:
-  spool: $TMP/spool-$1
-  sinks:
-    - { name: events, kind: redis_stream, url: "redis://127.0.0.1:$REDIS_PORT/0", stream: "tg:events:$1" }
-CONF
-  fi
-}
-
 # measure NAME PATH TELEMETRY -> "NAME calls instructions"
 measure() {
   local name=$1 path=$2 telemetry=$3 port pid n total out
   free_port port
-  gateway_config "$port" "$telemetry" >"$TMP/$name.yaml"
+  two_route_gateway "$port" "$telemetry" >"$TMP/$name.yaml"
   "$BIN" check --config "$TMP/$name.yaml" >/dev/null
   TOLLGATE_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
     --callgrind-out-file="$RESULTS_DIR/callgrind.$name.%p" \

@@ -225,6 +225,26 @@ plans: { bench: { meters: { requests: { limit: 1000000000, period: month } } } }
 CONF
 }
 
+# two_route_gateway PORT TELEMETRY(0|1): the config of a metered_gateway with an unmetered
+# `/open` route and a metered `/` route; with TELEMETRY=1 also a spool in TMP and a redis_stream
+# sink on the store's Redis (callgrind.sh, wakeups.sh).
+two_route_gateway() {
+  metered_gateway "$1"
+  cat <<CONF
+routes:
+  - { name: open, match: { path: /open }, upstream: origin, auth: none }
+  - { name: metered, match: { path_prefix: / }, upstream: origin, meter: { requests: 1 } }
+CONF
+  if [[ $2 == 1 ]]; then
+    cat <<CONF
+telemetry:
+  spool: $TMP/spool-$1
+  sinks:
+    - { name: events, kind: redis_stream, url: "redis://127.0.0.1:$REDIS_PORT/0", stream: "tg:events:$1" }
+CONF
+  fi
+}
+
 # start_plain_origin: nginx on ORIGIN_PORT answering every request 200 "ok" (the origin of the
 # A/B benchmarks, which measure the gateway, not the origin).
 start_plain_origin() {

@@ -50,22 +50,7 @@ bench_key
 # gateway NAME TELEMETRY(0|1): starts a pinned gateway; sets GW_PID and GW_PORT.
 gateway() {
   free_port GW_PORT
-  {
-    metered_gateway "$GW_PORT"
-    cat <<CONF
-routes:
-  - { name: open, match: { path: /open }, upstream: origin, auth: none }
-  - { name: metered, match: { path_prefix: / }, upstream: origin, meter: { requests: 1 } }
-CONF
-    if [[ $2 == 1 ]]; then
-      cat <<CONF
-telemetry:
-  spool: $TMP/spool
-  sinks:
-    - { name: events, kind: redis_stream, url: "redis://127.0.0.1:$REDIS_PORT/0", stream: "tg:events" }
-CONF
-    fi
-  } >"$TMP/$1.yaml"
+  two_route_gateway "$GW_PORT" "$2" >"$TMP/$1.yaml"
   "$BIN" check --config "$TMP/$1.yaml" >/dev/null
   TOLLGATE_LOG=warn taskset -c 0 "$BIN" serve --config "$TMP/$1.yaml" >"$RESULTS_DIR/$1.log" 2>&1 &
   GW_PID=$!
