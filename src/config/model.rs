@@ -92,6 +92,12 @@ pub enum StoreKind {
         /// public roots, as `redis-cli --cacert` takes them; read when the config loads.
         ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
+    /// A Redis Cluster shared by every instance: each tenant's keys live in the slot of its
+    /// `{tenant}` hash tag (SPEC §9).
+    RedisCluster {
+        /// `redis://…` URLs of one or more seed nodes; the rest of the cluster is discovered.
+        urls: Vec<String>,
+    },
 }
 
 /// Behaviour when the store is unreachable.

@@ -31,9 +31,9 @@ pub fn schema() -> Value {
                 ("token", string("Bearer token of the /admin/v1 routes; without it they are off.")),
             ]),
             "store": obj("Where usage counters live.", &["kind"], &[
-                ("kind", words("embedded (one file, one instance) or redis (shared).", &["embedded", "redis", "redis-cluster"])),
+                ("kind", words("embedded (one file, one instance), redis (one shared server) or redis-cluster (a shared Redis Cluster).", &["embedded", "redis", "redis-cluster"])),
                 ("url", string("redis://host:port/db, rediss://host:port/db (TLS) or redis+unix:///path (kind: redis).")),
-                ("urls", list("Redis Cluster seed URLs (not supported yet).", string("A URL."))),
+                ("urls", list("redis-cluster: redis://host:port URLs of one or more of the cluster's nodes.", string("A redis:// URL."))),
                 ("path", string("The embedded store's file.")),
                 ("timeout", duration("Bound on every store call.")),
                 ("ca_file", string("redis with a rediss:// url: PEM CA certificates trusted for this Redis instead of the public roots.")),

@@ -160,7 +160,7 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
             if let Some(n) = f.get("urls") {
                 d.err(
                     n.pos,
-                    "`store.urls` is for kind redis-cluster, which is not supported yet; use `url`",
+                    "`store.urls` is for kind redis-cluster; the redis store takes `url`",
                 );
             }
             let ca = d.ca_file(
@@ -172,11 +172,33 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
             StoreKind::Redis { url: url?, ca: ca? }
         }
         Kind::Cluster => {
-            d.err(
-                kind_node.pos,
-                "store kind `redis-cluster` is not supported yet; use `redis` or `embedded`",
-            );
-            return None;
+            let urls = d
+                .require(&f, "urls", "`store` of kind redis-cluster")
+                .and_then(|n| {
+                    let urls = d.strings(n, "`store.urls`")?;
+                    if urls.is_empty() {
+                        d.err(n.pos, "`store.urls` needs at least one seed node's URL");
+                        return None;
+                    }
+                    let mut ok = true;
+                    for (url, pos) in &urls {
+                        if !url.starts_with("redis://") {
+                            d.err(*pos, format!("`store.urls` entries must start with redis:// (TLS to a cluster is not supported yet), found \"{url}\""));
+                            ok = false;
+                        }
+                    }
+                    ok.then(|| urls.into_iter().map(|(u, _)| u).collect::<Vec<_>>())
+                });
+            for (key, why) in [
+                ("url", "`store.url` is for kind redis; a cluster takes its seed nodes in `urls`"),
+                ("path", "`store.path` is for kind embedded; a cluster takes its seed nodes in `urls`"),
+                ("ca_file", "`store.ca_file` is for kind redis with a rediss:// `url`; TLS to a cluster is not supported yet"),
+            ] {
+                if let Some(n) = f.get(key) {
+                    d.err(n.pos, why);
+                }
+            }
+            StoreKind::RedisCluster { urls: urls? }
         }
     };
     let timeout = opt_duration(

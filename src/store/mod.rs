@@ -56,6 +56,16 @@ pub struct Reservation {
     pub replay: Option<ReplayMarker>,
 }
 
+impl Reservation {
+    /// One of the call's keys; they all carry the tenant's hash tag, so they share a slot.
+    pub fn first_key(&self) -> Option<&str> {
+        self.replay
+            .as_ref()
+            .map(|m| m.key.as_str())
+            .or_else(|| self.charges.first().map(|c| c.key.as_str()))
+    }
+}
+
 /// `tg:{<tenant>}:idem:<sha256 of the Idempotency-Key>`, kept for 24 hours.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayMarker {
@@ -268,6 +278,9 @@ impl StoreHandle {
         let inner: Arc<dyn Store> = match &config.kind {
             StoreKind::Redis { url, ca } => {
                 Arc::new(redis::RedisStore::new(url, ca, config.timeout)?)
+            }
+            StoreKind::RedisCluster { urls } => {
+                Arc::new(redis::RedisStore::cluster(urls, config.timeout)?)
             }
             StoreKind::Embedded { path } => Arc::new(embedded::EmbeddedStore::open(path)?),
         };

@@ -8,7 +8,9 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::Script;
 use tokio::sync::OnceCell;
 
@@ -29,7 +31,11 @@ const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
 /// is ready at the same moment and sends them in one script call (see [`Batcher`]). Under load
 /// this turns a write, a read, a reply to parse and a script start per call into one of each per
 /// batch; each reservation is still decided on its own and all-or-nothing, so batching changes
-/// nothing about exactness. (With Redis Cluster a batch would have to be split by slot.)
+/// nothing about exactness.
+///
+/// Against a Redis Cluster (`store.kind: redis-cluster`) the same holds per slot: every key of
+/// one tenant carries the `{tenant}` hash tag (SPEC §9), so one call's keys share a slot, and a
+/// batch is split into one script call per slot, sent at once (see [`per_slot`]).
 pub struct RedisStore {
     shared: Arc<Shared>,
     reserves: OnceCell<Batcher<Arc<Reservation>, Reserved>>,
@@ -38,10 +44,9 @@ pub struct RedisStore {
 
 /// What the batching task and direct calls both use.
 struct Shared {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
-    conn: OnceCell<ConnectionManager>,
-    control: OnceCell<ConnectionManager>,
+    backend: Backend,
+    conn: OnceCell<Conn>,
+    control: OnceCell<Conn>,
     reserve: Script,
     refund: Script,
     lookup: Script,
@@ -81,9 +86,33 @@ impl RedisStore {
             .set_response_timeout(Some(LATE_REPLY_WAIT.max(timeout)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
+        Ok(RedisStore::with_backend(Backend::Single { client, config }))
+    }
+
+    /// A store on the Redis Cluster that `seeds` (`redis://` URLs of some of its nodes) belong
+    /// to; nothing is connected yet.
+    pub fn cluster(seeds: &[String], timeout: Duration) -> Result<RedisStore, StoreError> {
+        crate::install_crypto_provider();
+        let cluster = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
+            .connection_timeout(timeout)
+            .response_timeout(LATE_REPLY_WAIT.max(timeout))
+            .retries(1)
+            .max_retry_wait(500)
+            .build()
+            .map_err(backend)?;
+        let seeds = seeds
+            .iter()
+            .map(|u| redis::Client::open(u.as_str()).map_err(backend))
+            .collect::<Result<_, _>>()?;
+        Ok(RedisStore::with_backend(Backend::Cluster {
+            cluster,
+            seeds,
+        }))
+    }
+
+    fn with_backend(backend: Backend) -> RedisStore {
         let shared = Shared {
-            client,
-            config,
+            backend,
             conn: OnceCell::new(),
             control: OnceCell::new(),
             reserve: Script::new(include_str!("reserve.lua")),
@@ -91,25 +120,110 @@ impl RedisStore {
             lookup: Script::new(include_str!("lookup_key.lua")),
             settle: Script::new(include_str!("settle.lua")),
         };
-        Ok(RedisStore {
+        RedisStore {
             shared: Arc::new(shared),
             reserves: OnceCell::new(),
             settles: OnceCell::new(),
-        })
+        }
+    }
+}
+
+/// What the store talks to.
+enum Backend {
+    /// One Redis server.
+    Single {
+        client: redis::Client,
+        config: ConnectionManagerConfig,
+    },
+    /// A Redis Cluster; `seeds` also carry the subscription to plan changes (a `PUBLISH` on
+    /// any node of a cluster reaches the subscribers of every node).
+    Cluster {
+        cluster: redis::cluster::ClusterClient,
+        seeds: Vec<redis::Client>,
+    },
+}
+
+/// A connection to either backend; cheap to clone, like the connections it wraps.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
     }
 }
 
 impl Shared {
     /// The request path's connection: reservations, refunds, settlements, key look-ups.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| {
-                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
-            })
-            .await
-            .map_err(backend)?;
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let conn = self.conn.get_or_try_init(|| self.connect()).await?;
         Ok(conn.clone())
+    }
+
+    async fn connect(&self) -> Result<Conn, StoreError> {
+        match &self.backend {
+            Backend::Single { client, config } => {
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map(Conn::Single)
+            }
+            Backend::Cluster { cluster, .. } => {
+                cluster.get_async_connection().await.map(Conn::Cluster)
+            }
+        }
+        .map_err(backend)
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self.backend, Backend::Cluster { .. })
+    }
+
+    /// A subscriber connection: to the server, or to the first seed node of a cluster that
+    /// answers (a cluster delivers a `PUBLISH` on any node to the subscribers of every node).
+    async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
+        match &self.backend {
+            Backend::Single { client, .. } => client.get_async_pubsub().await,
+            Backend::Cluster { seeds, .. } => {
+                let mut last = None;
+                for seed in seeds {
+                    match seed.get_async_pubsub().await {
+                        Ok(pubsub) => return Ok(pubsub),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "no seed node configured"))
+                }))
+            }
+        }
     }
 
     /// A second connection for everything off the request path: health checks, the admin API,
@@ -117,14 +231,8 @@ impl Shared {
     /// so if a background service or the admin listener made the one the request path uses,
     /// every reservation would hop to that runtime's thread and back (measured: the proxy
     /// thread then spends a quarter of its time waking it).
-    async fn control(&self) -> Result<ConnectionManager, StoreError> {
-        let conn = self
-            .control
-            .get_or_try_init(|| {
-                ConnectionManager::new_with_config(self.client.clone(), self.config.clone())
-            })
-            .await
-            .map_err(backend)?;
+    async fn control(&self) -> Result<Conn, StoreError> {
+        let conn = self.control.get_or_try_init(|| self.connect()).await?;
         Ok(conn.clone())
     }
 
@@ -133,6 +241,23 @@ impl Shared {
     /// the script start-up. NOSCRIPT (a restarted Redis, `SCRIPT FLUSH`) means nothing ran, so
     /// the batch is repeated once after loading the script and cannot be charged twice.
     async fn reserve_all(
+        &self,
+        batch: &[Arc<Reservation>],
+    ) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
+        if self.is_cluster() {
+            per_slot(
+                batch,
+                |r| r.first_key(),
+                |b| async move { self.reserve_slot(&b).await },
+            )
+            .await
+        } else {
+            self.reserve_slot(batch).await
+        }
+    }
+
+    /// [`Shared::reserve_all`] for calls whose keys share one slot (or one server).
+    async fn reserve_slot(
         &self,
         batch: &[Arc<Reservation>],
     ) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
@@ -156,6 +281,23 @@ impl Shared {
 
     /// Settles the measured meters of a batch of calls in one script call.
     async fn settle_all(
+        &self,
+        batch: &[Vec<Adjustment>],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        if self.is_cluster() {
+            per_slot(
+                batch,
+                |a| a.first().map(|a| a.key.as_str()),
+                |b| async move { self.settle_slot(&b).await },
+            )
+            .await
+        } else {
+            self.settle_slot(batch).await
+        }
+    }
+
+    /// [`Shared::settle_all`] for calls whose keys share one slot (or one server).
+    async fn settle_slot(
         &self,
         batch: &[Vec<Adjustment>],
     ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
@@ -262,6 +404,143 @@ fn parse_batch(
     Ok(out)
 }
 
+/// The keys `tg:{*}:tenant`, by `SCAN`: of the server, or of the cluster node at `node`.
+async fn scan_tenants(
+    conn: &mut Conn,
+    node: Option<&(String, u16)>,
+) -> Result<Vec<String>, StoreError> {
+    let mut names: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let mut cmd = redis::cmd("SCAN");
+        cmd.arg(cursor)
+            .arg("MATCH")
+            .arg("tg:{*}:tenant")
+            .arg("COUNT")
+            .arg(1000);
+        let (next, batch): (u64, Vec<String>) = match (&mut *conn, node) {
+            (Conn::Cluster(cluster), Some((host, port))) => {
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let value = cluster.route_command(cmd, routing).await.map_err(backend)?;
+                redis::from_redis_value(value).map_err(|e| StoreError::Backend(e.to_string()))?
+            }
+            (conn, _) => cmd.query_async(conn).await.map_err(backend)?,
+        };
+        names.extend(batch);
+        if next == 0 {
+            return Ok(names);
+        }
+        cursor = next;
+    }
+}
+
+/// The cluster's primaries that are up, as `(host, port)`, from `CLUSTER NODES`.
+async fn primaries(conn: &mut Conn) -> Result<Vec<(String, u16)>, StoreError> {
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(conn)
+        .await
+        .map_err(backend)?;
+    Ok(parse_primaries(&nodes))
+}
+
+/// `CLUSTER NODES` lines: `<id> <host:port@bus-port[,hostname]> <flags> …`; the primaries not
+/// flagged as failing.
+fn parse_primaries(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let addr = fields.nth(1)?;
+            let flags = fields.next()?;
+            let flags: Vec<&str> = flags.split(',').collect();
+            if !flags.contains(&"master") || flags.contains(&"fail") || flags.contains(&"noaddr") {
+                return None;
+            }
+            let addr = addr.split(['@', ',']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.to_string(), port.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Runs `run` once per cluster slot that `items` touch (the slot of each item's first key;
+/// all of one call's keys share it), all at once, and puts the answers back in `items`' order.
+/// A slot whose call failed fails only its own items.
+async fn per_slot<T, R, Fut>(
+    items: &[T],
+    first_key: impl Fn(&T) -> Option<&str>,
+    run: impl Fn(Vec<T>) -> Fut,
+) -> Result<Vec<Result<R, StoreError>>, StoreError>
+where
+    T: Clone,
+    Fut: std::future::Future<Output = Result<Vec<Result<R, StoreError>>, StoreError>>,
+{
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let slot = first_key(item).map_or(0, |k| slot(k.as_bytes()));
+        match groups.iter_mut().find(|(s, _)| *s == slot) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((slot, vec![i])),
+        }
+    }
+    let runs = groups.iter().map(|(_, members)| {
+        let part: Vec<T> = members.iter().map(|i| items[*i].clone()).collect();
+        run(part)
+    });
+    let answers = futures_util::future::join_all(runs).await;
+    let mut out: Vec<Option<Result<R, StoreError>>> = items.iter().map(|_| None).collect();
+    for ((_, members), answer) in groups.iter().zip(answers) {
+        match answer {
+            Ok(results) => {
+                for (i, result) in members.iter().zip(results) {
+                    out[*i] = Some(result);
+                }
+            }
+            Err(e) => {
+                for i in members {
+                    out[*i] = Some(Err(StoreError::Backend(e.to_string())));
+                }
+            }
+        }
+    }
+    Ok(out
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(StoreError::Backend("no answer for a call".into()))))
+        .collect())
+}
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the text between the first
+/// `{` and the next `}`, when not empty) or else of the whole key, modulo 16384.
+fn slot(key: &[u8]) -> u16 {
+    let tag = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|b| *b == b'}')
+                .filter(|len| *len > 0)
+                .map(|len| &rest[..len])
+        })
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for b in tag {
+        crc ^= u16::from(*b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
 impl RedisStore {
     /// The batching task in `cell`, started on first use (on the runtime serving requests).
     async fn batcher<'a, J, R, Fut>(
@@ -341,6 +620,31 @@ impl Store for RedisStore {
     async fn lookup_key(&self, sha256_hex: &str) -> Result<Option<KeyRecord>, StoreError> {
         let mut conn = self.shared.conn().await?;
         let key = keys::api_key(sha256_hex);
+        if self.shared.is_cluster() {
+            // The key and its tenant's hash live in different slots: a script may touch only
+            // its own node's keys, so two look-ups.
+            let (tenant, id): (Option<String>, Option<String>) = redis::cmd("HMGET")
+                .arg(&key)
+                .arg("tenant")
+                .arg("id")
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            let Some(tenant) = tenant else {
+                return Ok(None);
+            };
+            let plan: Option<String> = redis::cmd("HGET")
+                .arg(keys::tenant(&tenant))
+                .arg("plan")
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            return Ok(Some(KeyRecord {
+                tenant,
+                id: id.unwrap_or_default(),
+                plan: plan.filter(|p| !p.is_empty()),
+            }));
+        }
         let found: Option<Vec<String>> =
             match self.shared.lookup.key(&key).invoke_async(&mut conn).await {
                 Ok(v) => v,
@@ -359,22 +663,32 @@ impl Store for RedisStore {
     async fn put_key(&self, sha256_hex: &str, record: &KeyRecord) -> Result<(), StoreError> {
         let mut conn = self.shared.control().await?;
         let created_at = jiff::Timestamp::now().to_string();
-        // The key and its entry in the tenant's id index, together.
-        let _: () = redis::pipe()
-            .atomic()
-            .cmd("HSET")
-            .arg(keys::api_key(sha256_hex))
+        let mut index = redis::cmd("HSET");
+        index
+            .arg(keys::tenant_keys(&record.tenant))
+            .arg(&record.id)
+            .arg(sha256_hex);
+        let mut key = redis::cmd("HSET");
+        key.arg(keys::api_key(sha256_hex))
             .arg("tenant")
             .arg(&record.tenant)
             .arg("id")
             .arg(&record.id)
             .arg("created_at")
-            .arg(created_at)
+            .arg(created_at);
+        if self.shared.is_cluster() {
+            // The two keys live in different slots, so not in one transaction: the id index
+            // first, so a key never exists that its tenant cannot revoke by id.
+            let _: () = index.query_async(&mut conn).await.map_err(backend)?;
+            let _: () = key.query_async(&mut conn).await.map_err(backend)?;
+            return Ok(());
+        }
+        // The key and its entry in the tenant's id index, together.
+        let _: () = redis::pipe()
+            .atomic()
+            .add_command(key)
             .ignore()
-            .cmd("HSET")
-            .arg(keys::tenant_keys(&record.tenant))
-            .arg(&record.id)
-            .arg(sha256_hex)
+            .add_command(index)
             .ignore()
             .query_async(&mut conn)
             .await
@@ -391,13 +705,26 @@ impl Store for RedisStore {
             .query_async(&mut conn)
             .await
             .map_err(backend)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic().cmd("DEL").arg(keys::api_key(sha256_hex));
+        let mut unindex = None;
         if let (Some(tenant), Some(id)) = owner {
-            pipe.cmd("HDEL")
-                .arg(keys::tenant_keys(&tenant))
-                .arg(id)
-                .ignore();
+            let mut cmd = redis::cmd("HDEL");
+            cmd.arg(keys::tenant_keys(&tenant)).arg(id);
+            unindex = Some(cmd);
+        }
+        let mut delete = redis::cmd("DEL");
+        delete.arg(keys::api_key(sha256_hex));
+        if self.shared.is_cluster() {
+            // Different slots: the key first (revoked from the next call on), then its index.
+            let n: i64 = delete.query_async(&mut conn).await.map_err(backend)?;
+            if let Some(cmd) = unindex {
+                let _: () = cmd.query_async(&mut conn).await.map_err(backend)?;
+            }
+            return Ok(n > 0);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic().add_command(delete);
+        if let Some(cmd) = unindex {
+            pipe.add_command(cmd).ignore();
         }
         let (n,): (i64,) = pipe.query_async(&mut conn).await.map_err(backend)?;
         Ok(n > 0)
@@ -415,52 +742,71 @@ impl Store for RedisStore {
 
     async fn set_plan(&self, tenant: &str, plan: Option<&str>) -> Result<(), StoreError> {
         let mut conn = self.shared.control().await?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        match plan {
-            Some(p) => pipe
-                .cmd("HSET")
-                .arg(keys::tenant(tenant))
-                .arg("plan")
-                .arg(p),
-            None => pipe.cmd("HDEL").arg(keys::tenant(tenant)).arg("plan"),
+        let mut change = match plan {
+            Some(_) => redis::cmd("HSET"),
+            None => redis::cmd("HDEL"),
         };
-        pipe.ignore()
-            .cmd("PUBLISH")
-            .arg(keys::TENANT_CHANGES)
-            .arg(tenant)
-            .ignore();
-        let _: () = pipe.query_async(&mut conn).await.map_err(backend)?;
+        change.arg(keys::tenant(tenant)).arg("plan");
+        if let Some(p) = plan {
+            change.arg(p);
+        }
+        let mut announce = redis::cmd("PUBLISH");
+        announce.arg(keys::TENANT_CHANGES).arg(tenant);
+        if self.shared.is_cluster() {
+            // A cluster routes a transaction to one slot's node, and `PUBLISH` has no key:
+            // change, then announce (followers re-read the hash, so the order is what counts).
+            let _: () = change.query_async(&mut conn).await.map_err(backend)?;
+            let _: () = announce.query_async(&mut conn).await.map_err(backend)?;
+            return Ok(());
+        }
+        let _: () = redis::pipe()
+            .atomic()
+            .add_command(change)
+            .ignore()
+            .add_command(announce)
+            .ignore()
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 
     async fn plan_overrides(&self) -> Result<HashMap<String, String>, StoreError> {
         let mut conn = self.shared.control().await?;
-        let mut names: Vec<String> = Vec::new();
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg("tg:{*}:tenant")
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await
-                .map_err(backend)?;
-            names.extend(batch);
-            if next == 0 {
-                break;
+        let names = if self.shared.is_cluster() {
+            // SCAN walks one node's keys: walk every primary's.
+            let mut names = Vec::new();
+            for node in primaries(&mut conn).await? {
+                names.extend(scan_tenants(&mut conn, Some(&node)).await?);
             }
-            cursor = next;
-        }
+            names
+        } else {
+            scan_tenants(&mut conn, None).await?
+        };
         let mut out = HashMap::new();
         for chunk in names.chunks(500) {
-            let mut pipe = redis::pipe();
-            for key in chunk {
-                pipe.cmd("HGET").arg(key).arg("plan");
-            }
-            let plans: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(backend)?;
+            let plans: Vec<Option<String>> = if self.shared.is_cluster() {
+                // A pipeline goes to one node; these keys are spread over the cluster.
+                let reads = chunk.iter().map(|key| {
+                    let mut conn = conn.clone();
+                    async move {
+                        redis::cmd("HGET")
+                            .arg(key)
+                            .arg("plan")
+                            .query_async::<Option<String>>(&mut conn)
+                            .await
+                    }
+                });
+                futures_util::future::try_join_all(reads)
+                    .await
+                    .map_err(backend)?
+            } else {
+                let mut pipe = redis::pipe();
+                for key in chunk {
+                    pipe.cmd("HGET").arg(key).arg("plan");
+                }
+                pipe.query_async(&mut conn).await.map_err(backend)?
+            };
             for (key, plan) in chunk.iter().zip(plans) {
                 let tenant = key
                     .strip_prefix("tg:{")
@@ -480,7 +826,7 @@ impl Store for RedisStore {
     async fn follow_plans(&self, overrides: &PlanOverrides, mut shutdown: watch::Receiver<bool>) {
         loop {
             let followed = async {
-                let mut pubsub = self.shared.client.get_async_pubsub().await?;
+                let mut pubsub = self.shared.pubsub().await?;
                 pubsub.subscribe(keys::TENANT_CHANGES).await?;
                 match self.plan_overrides().await {
                     Ok(all) => overrides.replace(all),
@@ -560,7 +906,45 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_integers;
+    use super::{parse_integers, parse_primaries, slot};
+
+    /// The examples of the Redis Cluster specification, and `CLUSTER KEYSLOT` answers.
+    #[test]
+    fn slots_follow_the_cluster_specification() {
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"123456789"), 0x31C3, "the CRC16 check value");
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"{user1000}.followers"), slot(b"user1000"));
+        assert_ne!(
+            slot(b"foo{}{bar}"),
+            slot(b"bar"),
+            "an empty tag hashes the whole key"
+        );
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
+        // Every key of a tenant shares the tenant's slot.
+        assert_eq!(slot(b"tg:{acme}:m:requests:2026-11-01"), slot(b"acme"));
+        assert_eq!(slot(b"tg:{acme}:tenant"), slot(b"tg:{acme}:idem:00ff"));
+    }
+
+    #[test]
+    fn cluster_nodes_lines_give_the_primaries_that_are_up() {
+        let nodes = "\
+07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@31002,node-2.example master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
+6ec2 127.0.0.1:30005@31005 master,fail - 0 1426238316232 5 connected
+e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(
+            parse_primaries(nodes),
+            vec![
+                ("127.0.0.1".to_string(), 30002),
+                ("127.0.0.1".to_string(), 30003),
+                ("127.0.0.1".to_string(), 30001),
+            ]
+        );
+    }
 
     #[test]
     fn reserve_replies_parse_as_integers() {

@@ -12,6 +12,7 @@ mod common;
 mod admin;
 mod anonymous;
 mod check;
+mod cluster;
 mod embedded;
 mod harness;
 mod hygiene;

@@ -1,9 +1,7 @@
 //! API keys filed in the store at runtime (`tg:key:<sha256>`), the issued key format with its
 //! checksum, and the promise that only hashes are ever stored or logged.
 
-use std::process::Command;
-
-use crate::common::gateway::BIN;
+use crate::common::gateway::{file_key, keys_cli};
 use crate::common::Stack;
 
 const YAML: &str = r#"
@@ -34,34 +32,6 @@ routes:
     upstream: product
     meter: { requests: 1 }
 "#;
-
-/// Runs `tollgate keys …` against the gateway's config; returns stdout, asserting success.
-fn cli(stack: &Stack, args: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--config")
-        .arg(stack.gateway.config_path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "tollgate {args:?}: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-/// `keys new` filed in the store: (key, sha256).
-fn new_key(stack: &Stack, tenant: &str) -> (String, String) {
-    let out = cli(stack, &["keys", "new", "--tenant", tenant]);
-    let key = out
-        .lines()
-        .find_map(|l| l.strip_prefix("API key (shown once; store it now): "))
-        .unwrap()
-        .to_string();
-    (key.clone(), tollgate::keys::sha256_hex(&key))
-}
 
 async fn redis_dump(stack: &Stack) -> String {
     let mut conn = stack.redis.conn().await;
@@ -113,7 +83,7 @@ async fn lookups(stack: &Stack) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_filed_key_works_on_the_next_call_and_a_revoked_one_is_refused_on_the_next() {
     let stack = Stack::start(YAML).await;
-    let (key, sha) = new_key(&stack, "acme");
+    let (key, sha) = file_key(&stack.gateway, "acme");
     assert!(key.starts_with("tg_live_") && key.len() == 44, "{key}");
 
     let ok = stack.get("/v1/items", Some(&key)).await;
@@ -127,7 +97,7 @@ async fn a_filed_key_works_on_the_next_call_and_a_revoked_one_is_refused_on_the_
     );
     assert_eq!(stack.month_counter("acme", "requests").await, 1);
 
-    cli(&stack, &["keys", "revoke", "--sha256", &sha]);
+    keys_cli(&stack.gateway, &["keys", "revoke", "--sha256", &sha]);
     let refused = stack.get("/v1/items", Some(&key)).await;
     assert_eq!(refused.problem(401)["type"], "urn:tollgate:unauthenticated");
     assert_eq!(
@@ -140,7 +110,7 @@ async fn a_filed_key_works_on_the_next_call_and_a_revoked_one_is_refused_on_the_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_key_of_a_tenant_known_only_to_the_store_takes_the_tenants_plan_override() {
     let stack = Stack::start(YAML).await;
-    let (key, _) = new_key(&stack, "newco");
+    let (key, _) = file_key(&stack.gateway, "newco");
 
     let no_plan = stack.get("/v1/items", Some(&key)).await;
     let body = no_plan.problem(401);
@@ -167,7 +137,7 @@ async fn a_key_of_a_tenant_known_only_to_the_store_takes_the_tenants_plan_overri
 #[tokio::test(flavor = "multi_thread")]
 async fn a_mistyped_key_is_refused_before_any_store_look_up() {
     let stack = Stack::start(YAML).await;
-    let (key, _) = new_key(&stack, "acme");
+    let (key, _) = file_key(&stack.gateway, "acme");
     let mut typo = key.clone().into_bytes();
     typo[20] = if typo[20] == b'x' { b'y' } else { b'x' };
     let typo = String::from_utf8(typo).unwrap();
@@ -194,7 +164,7 @@ async fn a_mistyped_key_is_refused_before_any_store_look_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn no_plaintext_key_reaches_redis_or_the_logs() {
     let stack = Stack::start(YAML).await;
-    let (key, sha) = new_key(&stack, "acme");
+    let (key, sha) = file_key(&stack.gateway, "acme");
     assert_eq!(stack.get("/v1/items", Some(&key)).await.status, 200);
     let _ = stack
         .get("/v1/items", Some("tg_live_not_issued_at_all"))

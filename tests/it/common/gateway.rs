@@ -256,6 +256,37 @@ impl Drop for Gateway {
     }
 }
 
+/// Runs `tollgate <args> --config <gw's config>` (the `keys` commands); returns stdout,
+/// asserting success.
+pub fn keys_cli(gw: &Gateway, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(gw.config_path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("could not spawn {BIN}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "tollgate {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// `tollgate keys new --tenant <tenant>` filed in `gw`'s store: (key, its sha256 hex).
+pub fn file_key(gw: &Gateway, tenant: &str) -> (String, String) {
+    let out = keys_cli(gw, &["keys", "new", "--tenant", tenant]);
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("API key (shown once; store it now): "))
+        .unwrap_or_else(|| panic!("no key in the output of keys new: {out}"))
+        .to_string();
+    let sha = tollgate::keys::sha256_hex(&key);
+    (key, sha)
+}
+
 /// Runs `tollgate check --config <path>`: (exit code, stdout, stderr).
 pub fn run_check(path: &Path) -> (i32, String, String) {
     let output = Command::new(BIN)

@@ -1,6 +1,7 @@
 //! The test harness: real Redis, real upstreams, the real gateway binary.
 
 pub mod clock;
+pub mod cluster;
 pub mod events;
 pub mod gateway;
 pub mod http;
