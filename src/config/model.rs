@@ -95,8 +95,12 @@ pub enum StoreKind {
     /// A Redis Cluster shared by every instance: each tenant's keys live in the slot of its
     /// `{tenant}` hash tag (SPEC §9).
     RedisCluster {
-        /// `redis://…` URLs of one or more seed nodes; the rest of the cluster is discovered.
+        /// `redis://…` (or, all of them, `rediss://…`) URLs of one or more seed nodes; the rest
+        /// of the cluster is discovered.
         urls: Vec<String>,
+        /// `ca_file` (`rediss://` only): the certificates trusted for the cluster's nodes instead
+        /// of the public roots.
+        ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
 }
 

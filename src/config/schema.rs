@@ -33,10 +33,10 @@ pub fn schema() -> Value {
             "store": obj("Where usage counters live.", &["kind"], &[
                 ("kind", words("embedded (one file, one instance), redis (one shared server) or redis-cluster (a shared Redis Cluster).", &["embedded", "redis", "redis-cluster"])),
                 ("url", string("redis://host:port/db, rediss://host:port/db (TLS) or redis+unix:///path (kind: redis).")),
-                ("urls", list("redis-cluster: redis://host:port URLs of one or more of the cluster's nodes.", string("A redis:// URL."))),
+                ("urls", list("redis-cluster: redis://host:port (or, all of them, rediss:// for TLS) URLs of one or more of the cluster's nodes.", string("A redis:// or rediss:// URL."))),
                 ("path", string("The embedded store's file.")),
                 ("timeout", duration("Bound on every store call.")),
-                ("ca_file", string("redis with a rediss:// url: PEM CA certificates trusted for this Redis instead of the public roots.")),
+                ("ca_file", string("rediss:// url or urls: PEM CA certificates trusted for this Redis instead of the public roots.")),
                 ("on_outage", on_outage()),
             ]),
             "upstreams": named("Named upstream pools.", obj("One upstream pool.", &["targets"], &[

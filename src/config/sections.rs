@@ -176,29 +176,51 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
                 .require(&f, "urls", "`store` of kind redis-cluster")
                 .and_then(|n| {
                     let urls = d.strings(n, "`store.urls`")?;
-                    if urls.is_empty() {
+                    let Some((first, _)) = urls.first() else {
                         d.err(n.pos, "`store.urls` needs at least one seed node's URL");
                         return None;
-                    }
+                    };
+                    let tls = first.starts_with("rediss://");
                     let mut ok = true;
                     for (url, pos) in &urls {
-                        if !url.starts_with("redis://") {
-                            d.err(*pos, format!("`store.urls` entries must start with redis:// (TLS to a cluster is not supported yet), found \"{url}\""));
+                        if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                            d.err(*pos, format!("`store.urls` entries must start with redis:// or rediss:// (TLS), found \"{url}\""));
+                            ok = false;
+                        } else if url.starts_with("rediss://") != tls {
+                            d.err(*pos, format!("`store.urls` mixes redis:// and rediss://: a cluster's nodes are all plain or all TLS, found \"{url}\""));
                             ok = false;
                         }
                     }
                     ok.then(|| urls.into_iter().map(|(u, _)| u).collect::<Vec<_>>())
                 });
             for (key, why) in [
-                ("url", "`store.url` is for kind redis; a cluster takes its seed nodes in `urls`"),
-                ("path", "`store.path` is for kind embedded; a cluster takes its seed nodes in `urls`"),
-                ("ca_file", "`store.ca_file` is for kind redis with a rediss:// `url`; TLS to a cluster is not supported yet"),
+                (
+                    "url",
+                    "`store.url` is for kind redis; a cluster takes its seed nodes in `urls`",
+                ),
+                (
+                    "path",
+                    "`store.path` is for kind embedded; a cluster takes its seed nodes in `urls`",
+                ),
             ] {
                 if let Some(n) = f.get(key) {
                     d.err(n.pos, why);
                 }
             }
-            StoreKind::RedisCluster { urls: urls? }
+            let ca = match (f.get("ca_file"), &urls) {
+                (Some(n), Some(urls)) if !urls.iter().all(|u| u.starts_with("rediss://")) => {
+                    d.err(
+                        n.pos,
+                        "`store.ca_file` is used only with `urls` starting with rediss://",
+                    );
+                    None
+                }
+                (n, _) => d.ca_file(n, "store.ca_file", None, "rediss://"),
+            };
+            StoreKind::RedisCluster {
+                urls: urls?,
+                ca: ca?,
+            }
         }
     };
     let timeout = opt_duration(

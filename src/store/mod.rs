@@ -279,8 +279,8 @@ impl StoreHandle {
             StoreKind::Redis { url, ca } => {
                 Arc::new(redis::RedisStore::new(url, ca, config.timeout)?)
             }
-            StoreKind::RedisCluster { urls } => {
-                Arc::new(redis::RedisStore::cluster(urls, config.timeout)?)
+            StoreKind::RedisCluster { urls, ca } => {
+                Arc::new(redis::RedisStore::cluster(urls, ca, config.timeout)?)
             }
             StoreKind::Embedded { path } => Arc::new(embedded::EmbeddedStore::open(path)?),
         };

@@ -89,20 +89,38 @@ impl RedisStore {
         Ok(RedisStore::with_backend(Backend::Single { client, config }))
     }
 
-    /// A store on the Redis Cluster that `seeds` (`redis://` URLs of some of its nodes) belong
-    /// to; nothing is connected yet.
-    pub fn cluster(seeds: &[String], timeout: Duration) -> Result<RedisStore, StoreError> {
+    /// A store on the Redis Cluster that `seeds` (`redis://` or `rediss://` URLs of some of
+    /// its nodes) belong to; nothing is connected yet. With TLS, `ca` (when not empty) is
+    /// trusted for every node instead of the webpki roots, as for one server.
+    pub fn cluster(
+        seeds: &[String],
+        ca: &[rustls::pki_types::CertificateDer<'static>],
+        timeout: Duration,
+    ) -> Result<RedisStore, StoreError> {
         crate::install_crypto_provider();
-        let cluster = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
+        let certs = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(crate::tls::pem(ca)),
+        };
+        let mut builder = redis::cluster::ClusterClient::builder(seeds.iter().map(String::as_str))
             .connection_timeout(timeout)
             .response_timeout(LATE_REPLY_WAIT.max(timeout))
             .retries(1)
-            .max_retry_wait(500)
-            .build()
-            .map_err(backend)?;
+            .max_retry_wait(500);
+        if !ca.is_empty() {
+            builder = builder.certs(certs());
+        }
+        let cluster = builder.build().map_err(backend)?;
         let seeds = seeds
             .iter()
-            .map(|u| redis::Client::open(u.as_str()).map_err(backend))
+            .map(|u| {
+                if ca.is_empty() {
+                    redis::Client::open(u.as_str())
+                } else {
+                    redis::Client::build_with_tls(u.as_str(), certs())
+                }
+                .map_err(backend)
+            })
             .collect::<Result<_, _>>()?;
         Ok(RedisStore::with_backend(Backend::Cluster {
             cluster,

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::common::cluster::RedisCluster;
 use crate::common::gateway::{file_key, keys_cli};
+use crate::common::tls::TestCa;
 use crate::common::{
     self, get, month_key, refused_addr, render, Answer, Gateway, Upstream, ACME_KEY, DELTA_KEY,
     GAMMA_KEY,
@@ -88,10 +89,14 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
-        let cluster = RedisCluster::start().await;
+        Setup::on(RedisCluster::start().await, "").await
+    }
+
+    /// On `cluster`, with `store` lines added to the store section.
+    async fn on(cluster: RedisCluster, store: &str) -> Setup {
         let upstream = Upstream::start().await;
         let yaml = render(YAML, "", &upstream.addr())
-            .replace("{urls}", &cluster.urls_yaml())
+            .replace("{urls}", &format!("{}{store}", cluster.urls_yaml()))
             .replace("{refused}", &refused_addr());
         Setup {
             cluster,
@@ -350,4 +355,54 @@ async fn a_node_down_refuses_only_its_tenants_and_metering_resumes_when_it_retur
         "the node came back empty (no persistence); one call since"
     );
     assert_eq!(s.counter("delta").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn over_tls_with_the_ca_file_a_cluster_counts_exactly_and_without_it_is_unreachable() {
+    let ca = TestCa::new();
+    let cluster = RedisCluster::start_tls(&ca).await;
+    let ca_file = format!("\n  ca_file: \"{}\"", cluster.ca_file().display());
+    let s = Setup::on(cluster, &ca_file).await;
+    assert!(s.yaml.contains("rediss://"), "{}", s.yaml);
+    let gw = s.gateway().await;
+
+    let mut tasks = Vec::new();
+    for i in 0..90usize {
+        let key = if i % 3 == 0 { GAMMA_KEY } else { DELTA_KEY };
+        let (client, url) = (s.client.clone(), gw.url("/v1/items"));
+        tasks.push(tokio::spawn(async move {
+            (key, get(&client, &url, Some(key)).await.status)
+        }));
+    }
+    let mut statuses: BTreeMap<(&str, u16), usize> = BTreeMap::new();
+    for task in tasks {
+        let (key, status) = task.await.unwrap();
+        *statuses.entry((key, status)).or_insert(0) += 1;
+    }
+    assert_eq!(
+        statuses,
+        BTreeMap::from([
+            ((GAMMA_KEY, 200), 30),
+            ((DELTA_KEY, 200), 50),
+            ((DELTA_KEY, 402), 10)
+        ]),
+        "{}",
+        gw.stderr()
+    );
+    assert_eq!(s.counter("gamma").await, 30);
+    assert_eq!(s.counter("delta").await, 50);
+
+    // The same cluster without the CA: no node's certificate is trusted.
+    let untrusting = Gateway::start(&s.yaml.replace(&ca_file, "")).await;
+    let refused = get(&s.client, &untrusting.url("/v1/items"), Some(GAMMA_KEY)).await;
+    assert_eq!(
+        refused.problem(503)["type"],
+        "urn:tollgate:store-unavailable"
+    );
+    assert!(
+        untrusting.stderr().contains("invalid peer certificate"),
+        "{}",
+        untrusting.stderr()
+    );
+    assert_eq!(s.counter("gamma").await, 30);
 }

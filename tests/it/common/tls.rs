@@ -48,7 +48,11 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, "tollgate test receiver");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        // Client use too: the nodes of a TLS Redis Cluster present it to one another.
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let cert = params.signed_by(&key, &issuer).unwrap();
 
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
