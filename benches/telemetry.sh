@@ -17,7 +17,8 @@
 # took, and checks that none was dropped.
 #
 # Knobs (environment): SINKS (stream, file or stream+file), STREAM_REDIS (store: the stream on
-# the store's Redis; own: on a Redis of its own), DURATION (10s), ROUNDS (5),
+# the store's Redis; own: on a Redis of its own), BATCH (512, `telemetry.batch`: events per
+# spool write and per delivery), DURATION (10s), ROUNDS (5),
 # CONNECTIONS (32), WARMUP (2s), PIN (1),
 # RESULTS_DIR (target/load/telemetry-<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn),
 # TOLLGATE_BIN (another build to measure, e.g. an earlier commit's, for a before/after run).
@@ -74,6 +75,7 @@ telemetry:
   spool: "$TMP/spool"
   instance: bench
   flush_interval: ${FLUSH_INTERVAL:-20ms}
+  batch: ${BATCH:-512}
   sinks:
 CONF
   [[ $SINKS == file ]] ||
