@@ -924,7 +924,50 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_integers, parse_primaries, slot};
+    use super::{parse_integers, parse_primaries, per_slot, slot, StoreError};
+
+    /// Calls of three tenants, interleaved: each slot's part runs once, in the batch's order,
+    /// and every answer goes back to its own call; a slot whose run fails fails only its calls.
+    #[tokio::test]
+    async fn a_batch_split_by_slot_answers_every_call_in_place() {
+        let keys: Vec<String> = ["acme", "gamma", "acme", "delta", "gamma", "acme"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("tg:{{{t}}}:m:requests:{i}"))
+            .collect();
+        let runs = std::sync::Mutex::new(Vec::new());
+        let answers = per_slot(
+            &keys,
+            |k| Some(k.as_str()),
+            |part: Vec<String>| {
+                runs.lock().unwrap().push(part.clone());
+                async move {
+                    if part[0].contains("{delta}") {
+                        return Err(StoreError::Backend("delta's node is down".into()));
+                    }
+                    Ok(part.into_iter().map(Ok).collect())
+                }
+            },
+        )
+        .await
+        .unwrap();
+
+        let runs = runs.into_inner().unwrap();
+        assert_eq!(runs.len(), 3, "one run per slot: {runs:?}");
+        assert!(runs
+            .iter()
+            .any(|p| p == &[keys[0].clone(), keys[2].clone(), keys[5].clone()]));
+        assert!(answers[3].is_err(), "delta's call must fail with its slot");
+        for (i, answer) in answers.iter().enumerate() {
+            match answer {
+                Ok(k) => assert_eq!(k, &keys[i], "call {i} got another call's answer"),
+                Err(e) => {
+                    assert_eq!(i, 3, "only delta's call fails: {e}");
+                    assert!(e.to_string().contains("delta's node is down"), "{e}");
+                }
+            }
+        }
+    }
 
     /// The examples of the Redis Cluster specification, and `CLUSTER KEYSLOT` answers.
     #[test]
