@@ -288,13 +288,7 @@ impl Shared {
             }
             other => other.map_err(backend)?,
         };
-        let flat = parse_integers(&reply).ok_or_else(|| {
-            StoreError::Backend(format!(
-                "unexpected reply from the reserve script: {:?}",
-                String::from_utf8_lossy(&reply)
-            ))
-        })?;
-        parse_batch(&flat, batch)
+        parse_batch(&reply, batch)
     }
 
     /// Settles the measured meters of a batch of calls in one script call.
@@ -371,52 +365,65 @@ impl Shared {
     }
 }
 
-/// The reserve script's reply: integers separated by single spaces (empty for no integers).
-fn parse_integers(reply: &[u8]) -> Option<Vec<i64>> {
-    if reply.is_empty() {
-        return Some(Vec::new());
-    }
-    let mut out = Vec::with_capacity(reply.iter().filter(|b| **b == b' ').count() + 1);
-    for word in reply.split(|b| *b == b' ') {
-        out.push(std::str::from_utf8(word).ok()?.parse().ok()?);
-    }
-    Some(out)
-}
-
-/// Splits the script's flat reply into one answer per reservation.
+/// Splits the reserve script's reply into one answer per reservation. The reply is words
+/// separated by single spaces: per call, a status word only when it was not admitted (`r`
+/// replay, `dI` denied by counter I, `e` a counter holds no integer), then one value per
+/// counter (see `reserve.lua`).
 fn parse_batch(
-    flat: &[i64],
+    reply: &[u8],
     batch: &[Arc<Reservation>],
 ) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
+    enum Status {
+        Admitted,
+        Replayed,
+        Denied(usize),
+        NotAnInteger,
+    }
     let malformed = || {
         StoreError::Backend(format!(
-            "unexpected reply from the reserve script: {flat:?}"
+            "unexpected reply from the reserve script: {:?}",
+            String::from_utf8_lossy(reply)
         ))
     };
+    let mut words = reply
+        .split(|b| *b == b' ')
+        .filter(|_| !reply.is_empty())
+        .peekable();
     let mut out = Vec::with_capacity(batch.len());
-    let mut rest = flat;
     for r in batch {
         let n = r.charges.len();
-        if rest.len() < n + 2 {
-            return Err(malformed());
+        // A status word starts with a letter; an admitted call has none.
+        let status = match words.next_if(|w| w.first().is_some_and(u8::is_ascii_alphabetic)) {
+            None => Status::Admitted,
+            Some(b"r") => Status::Replayed,
+            Some(b"e") => Status::NotAnInteger,
+            Some([b'd', index @ ..]) => std::str::from_utf8(index)
+                .ok()
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|i| (1..=n).contains(i))
+                .map(|i| Status::Denied(i - 1))
+                .ok_or_else(malformed)?,
+            Some(_) => return Err(malformed()),
+        };
+        let mut used = Vec::with_capacity(n);
+        for _ in 0..n {
+            let value = words
+                .next()
+                .and_then(|w| std::str::from_utf8(w).ok())
+                .and_then(|w| w.parse::<i64>().ok())
+                .ok_or_else(malformed)?;
+            used.push(value.max(0) as u64);
         }
-        let (head, tail) = rest.split_at(n + 2);
-        rest = tail;
-        let used: Vec<u64> = head[2..].iter().map(|v| (*v).max(0) as u64).collect();
-        out.push(match (head[0], head[1]) {
-            (1, _) => Ok(Reserved::Admitted(used)),
-            (2, _) => Ok(Reserved::Replayed(used)),
-            (0, i) if i >= 1 && (i as usize) <= n => Ok(Reserved::Denied {
-                index: i as usize - 1,
-                used,
-            }),
-            (-1, _) => Err(StoreError::Backend(
+        out.push(match status {
+            Status::Admitted => Ok(Reserved::Admitted(used)),
+            Status::Replayed => Ok(Reserved::Replayed(used)),
+            Status::Denied(index) => Ok(Reserved::Denied { index, used }),
+            Status::NotAnInteger => Err(StoreError::Backend(
                 "a usage counter in Redis does not hold an integer; nothing was reserved".into(),
             )),
-            _ => return Err(malformed()),
         });
     }
-    if !rest.is_empty() {
+    if words.next().is_some() {
         return Err(malformed());
     }
     Ok(out)
@@ -924,7 +931,9 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_integers, parse_primaries, per_slot, slot, StoreError};
+    use super::{parse_batch, parse_primaries, per_slot, slot, StoreError};
+    use crate::store::{Charge, Reservation, Reserved};
+    use std::sync::Arc;
 
     /// Calls of three tenants, interleaved: each slot's part runs once, in the batch's order,
     /// and every answer goes back to its own call; a slot whose run fails fails only its calls.
@@ -1007,19 +1016,86 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
         );
     }
 
+    /// Reservations with `counters` counters each.
+    fn calls(counters: &[usize]) -> Vec<Arc<Reservation>> {
+        counters
+            .iter()
+            .map(|&n| {
+                Arc::new(Reservation {
+                    charges: (0..n)
+                        .map(|i| Charge {
+                            key: format!("tg:{{t}}:m{i}:2026-12"),
+                            units: 1,
+                            limit: Some(10),
+                            expire_at: 0,
+                        })
+                        .collect(),
+                    replay: None,
+                })
+            })
+            .collect()
+    }
+
+    /// The answers to `reply` for calls of `counters` counters each, errors as text.
+    fn answers(reply: &[u8], counters: &[usize]) -> Option<Vec<Result<Reserved, String>>> {
+        let batch = calls(counters);
+        let answers = parse_batch(reply, &batch).ok()?;
+        Some(
+            answers
+                .into_iter()
+                .map(|a| a.map_err(|e| e.to_string()))
+                .collect(),
+        )
+    }
+
     #[test]
-    fn reserve_replies_parse_as_integers() {
-        assert_eq!(parse_integers(b""), Some(vec![]));
+    fn reserve_replies_split_into_one_answer_per_call() {
+        let got = answers(b"200 r 7 d2 3 10 e 0 12 13", &[1, 1, 2, 1, 0, 2])
+            .expect("a well-formed reply");
+        assert_eq!(got[0], Ok(Reserved::Admitted(vec![200])));
+        assert_eq!(got[1], Ok(Reserved::Replayed(vec![7])));
         assert_eq!(
-            parse_integers(b"1 0 200 2 0 7 -1 0 0"),
-            Some(vec![1, 0, 200, 2, 0, 7, -1, 0, 0])
+            got[2],
+            Ok(Reserved::Denied {
+                index: 1,
+                used: vec![3, 10]
+            })
         );
+        assert!(got[3]
+            .as_ref()
+            .is_err_and(|e| e.contains("not hold an integer")));
         assert_eq!(
-            parse_integers(b"0 1 9007199254740992"),
-            Some(vec![0, 1, 9_007_199_254_740_992])
+            got[4],
+            Ok(Reserved::Admitted(vec![])),
+            "no counters, no words"
         );
-        assert_eq!(parse_integers(b"1 0 1e+15"), None);
-        assert_eq!(parse_integers(b"1  0"), None);
-        assert_eq!(parse_integers(b"1 0 "), None);
+        assert_eq!(got[5], Ok(Reserved::Admitted(vec![12, 13])));
+        assert_eq!(got.len(), 6);
+        assert_eq!(answers(b"", &[]), Some(vec![]));
+        assert_eq!(
+            answers(b"9007199254740992", &[1]),
+            Some(vec![Ok(Reserved::Admitted(vec![9_007_199_254_740_992]))])
+        );
+    }
+
+    #[test]
+    fn malformed_reserve_replies_fail_the_batch() {
+        for (reply, counters) in [
+            (&b"1e+15"[..], &[1][..]), // exponent form: the script must write integers
+            (b"1  2", &[1, 1]),        // an empty word
+            (b"1 2 ", &[1, 1]),        // a trailing space
+            (b"1", &[1, 1]),           // too few values
+            (b"1 2 3", &[1, 1]),       // too many
+            (b"d0 1", &[1]),           // counters are numbered from 1
+            (b"d2 1", &[1]),           // past the call's counters
+            (b"x 1", &[1]),            // an unknown status
+        ] {
+            assert_eq!(
+                answers(reply, counters),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(reply)
+            );
+        }
     }
 }

@@ -9,16 +9,26 @@
 -- ARGV: number of calls, then per call: its number of counters n, its marker's expire-at
 --       (unix seconds; 0: no marker), then per counter: units, limit (-1: never blocks),
 --       expire-at (unix seconds).
--- Returns one string of space-separated integers, per call: status (1 admitted, 2 replay,
--- 0 denied, -1 a counter is not an integer), the 1-based index of the counter that did not fit
--- (0 if none), then the n counter values (after the reservation when admitted, unchanged
--- otherwise). One string rather than a list of integers: the gateway parses a batch's reply on
--- the request path's thread, and one bulk reply costs it a fraction of one integer reply each.
--- The common case, a call that fits, costs one INCRBY per counter: each counter is incremented
--- first and checked after, and a call that does not fit is rolled back before the script ends.
--- Nothing else runs between the two (a script is atomic), so no other call can see the
--- intermediate value. (Reading each counter with GET before incrementing it cost Redis a
--- second command per counter and call.)
+-- Returns one string of space-separated words. Per call: a status word only when the call was
+-- not admitted (`r` a replay, `dI` denied because counter I, 1-based, did not fit, `e` a
+-- counter does not hold an integer), then its n counter values (after the reservation when
+-- admitted, unchanged otherwise). An admitted call, the common case, is just its values.
+--
+-- What this script costs Redis is what each batch waits for, so the common case is kept to
+-- one INCRBY per counter and little else:
+-- - each counter is incremented first and checked after, and a call that does not fit is
+--   rolled back before the script ends. Nothing else runs between the two (a script is
+--   atomic), so no other call can see the intermediate value. (Reading each counter with GET
+--   first cost Redis a second command per counter and call.)
+-- - arguments go to Redis as the strings they arrived as, and are turned into numbers only
+--   where a number is compared (a Lua number passed to redis.call is formatted back into a
+--   string);
+-- - one string rather than a list of integers: the gateway parses a batch's reply on the
+--   request path's thread, and one bulk reply costs it a fraction of one integer reply each;
+--   and no status word for an admitted call: every number written costs Redis a float
+--   formatting. (All three measured with redis-benchmark, 12 calls per script run: about a
+--   third less Redis time per run than the script that wrote "1 0 <value>" per call with
+--   string.format.)
 local out = {}
 local k = 0 -- KEYS consumed
 local a = 2 -- next ARGV
@@ -35,10 +45,10 @@ end
 
 for _ = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
-  local marker_exp = tonumber(ARGV[a + 1])
+  local marker_exp = ARGV[a + 1]
   a = a + 2
   local marker = nil
-  if marker_exp > 0 then
+  if marker_exp ~= '0' then
     k = k + 1
     marker = KEYS[k]
   end
@@ -54,17 +64,16 @@ for _ = 1, tonumber(ARGV[1]) do
   else
     local done = 0 -- counters incremented so far
     for i = 1, n do
-      local key = KEYS[k + i]
-      local units = tonumber(ARGV[a + 3 * (i - 1)])
-      local limit = tonumber(ARGV[a + 3 * (i - 1) + 1])
-      local v = redis.pcall('INCRBY', key, units)
+      local j = a + 3 * (i - 1) -- this counter's units; its limit and expire-at follow
+      local v = redis.pcall('INCRBY', KEYS[k + i], ARGV[j])
       if type(v) ~= 'number' then
         status = -1 -- not an integer (or out of range): INCRBY changed nothing
         break
       end
       done = i
       used[i] = v
-      if limit >= 0 and v > limit then
+      local limit = ARGV[j + 1]
+      if limit ~= '-1' and v > tonumber(limit) then
         status, denied = 0, i
         break
       end
@@ -73,8 +82,9 @@ for _ = 1, tonumber(ARGV[1]) do
       for i = 1, n do
         -- The expiry is the same for every call of a period: set it when the counter is
         -- created (or was refunded back to zero), not on every call.
-        if used[i] == tonumber(ARGV[a + 3 * (i - 1)]) then
-          redis.call('EXPIREAT', KEYS[k + i], ARGV[a + 3 * (i - 1) + 2])
+        local j = a + 3 * (i - 1)
+        if used[i] == tonumber(ARGV[j]) then
+          redis.call('EXPIREAT', KEYS[k + i], ARGV[j + 2])
         end
       end
       if marker then redis.call('SET', marker, '1', 'EXAT', marker_exp) end
@@ -83,9 +93,9 @@ for _ = 1, tonumber(ARGV[1]) do
       -- a refused call leaves Redis exactly as it found it.
       for i = 1, done do
         local key = KEYS[k + i]
-        local units = tonumber(ARGV[a + 3 * (i - 1)])
+        local units = ARGV[a + 3 * (i - 1)]
         local v = redis.call('DECRBY', key, units)
-        if v == 0 and used[i] == units then redis.call('DEL', key) end
+        if v == 0 and used[i] == tonumber(units) then redis.call('DEL', key) end
         used[i] = v
       end
       for i = done + 1, n do
@@ -93,9 +103,22 @@ for _ = 1, tonumber(ARGV[1]) do
       end
     end
   end
-  out[#out + 1] = status
-  out[#out + 1] = denied
-  for i = 1, n do out[#out + 1] = string.format('%d', used[i]) end
+  if status == 2 then
+    out[#out + 1] = 'r'
+  elseif status == 0 then
+    out[#out + 1] = 'd' .. denied
+  elseif status == -1 then
+    out[#out + 1] = 'e'
+  end
+  for i = 1, n do
+    -- table.concat writes a number with %.14g: exact below 1e14, in exponent form above.
+    local v = used[i]
+    if v < 1e14 and v > -1e14 then
+      out[#out + 1] = v
+    else
+      out[#out + 1] = string.format('%d', v)
+    end
+  end
   k = k + n
   a = a + 3 * n
 end
