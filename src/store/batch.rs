@@ -77,22 +77,29 @@ where
                 }
                 let (calls, replies): (Vec<J>, Vec<_>) = jobs.into_iter().unzip();
                 let batch = run(calls);
-                in_flight.push(async move {
-                    match batch.await {
-                        Ok(results) => {
-                            for (reply, result) in replies.into_iter().zip(results) {
-                                let _ = reply.send(result);
-                            }
-                        }
-                        Err(e) => {
-                            for reply in replies {
-                                let _ = reply.send(Err(StoreError::Backend(e.to_string())));
-                            }
-                        }
-                    }
-                });
+                in_flight.push(async move { send_answers(replies, batch.await) });
             }
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+        }
+    }
+}
+
+/// Sends each caller of a batch its answer: its own result (one per call, in order), or the
+/// batch's error.
+pub(super) fn send_answers<R>(
+    replies: Vec<oneshot::Sender<Result<R, StoreError>>>,
+    results: Result<Vec<Result<R, StoreError>>, StoreError>,
+) {
+    match results {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+            }
         }
     }
 }

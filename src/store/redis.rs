@@ -16,9 +16,11 @@ use tokio::sync::OnceCell;
 
 use super::batch::Batcher;
 
+mod pipe;
+
 use super::{keys, Adjustment, KeyRecord, PlanOverrides, Reservation, Reserved, Store, StoreError};
 
-/// How long a reply may take before redis-rs gives up on it.
+/// How long a reply may take before the connection is given up on.
 const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// Counters in Redis, shared by every gateway instance.
@@ -27,11 +29,11 @@ const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
 /// connection's driver task lives on the runtime that created it, and pingora builds its
 /// runtimes only when the server starts.
 ///
-/// Reservations do not go to Redis one by one: a batching task collects every reservation that
-/// is ready at the same moment and sends them in one script call (see [`Batcher`]). Under load
-/// this turns a write, a read, a reply to parse and a script start per call into one of each per
-/// batch; each reservation is still decided on its own and all-or-nothing, so batching changes
-/// nothing about exactness.
+/// Reservations do not go to Redis one by one: the reservations that are ready while a batch is
+/// in flight go together, in one script call (see [`pipe`] for a plain server, [`Batcher`] for
+/// TLS and clusters). Under load this turns a write, a read, a reply to parse and a script
+/// start per call into one of each per batch; each reservation is still decided on its own and
+/// all-or-nothing, so batching changes nothing about exactness.
 ///
 /// Against a Redis Cluster (`store.kind: redis-cluster`) the same holds per slot: every key of
 /// one tenant carries the `{tenant}` hash tag (SPEC §9), so one call's keys share a slot, and a
@@ -39,6 +41,9 @@ const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
 pub struct RedisStore {
     shared: Arc<Shared>,
     reserves: OnceCell<Batcher<Arc<Reservation>, Reserved>>,
+    /// The reservation path's own connection, to a plain TCP or unix socket server (see
+    /// [`pipe`]); TLS and clusters use `reserves`.
+    pipe: Option<pipe::Pipe>,
     settles: OnceCell<Batcher<Vec<Adjustment>, ()>>,
 }
 
@@ -86,7 +91,11 @@ impl RedisStore {
             .set_response_timeout(Some(LATE_REPLY_WAIT.max(timeout)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        Ok(RedisStore::with_backend(Backend::Single { client, config }))
+        let pipe = pipe::Pipe::for_server(client.get_connection_info(), timeout);
+        Ok(RedisStore::with_backend(
+            Backend::Single { client, config },
+            pipe,
+        ))
     }
 
     /// A store on the Redis Cluster that `seeds` (`redis://` or `rediss://` URLs of some of
@@ -122,13 +131,13 @@ impl RedisStore {
                 .map_err(backend)
             })
             .collect::<Result<_, _>>()?;
-        Ok(RedisStore::with_backend(Backend::Cluster {
-            cluster,
-            seeds,
-        }))
+        Ok(RedisStore::with_backend(
+            Backend::Cluster { cluster, seeds },
+            None,
+        ))
     }
 
-    fn with_backend(backend: Backend) -> RedisStore {
+    fn with_backend(backend: Backend, pipe: Option<pipe::Pipe>) -> RedisStore {
         let shared = Shared {
             backend,
             conn: OnceCell::new(),
@@ -141,6 +150,7 @@ impl RedisStore {
         RedisStore {
             shared: Arc::new(shared),
             reserves: OnceCell::new(),
+            pipe,
             settles: OnceCell::new(),
         }
     }
@@ -593,6 +603,9 @@ fn backend(e: redis::RedisError) -> StoreError {
 #[async_trait]
 impl Store for RedisStore {
     async fn reserve(&self, reservation: &Arc<Reservation>) -> Result<Reserved, StoreError> {
+        if let Some(pipe) = &self.pipe {
+            return pipe.reserve(&self.shared, reservation).await;
+        }
         let batcher = self
             .batcher(
                 &self.reserves,

@@ -1,0 +1,540 @@
+//! The reservation path's own connection to one Redis server (`redis://` over TCP, or
+//! `redis+unix://`): a batch of reservations is written to the socket by the request task
+//! that completes it, not handed to another task to write.
+//!
+//! Why not the redis-rs multiplexed connection every other store call uses: that connection
+//! writes from a driver task of its own. On a gateway thread with many calls ready at once,
+//! a reservation then waited for two full turns of the thread's task queue before it reached
+//! Redis (the batching task's turn, then the driver's), so the calls of a burst went to Redis
+//! together, as one batch, after all of them had been admitted, and the thread then had
+//! nothing to do but wait for that batch: `perf sched` of the metered route in
+//! `benches/load.sh` showed the gateway's core idle 5–13% of the time, three quarters of the
+//! idle periods ended by Redis's reply, with the load generator and the origin idle too. Here
+//! the first reservation that finds no batch in flight is written at once, by its own task;
+//! the reservations that arrive while a batch is in flight are written together, as one
+//! batch, when the flushing task gets its turn. The core then stays busy (99–100% in the same
+//! benchmark) and Redis works while the gateway admits the next calls.
+//!
+//! TLS connections and clusters keep the batching task (see [`super::Batcher`]).
+//!
+//! A connection that fails (an I/O error, end of stream, or no reply for
+//! [`super::LATE_REPLY_WAIT`] while one is due) fails every call waiting on it, and the next
+//! reservation opens a new one. `NOSCRIPT` (a restarted Redis, `SCRIPT FLUSH`) means nothing
+//! of that batch ran: the batch is run again through the multiplexed connection, which loads
+//! the script first.
+
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use pingora::time::fast_timeout::fast_timeout;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{tcp, unix, TcpStream, UnixStream};
+use tokio::sync::{oneshot, Notify};
+
+use super::{Reservation, Reserved, Shared, StoreError, LATE_REPLY_WAIT};
+use crate::store::batch::send_answers;
+
+/// Most calls one batch carries.
+const MAX_BATCH: usize = 128;
+
+/// How often an idle reader checks whether its connection was given up.
+const READ_TICK: Duration = Duration::from_secs(1);
+
+type Answer = Result<Reserved, StoreError>;
+type Call = (Arc<Reservation>, oneshot::Sender<Answer>);
+
+/// Where the server listens.
+enum Target {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+/// The reservation connection of one store, opened on first use and again after a failure.
+pub(super) struct Pipe {
+    target: Target,
+    /// `AUTH` and `SELECT`, packed, sent first on every connection (empty when not needed).
+    setup: Vec<u8>,
+    setup_replies: usize,
+    /// Bounds opening a connection.
+    connect_timeout: Duration,
+    link: Mutex<Option<Arc<Link>>>,
+    /// Held while a connection is being opened, so a burst of calls opens one.
+    opening: tokio::sync::Mutex<()>,
+}
+
+impl Pipe {
+    /// A pipe to the server `info` names, when it is a plain TCP or unix socket server (not
+    /// TLS); nothing is connected yet.
+    pub(super) fn for_server(
+        info: &redis::ConnectionInfo,
+        connect_timeout: Duration,
+    ) -> Option<Pipe> {
+        let target = match info.addr() {
+            redis::ConnectionAddr::Tcp(host, port) => Target::Tcp(format!("{host}:{port}")),
+            redis::ConnectionAddr::Unix(path) => Target::Unix(path.clone()),
+            _ => return None,
+        };
+        let settings = info.redis_settings();
+        let mut setup = Vec::new();
+        let mut setup_replies = 0;
+        if let Some(password) = settings.password() {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = settings.username() {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            setup.extend(auth.get_packed_command());
+            setup_replies += 1;
+        }
+        if settings.db() != 0 {
+            setup.extend(redis::cmd("SELECT").arg(settings.db()).get_packed_command());
+            setup_replies += 1;
+        }
+        Some(Pipe {
+            target,
+            setup,
+            setup_replies,
+            connect_timeout,
+            link: Mutex::new(None),
+            opening: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Reserves through the current connection, opening one first if there is none.
+    pub(super) async fn reserve(
+        &self,
+        shared: &Arc<Shared>,
+        reservation: &Arc<Reservation>,
+    ) -> Result<Reserved, StoreError> {
+        let link = self.link(shared).await?;
+        let answer = link.submit(shared, reservation.clone())?;
+        answer
+            .await
+            .map_err(|_| StoreError::Backend("the reservation connection dropped a call".into()))?
+    }
+
+    fn current(&self) -> Option<Arc<Link>> {
+        let link = self.link.lock().ok()?.clone()?;
+        link.is_up().then_some(link)
+    }
+
+    async fn link(&self, shared: &Arc<Shared>) -> Result<Arc<Link>, StoreError> {
+        if let Some(link) = self.current() {
+            return Ok(link);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(link) = self.current() {
+            return Ok(link);
+        }
+        let link = tokio::time::timeout(self.connect_timeout, self.open(shared))
+            .await
+            .map_err(|_| {
+                StoreError::Backend(format!(
+                    "connecting to Redis took longer than {:?}",
+                    self.connect_timeout
+                ))
+            })?
+            .map_err(|e| StoreError::Backend(format!("connecting to Redis: {e}")))?;
+        if let Ok(mut slot) = self.link.lock() {
+            *slot = Some(link.clone());
+        }
+        Ok(link)
+    }
+
+    /// Connects, sends the setup commands and checks their replies, and starts the
+    /// connection's reader and flushing tasks.
+    async fn open(&self, shared: &Arc<Shared>) -> io::Result<Arc<Link>> {
+        let (mut read, mut write): (Box<dyn AsyncRead + Send + Unpin>, Writer) = match &self.target
+        {
+            Target::Tcp(addr) => {
+                let stream = TcpStream::connect(addr.as_str()).await?;
+                stream.set_nodelay(true)?;
+                let (r, w) = stream.into_split();
+                (Box::new(r), Writer::Tcp(w))
+            }
+            Target::Unix(path) => {
+                let (r, w) = UnixStream::connect(path).await?.into_split();
+                (Box::new(r), Writer::Unix(w))
+            }
+        };
+        let mut buf = Vec::with_capacity(16 * 1024);
+        write.write_all(&self.setup).await?;
+        for _ in 0..self.setup_replies {
+            match next_frame(&mut read, &mut buf).await? {
+                Frame::Simple(_) => {}
+                Frame::Error(e) => return Err(io::Error::other(e)),
+                Frame::Bulk(_) => {
+                    return Err(io::Error::other("unexpected reply to AUTH or SELECT"))
+                }
+            }
+        }
+        Ok(Link::start(write, read, buf, shared.clone()))
+    }
+}
+
+/// One connection: the calls waiting to be written, and the batches waiting for replies.
+struct Link {
+    write: Writer,
+    state: Mutex<State>,
+    /// Wakes the flushing task.
+    flush: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Why the connection was given up; calls fail with it from then on.
+    down: Option<String>,
+    /// Calls not written yet.
+    pending: Vec<Call>,
+    /// Batches written, oldest first, with when they were written; replies come in this order.
+    in_flight: VecDeque<(Instant, Vec<Call>)>,
+    /// Bytes not written yet because the socket's buffer was full.
+    backlog: Vec<u8>,
+    flusher_woken: bool,
+}
+
+impl Link {
+    fn start(
+        write: Writer,
+        read: Box<dyn AsyncRead + Send + Unpin>,
+        buf: Vec<u8>,
+        shared: Arc<Shared>,
+    ) -> Arc<Link> {
+        let link = Arc::new(Link {
+            write,
+            state: Mutex::new(State::default()),
+            flush: Notify::new(),
+        });
+        tokio::spawn(link.clone().read_replies(read, buf, shared.clone()));
+        tokio::spawn(link.clone().flush_pending(shared));
+        link
+    }
+
+    fn state(&self) -> Result<MutexGuard<'_, State>, StoreError> {
+        self.state.lock().map_err(|_| {
+            StoreError::Backend("the reservation connection's state is poisoned".into())
+        })
+    }
+
+    fn is_up(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.down.is_none())
+    }
+
+    /// Queues one call. The first call that finds nothing in flight is written at once;
+    /// others wait for the flushing task, which writes them as one batch.
+    fn submit(
+        &self,
+        shared: &Shared,
+        reservation: Arc<Reservation>,
+    ) -> Result<oneshot::Receiver<Answer>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let mut state = self.state()?;
+        if let Some(why) = &state.down {
+            return Err(StoreError::Backend(why.clone()));
+        }
+        state.pending.push((reservation, reply));
+        let idle = state.in_flight.is_empty() && state.backlog.is_empty();
+        if idle || state.pending.len() >= MAX_BATCH {
+            self.write_pending(&mut state, shared);
+        } else if !state.flusher_woken {
+            state.flusher_woken = true;
+            self.flush.notify_one();
+        }
+        Ok(answer)
+    }
+
+    /// Encodes the pending calls as one script call and writes it, or queues the bytes when
+    /// the socket cannot take them now (and wakes the flushing task to wait for it).
+    fn write_pending(&self, state: &mut State, shared: &Shared) {
+        if state.pending.is_empty() || state.down.is_some() {
+            return;
+        }
+        let calls = std::mem::take(&mut state.pending);
+        let batch: Vec<Arc<Reservation>> = calls.iter().map(|(r, _)| r.clone()).collect();
+        let bytes = shared.evalsha(&batch).get_packed_command();
+        state.in_flight.push_back((Instant::now(), calls));
+        if state.backlog.is_empty() {
+            match self.write.try_write(&bytes) {
+                Ok(n) if n == bytes.len() => return,
+                Ok(n) => state.backlog.extend_from_slice(&bytes[n..]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    state.backlog.extend_from_slice(&bytes)
+                }
+                Err(e) => return fail(state, format!("writing to Redis: {e}")),
+            }
+        } else {
+            state.backlog.extend_from_slice(&bytes);
+        }
+        if !state.flusher_woken {
+            state.flusher_woken = true;
+            self.flush.notify_one();
+        }
+    }
+
+    /// The flushing task: writes what the request tasks left pending, and what the socket
+    /// could not take at once.
+    async fn flush_pending(self: Arc<Link>, shared: Arc<Shared>) {
+        loop {
+            self.flush.notified().await;
+            loop {
+                {
+                    let Ok(mut state) = self.state() else { return };
+                    state.flusher_woken = false;
+                    if state.down.is_some() {
+                        return;
+                    }
+                    self.write_pending(&mut state, &shared);
+                    if !state.backlog.is_empty() {
+                        match self.write.try_write(&state.backlog) {
+                            Ok(n) => {
+                                state.backlog.drain(..n);
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                            Err(e) => return fail(&mut state, format!("writing to Redis: {e}")),
+                        }
+                    }
+                    if state.backlog.is_empty() {
+                        break;
+                    }
+                }
+                if let Err(e) = self.write.writable().await {
+                    if let Ok(mut state) = self.state() {
+                        fail(&mut state, format!("writing to Redis: {e}"));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The reader task: answers each batch from its reply, in order, until the connection
+    /// fails.
+    async fn read_replies(
+        self: Arc<Link>,
+        mut read: Box<dyn AsyncRead + Send + Unpin>,
+        mut buf: Vec<u8>,
+        shared: Arc<Shared>,
+    ) {
+        let why = loop {
+            let mut at = 0;
+            let mut bad = None;
+            while let Some((frame, used)) = parse_frame(&buf[at..]) {
+                at += used;
+                let batch = match self.state() {
+                    Ok(mut state) => state.in_flight.pop_front(),
+                    Err(e) => {
+                        bad = Some(e.to_string());
+                        break;
+                    }
+                };
+                let Some((_, calls)) = batch else {
+                    bad = Some("Redis sent a reply nothing was waiting for".to_string());
+                    break;
+                };
+                match frame {
+                    Ok(Frame::Bulk(reply)) => {
+                        answer(calls, |batch| super::parse_batch(&reply, batch))
+                    }
+                    Ok(Frame::Error(e)) if e.starts_with("NOSCRIPT") => {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let batch: Vec<_> = calls.iter().map(|(r, _)| r.clone()).collect();
+                            let result = shared.reserve_slot(&batch).await;
+                            answer(calls, |_| result);
+                        });
+                    }
+                    Ok(Frame::Error(e)) => {
+                        answer(calls, |_| Err(StoreError::Backend(e)));
+                    }
+                    Ok(Frame::Simple(_)) | Err(_) => {
+                        answer(calls, |_| {
+                            Err(StoreError::Backend("unexpected reply from Redis".into()))
+                        });
+                        bad = Some("Redis sent a reply of an unexpected kind".to_string());
+                        break;
+                    }
+                }
+            }
+            buf.drain(..at);
+            if let Some(why) = bad {
+                break why;
+            }
+            match fast_timeout(READ_TICK, read.read_buf(&mut buf)).await {
+                Ok(Ok(0)) => break "Redis closed the connection".to_string(),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => break format!("reading from Redis: {e}"),
+                Err(_) => {
+                    let Ok(state) = self.state() else { return };
+                    if state.down.is_some() {
+                        return;
+                    }
+                    let late = state
+                        .in_flight
+                        .front()
+                        .is_some_and(|(sent, _)| sent.elapsed() >= LATE_REPLY_WAIT);
+                    if late {
+                        break format!("Redis did not reply within {LATE_REPLY_WAIT:?}");
+                    }
+                }
+            }
+        };
+        if let Ok(mut state) = self.state() {
+            fail(&mut state, why);
+        }
+        self.flush.notify_one();
+    }
+}
+
+/// Gives up the connection: every call waiting on it fails with `why`.
+fn fail(state: &mut State, why: String) {
+    tracing::debug!(reason = %why, "The reservation connection to Redis is down.");
+    for (_, calls) in std::mem::take(&mut state.in_flight) {
+        answer(calls, |_| Err(StoreError::Backend(why.clone())));
+    }
+    answer(std::mem::take(&mut state.pending), |_| {
+        Err(StoreError::Backend(why.clone()))
+    });
+    state.backlog.clear();
+    state.down = Some(why);
+}
+
+/// Sends each call its answer out of `results` (one per call, in order), or the batch's error.
+fn answer(
+    calls: Vec<Call>,
+    results: impl FnOnce(&[Arc<Reservation>]) -> Result<Vec<Answer>, StoreError>,
+) {
+    let (batch, replies): (Vec<_>, Vec<_>) = calls.into_iter().unzip();
+    send_answers(replies, results(&batch));
+}
+
+/// The write half of either kind of socket.
+enum Writer {
+    Tcp(tcp::OwnedWriteHalf),
+    Unix(unix::OwnedWriteHalf),
+}
+
+impl Writer {
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            Writer::Tcp(w) => w.try_write(bytes),
+            Writer::Unix(w) => w.try_write(bytes),
+        }
+    }
+
+    async fn writable(&self) -> io::Result<()> {
+        match self {
+            Writer::Tcp(w) => w.writable().await,
+            Writer::Unix(w) => w.writable().await,
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Writer::Tcp(w) => w.write_all(bytes).await,
+            Writer::Unix(w) => w.write_all(bytes).await,
+        }
+    }
+}
+
+/// The replies this connection gets: the script's string, an error, or `+OK` to setup.
+#[derive(Debug, PartialEq, Eq)]
+enum Frame {
+    Bulk(Vec<u8>),
+    Error(String),
+    Simple(String),
+}
+
+/// One complete reply at the start of `buf` and its length; `None` when more bytes are
+/// needed. A reply of another kind than a bulk string, an error or a simple string is an
+/// `Err` (the reserve script and the setup commands reply with nothing else).
+fn parse_frame(buf: &[u8]) -> Option<(Result<Frame, ()>, usize)> {
+    let end = buf.windows(2).position(|w| w == b"\r\n")?;
+    let line = &buf[1..end];
+    let text = || String::from_utf8_lossy(line).into_owned();
+    match buf[0] {
+        b'+' => Some((Ok(Frame::Simple(text())), end + 2)),
+        b'-' => Some((Ok(Frame::Error(text())), end + 2)),
+        b'$' => {
+            let Some(len) = std::str::from_utf8(line)
+                .ok()
+                .and_then(|l| l.parse::<usize>().ok())
+            else {
+                return Some((Err(()), end + 2));
+            };
+            let start = end + 2;
+            if buf.len() < start + len + 2 {
+                return None;
+            }
+            Some((
+                Ok(Frame::Bulk(buf[start..start + len].to_vec())),
+                start + len + 2,
+            ))
+        }
+        _ => Some((Err(()), end + 2)),
+    }
+}
+
+/// Reads until one whole reply is in `buf`, and takes it out.
+async fn next_frame(
+    read: &mut (dyn AsyncRead + Send + Unpin),
+    buf: &mut Vec<u8>,
+) -> io::Result<Frame> {
+    loop {
+        if let Some((frame, used)) = parse_frame(buf) {
+            buf.drain(..used);
+            return frame.map_err(|()| io::Error::other("unexpected reply from Redis"));
+        }
+        if read.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{parse_frame, Frame};
+
+    #[test]
+    fn replies_are_cut_at_their_ends() {
+        assert_eq!(
+            parse_frame(b"$5\r\n1 2 3\r\n+OK\r\n"),
+            Some((Ok(Frame::Bulk(b"1 2 3".to_vec())), 11))
+        );
+        assert_eq!(
+            parse_frame(b"$0\r\n\r\n"),
+            Some((Ok(Frame::Bulk(vec![])), 6))
+        );
+        assert_eq!(
+            parse_frame(b"-NOSCRIPT No matching script\r\n"),
+            Some((Ok(Frame::Error("NOSCRIPT No matching script".into())), 30))
+        );
+        assert_eq!(
+            parse_frame(b"+OK\r\n"),
+            Some((Ok(Frame::Simple("OK".into())), 5))
+        );
+        assert_eq!(parse_frame(b":1\r\n"), Some((Err(()), 4)));
+        assert_eq!(parse_frame(b"$x\r\n"), Some((Err(()), 4)));
+    }
+
+    #[test]
+    fn partial_replies_wait_for_more() {
+        for partial in [
+            &b""[..],
+            b"$5",
+            b"$5\r\n",
+            b"$5\r\n1 2 3",
+            b"$5\r\n1 2 3\r",
+            b"-ERR",
+        ] {
+            assert_eq!(
+                parse_frame(partial),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(partial)
+            );
+        }
+    }
+}
