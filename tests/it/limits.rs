@@ -286,3 +286,73 @@ async fn overage_meter_never_blocks_and_counts_past_the_limit() {
     );
     assert_eq!(stack.upstream.hits(), 4);
 }
+
+/// The reservation connection takes the user, the password and the database from the URL,
+/// over TCP as over the unix socket the other tests use: exactly the limit is admitted, the
+/// counter is in the URL's database, and a wrong password fails the calls (closed) instead of
+/// letting them through uncounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_password_and_database_from_the_url_are_used_over_tcp() {
+    let stack = Stack::start(YAML).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut admin = stack.redis.conn().await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("port")
+        .arg(port)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let () = redis::cmd("ACL")
+        .arg(&["SETUSER", "meter", "on", ">s3cret", "~*", "&*", "+@all"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("redis://meter:s3cret@127.0.0.1:{port}/3");
+    let gateway = Gateway::start(&render(YAML, &url, &stack.upstream.addr())).await;
+
+    let statuses = burst_of_calls(&[&gateway], 300).await;
+
+    assert_eq!(
+        statuses,
+        BTreeMap::from([(200, 200), (402, 100)]),
+        "{}",
+        gateway.stderr()
+    );
+    let key = common::month_key("acme", "requests");
+    let in_db = |db: i64| {
+        let key = key.clone();
+        let redis = &stack.redis;
+        async move {
+            let mut conn = redis.conn().await;
+            let () = redis::cmd("SELECT")
+                .arg(db)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            let value: Option<i64> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            value.unwrap_or(0)
+        }
+    };
+    assert_eq!(
+        in_db(3).await,
+        200,
+        "the counter lives in the URL's database"
+    );
+    assert_eq!(in_db(0).await, 0, "and not in database 0");
+
+    let wrong = format!("redis://meter:wrong@127.0.0.1:{port}/3");
+    let refused = Gateway::start(&render(YAML, &wrong, &stack.upstream.addr())).await;
+    let answer = get(&common::client(), &refused.url("/v1/items"), Some(ACME_KEY)).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(in_db(3).await, 200, "a refused call counts nothing");
+    assert_eq!(stack.upstream.hits(), 200);
+}
