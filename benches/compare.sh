@@ -13,6 +13,10 @@
 # gateway CPU per call metered/unmetered, how busy the gateway's core was on the metered route,
 # and the calls per reserve script run (Redis's EVALSHA count).
 #
+# Run it once with the same binary as A and B (an A/A run) to see what the machine's noise
+# alone does to the medians: on a noisy sitting it can be more than the change being measured
+# (one A/A run, 10 rounds: 0.909 and 0.686).
+#
 # Knobs (environment): DURATION (4s), ROUNDS (10), CONNECTIONS (32), RESULTS_DIR
 # (target/load/compare-<UTC time>). Needs: nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
