@@ -124,7 +124,9 @@ pub struct Refused {
 /// The call's `Idempotency-Key`, if it sent one (a quoted or plain string of 1–255 visible
 /// characters; stored only as a hash).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
-    let Some(value) = headers.get("idempotency-key") else {
+    // A `HeaderName` rather than a `&str`: a string is parsed and lowercased on every look-up.
+    static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+    let Some(value) = headers.get(&IDEMPOTENCY_KEY) else {
         return Ok(None);
     };
     let key = value

@@ -24,9 +24,23 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// header it names. One pass over the headers; most messages have none, and then nothing is
 /// allocated.
 pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
+    hop_by_hop_but(headers, None)
+}
+
+/// [`hop_by_hop`] of an upstream's answer, less `Connection` itself (the headers it names are
+/// still in). pingora's HTTP/1 server always writes its own `Connection` (`keep-alive` or
+/// `close`, replacing the upstream's) and its HTTP/2 server drops it, so the upstream's value
+/// never reaches the client either way. Removing it here only made room for pingora to insert
+/// it again, and that insert, after the usage headers, was one header more than pingora sized
+/// the answer's header maps for: each metered answer reallocated and rehashed both of them.
+pub fn hop_by_hop_in_response(headers: &HeaderMap) -> Vec<HeaderName> {
+    hop_by_hop_but(headers, Some(&CONNECTION))
+}
+
+fn hop_by_hop_but(headers: &HeaderMap, kept: Option<&HeaderName>) -> Vec<HeaderName> {
     let mut out: Vec<HeaderName> = headers
         .keys()
-        .filter(|h| is_hop_by_hop(h))
+        .filter(|h| is_hop_by_hop(h) && Some(*h) != kept)
         .cloned()
         .collect();
     for value in headers.get_all(CONNECTION) {
@@ -63,5 +77,8 @@ mod tests {
         assert!(names.contains(&HeaderName::from_static("keep-alive")));
         assert!(names.contains(&CONNECTION));
         assert!(hop_by_hop(&HeaderMap::new()).is_empty());
+        let answer = hop_by_hop_in_response(&h);
+        assert_eq!(answer.len(), 2, "{answer:?}");
+        assert!(!answer.contains(&CONNECTION));
     }
 }

@@ -300,7 +300,7 @@ impl ProxyHttp for Proxy {
         {
             ctx.refund().await;
         }
-        for name in hygiene::hop_by_hop(&resp.headers) {
+        for name in hygiene::hop_by_hop_in_response(&resp.headers) {
             resp.remove_header(&name);
         }
         Ok(())
