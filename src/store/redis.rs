@@ -289,7 +289,7 @@ impl Shared {
         &self,
         batch: &[Arc<Reservation>],
     ) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
-        let cmd = self.evalsha(batch);
+        let cmd = self.evalsha(batch.iter().map(|r| &**r));
         let mut conn = self.conn().await?;
         let reply: Vec<u8> = match cmd.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -332,46 +332,139 @@ impl Shared {
         Ok(batch.iter().map(|_| Ok(())).collect())
     }
 
-    /// `EVALSHA <reserve> keys… calls (n (units limit expire_at)…)…`, in one buffer.
-    fn evalsha(&self, batch: &[Arc<Reservation>]) -> redis::Cmd {
-        let keys: usize = batch
-            .iter()
-            .map(|r| r.charges.len() + usize::from(r.replay.is_some()))
-            .sum();
-        // Sized once: grown argument by argument, the buffers were reallocated several times
-        // per batch. Per charge: key, units, limit, expire-at; per call: count and marker.
-        let charges: usize = batch.iter().map(|r| r.charges.len()).sum();
-        let key_bytes: usize = batch
-            .iter()
-            .flat_map(|r| r.charges.iter().map(|c| c.key.len()))
-            .chain(
-                batch
-                    .iter()
-                    .filter_map(|r| r.replay.as_ref().map(|m| m.key.len())),
-            )
-            .sum();
-        let args = 4 + keys + 2 * batch.len() + 3 * charges;
-        let mut cmd = redis::Cmd::with_capacity(args, 64 + key_bytes + 24 * args);
-        cmd.arg("EVALSHA").arg(self.reserve.get_hash()).arg(keys);
-        for r in batch {
-            if let Some(marker) = &r.replay {
-                cmd.arg(&marker.key);
-            }
-            for c in &r.charges {
-                cmd.arg(&c.key);
-            }
+    /// The reserve script's call for `batch` (see [`evalsha`]).
+    fn evalsha<'a>(&self, batch: impl Iterator<Item = &'a Reservation> + Clone) -> redis::Cmd {
+        evalsha(self.reserve.get_hash(), batch)
+    }
+
+    /// The same, encoded into `out` (see [`pack_evalsha`]).
+    fn pack_evalsha<'a>(
+        &self,
+        batch: impl Iterator<Item = &'a Reservation> + Clone,
+        out: &mut Vec<u8>,
+    ) {
+        pack_evalsha(self.reserve.get_hash(), batch, out);
+    }
+}
+
+/// `EVALSHA <reserve> keys… calls (n (units limit expire_at)…)…` as a redis-rs command
+/// (the multiplexed and cluster connections).
+fn evalsha<'a>(hash: &str, batch: impl Iterator<Item = &'a Reservation> + Clone) -> redis::Cmd {
+    let size = EvalshaSize::of(batch.clone());
+    let mut cmd = redis::Cmd::with_capacity(size.args, 64 + size.key_bytes + 24 * size.args);
+    evalsha_args(hash, batch, size.keys, &mut cmd);
+    cmd
+}
+
+/// The same command, encoded (RESP) straight into `out`: the reservation connection's write
+/// buffer (see [`pipe`](self::pipe)). Building a [`redis::Cmd`] first and packing it copied
+/// every argument twice; this writes each once.
+fn pack_evalsha<'a>(
+    hash: &str,
+    batch: impl Iterator<Item = &'a Reservation> + Clone,
+    out: &mut Vec<u8>,
+) {
+    let size = EvalshaSize::of(batch.clone());
+    out.reserve(64 + size.key_bytes + 24 * size.args);
+    out.push(b'*');
+    out.extend_from_slice(itoa::Buffer::new().format(size.args).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    evalsha_args(hash, batch, size.keys, &mut Resp(out));
+}
+
+/// The arguments of the reserve script's call, in order, whatever they are written into.
+fn evalsha_args<'a>(
+    hash: &str,
+    batch: impl Iterator<Item = &'a Reservation> + Clone,
+    keys: usize,
+    out: &mut impl Args,
+) {
+    out.bytes(b"EVALSHA");
+    out.bytes(hash.as_bytes());
+    out.int(keys);
+    let mut calls = 0usize;
+    for r in batch.clone() {
+        calls += 1;
+        if let Some(marker) = &r.replay {
+            out.bytes(marker.key.as_bytes());
         }
-        cmd.arg(batch.len());
-        for r in batch {
-            cmd.arg(r.charges.len())
-                .arg(r.replay.as_ref().map_or(0, |m| m.expire_at));
-            for c in &r.charges {
-                cmd.arg(c.units)
-                    .arg(c.limit.map_or(-1i64, |l| l.min(i64::MAX as u64) as i64))
-                    .arg(c.expire_at);
-            }
+        for c in &r.charges {
+            out.bytes(c.key.as_bytes());
         }
-        cmd
+    }
+    out.int(calls);
+    for r in batch {
+        out.int(r.charges.len());
+        out.int(r.replay.as_ref().map_or(0, |m| m.expire_at));
+        for c in &r.charges {
+            out.int(c.units);
+            out.int(c.limit.map_or(-1i64, |l| l.min(i64::MAX as u64) as i64));
+            out.int(c.expire_at);
+        }
+    }
+}
+
+/// How big a batch's reserve call is, to size its buffer once (grown argument by argument, the
+/// buffers were reallocated several times per batch).
+struct EvalshaSize {
+    /// Keys: per call, its replay marker's and its counters'.
+    keys: usize,
+    key_bytes: usize,
+    /// Arguments: the command, the hash, the key count, the keys, the call count, and per call
+    /// its charge count and marker expiry, per charge units, limit and expiry.
+    args: usize,
+}
+
+impl EvalshaSize {
+    fn of<'a>(batch: impl Iterator<Item = &'a Reservation>) -> EvalshaSize {
+        let (mut keys, mut key_bytes, mut calls, mut charges) = (0, 0, 0, 0);
+        for r in batch {
+            calls += 1;
+            charges += r.charges.len();
+            keys += r.charges.len() + usize::from(r.replay.is_some());
+            key_bytes += r.charges.iter().map(|c| c.key.len()).sum::<usize>()
+                + r.replay.as_ref().map_or(0, |m| m.key.len());
+        }
+        EvalshaSize {
+            keys,
+            key_bytes,
+            args: 4 + keys + 2 * calls + 3 * charges,
+        }
+    }
+}
+
+/// Where [`evalsha_args`] writes a command's arguments.
+trait Args {
+    fn bytes(&mut self, arg: &[u8]);
+    fn int(&mut self, arg: impl itoa::Integer + redis::ToRedisArgs);
+}
+
+impl Args for redis::Cmd {
+    fn bytes(&mut self, arg: &[u8]) {
+        self.arg(arg);
+    }
+
+    fn int(&mut self, arg: impl itoa::Integer + redis::ToRedisArgs) {
+        self.arg(arg);
+    }
+}
+
+/// RESP bulk strings, appended to a buffer.
+struct Resp<'a>(&'a mut Vec<u8>);
+
+impl Args for Resp<'_> {
+    fn bytes(&mut self, arg: &[u8]) {
+        let out = &mut *self.0;
+        out.push(b'$');
+        out.extend_from_slice(itoa::Buffer::new().format(arg.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn int(&mut self, arg: impl itoa::Integer + redis::ToRedisArgs) {
+        let mut digits = itoa::Buffer::new();
+        self.bytes(digits.format(arg).as_bytes());
     }
 }
 
@@ -944,9 +1037,46 @@ impl Store for RedisStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_batch, parse_primaries, per_slot, slot, StoreError};
-    use crate::store::{Charge, Reservation, Reserved};
+    use super::{evalsha, pack_evalsha, parse_batch, parse_primaries, per_slot, slot, StoreError};
+    use crate::store::{Charge, ReplayMarker, Reservation, Reserved};
     use std::sync::Arc;
+
+    /// The reservation connection's own encoding is byte for byte what redis-rs sends for the
+    /// same batch: markers and counters, an overage meter (no limit), a limit past `i64::MAX`.
+    #[test]
+    fn a_packed_reserve_call_is_the_redis_rs_command() {
+        let charge = |key: &str, units, limit| Charge {
+            key: key.into(),
+            units,
+            limit,
+            expire_at: 1_767_225_600,
+        };
+        let batch = [
+            Reservation {
+                charges: vec![charge("tg:{acme}:m:requests:2026-12", 1, Some(1000))],
+                replay: None,
+            },
+            Reservation {
+                charges: vec![
+                    charge("tg:{beta}:m:requests:2026-12", 1, Some(u64::MAX)),
+                    charge("tg:{beta}:m:tokens:2026-12-05", 4096, None),
+                ],
+                replay: Some(ReplayMarker {
+                    key: "tg:{beta}:idem:9f86d081".into(),
+                    expire_at: 1_764_979_200,
+                }),
+            },
+        ];
+        let hash = "e0e1f9fabfc9d4800c877a703b823ac0578ff8db";
+        let mut packed = b"leading bytes stay".to_vec();
+        pack_evalsha(hash, batch.iter(), &mut packed);
+        let expected = evalsha(hash, batch.iter()).get_packed_command();
+        assert_eq!(
+            String::from_utf8_lossy(&packed["leading bytes stay".len()..]),
+            String::from_utf8_lossy(&expected)
+        );
+        assert!(packed.starts_with(b"leading bytes stay*21\r\n$7\r\nEVALSHA\r\n"));
+    }
 
     /// Calls of three tenants, interleaved: each slot's part runs once, in the batch's order,
     /// and every answer goes back to its own call; a slot whose run fails fails only its calls.

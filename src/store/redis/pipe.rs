@@ -261,8 +261,8 @@ impl Link {
             return;
         }
         let calls = std::mem::take(&mut state.pending);
-        let batch: Vec<Arc<Reservation>> = calls.iter().map(|(r, _)| r.clone()).collect();
-        let bytes = shared.evalsha(&batch).get_packed_command();
+        let mut bytes = Vec::new();
+        shared.pack_evalsha(calls.iter().map(|(r, _)| &**r), &mut bytes);
         state.in_flight.push_back((Instant::now(), calls));
         if state.backlog.is_empty() {
             match self.write.try_write(&bytes) {
