@@ -24,6 +24,12 @@
 //! metered call used 32.1–34.7 µs of the gateway's CPU against 33.9–38.1 µs, less in each of
 //! the 11 rounds.
 //!
+//! Why several batches in flight rather than one: holding the next batch until the previous
+//! one's reply is in makes batches larger (12.5 calls per script run against 10.1) but leaves
+//! the gateway's core waiting (96% busy against 98%); side by side (`benches/compare.sh`, 10
+//! rounds, 2026-12-05) metered / unmetered fell from 0.814 to 0.756 and the gateway's CPU per
+//! metered call rose from 1.218× to 1.288× the unmetered one's.
+//!
 //! TLS connections and clusters keep the batching task (see [`super::Batcher`]).
 //!
 //! A connection that fails (an I/O error, end of stream, or no reply for
