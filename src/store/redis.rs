@@ -289,7 +289,7 @@ impl Shared {
         &self,
         batch: &[Arc<Reservation>],
     ) -> Result<Vec<Result<Reserved, StoreError>>, StoreError> {
-        let cmd = self.evalsha(batch.iter().map(|r| &**r));
+        let cmd = evalsha(self.reserve.get_hash(), batch.iter().map(|r| &**r));
         let mut conn = self.conn().await?;
         let reply: Vec<u8> = match cmd.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
@@ -330,20 +330,6 @@ impl Shared {
         let mut conn = self.conn().await?;
         let _: i64 = inv.invoke_async(&mut conn).await.map_err(backend)?;
         Ok(batch.iter().map(|_| Ok(())).collect())
-    }
-
-    /// The reserve script's call for `batch` (see [`evalsha`]).
-    fn evalsha<'a>(&self, batch: impl Iterator<Item = &'a Reservation> + Clone) -> redis::Cmd {
-        evalsha(self.reserve.get_hash(), batch)
-    }
-
-    /// The same, encoded into `out` (see [`pack_evalsha`]).
-    fn pack_evalsha<'a>(
-        &self,
-        batch: impl Iterator<Item = &'a Reservation> + Clone,
-        out: &mut Vec<u8>,
-    ) {
-        pack_evalsha(self.reserve.get_hash(), batch, out);
     }
 }
 

@@ -14,15 +14,15 @@
 //! woken in that turn and writes everything they queued.
 //!
 //! Why not write a reservation at once, from its own request task, when no batch is in flight
-//! (as this module did before): on loopback each write that finds Redis asleep makes the
-//! gateway's core wake Redis's with an inter-processor interrupt, several microseconds of the
-//! gateway's core in a VM, and the calls then come back in small groups that wake the load
-//! generator and the origin more often too. Measured side by side (`benches/load.sh` setup,
-//! 11 rounds, 2026-12-05): writing at once ran 6.1 calls per script run and sent 0.25–0.39
-//! interrupts per metered call against 0.17–0.27 per unmetered one; the flushing task alone
-//! runs 10.6 calls per script run and sends 0.21–0.31 interrupts per metered call. Its
-//! metered call used 32.1–34.7 µs of the gateway's CPU against 33.9–38.1 µs, less in each of
-//! the 11 rounds.
+//! (as this module did before): on loopback, each write that finds Redis asleep makes the
+//! gateway's core wake it on the other core with an inter-processor interrupt, several
+//! microseconds of the gateway's core in a VM, and the calls then come back in small groups
+//! that wake the load generator and the origin more often too. Side by side
+//! (`benches/compare.sh`, two runs of 10 rounds, 2026-12-05): writing at once ran 5.95 calls
+//! per script run, the flushing task alone 10.1; the gateway's CPU per metered call, as a
+//! multiple of the unmetered one's, fell from 1.255 and 1.281 to 1.221 and 1.211 (lower in 19
+//! of the 20 rounds, the same in the other), and the interrupts per metered call from 0.326
+//! to 0.311 (0.24–0.25 per unmetered call).
 //!
 //! Why several batches in flight rather than one: holding the next batch until the previous
 //! one's reply is in makes batches larger (12.5 calls per script run against 10.1) but leaves
@@ -268,7 +268,11 @@ impl Link {
         }
         let calls = std::mem::take(&mut state.pending);
         let mut bytes = Vec::new();
-        shared.pack_evalsha(calls.iter().map(|(r, _)| &**r), &mut bytes);
+        super::pack_evalsha(
+            shared.reserve.get_hash(),
+            calls.iter().map(|(r, _)| &**r),
+            &mut bytes,
+        );
         state.in_flight.push_back((Instant::now(), calls));
         if state.backlog.is_empty() {
             match self.write.try_write(&bytes) {
