@@ -16,11 +16,9 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = s.as_bytes();
-    // Almost every string of an event needs no escape: check the whole string first with a
-    // loop that does not stop early (the compiler vectorises it), then copy it in one go.
-    if !bytes.iter().fold(false, |any, &b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    }) {
+    // Almost every string of an event needs no escape: check the whole string first, then
+    // copy it in one go.
+    if !needs_escape(bytes) {
         out.extend_from_slice(bytes);
         out.push(b'"');
         return;
@@ -52,6 +50,34 @@ pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Whether any byte of `bytes` must be escaped: `"`, `\` or a control character below 0x20.
+///
+/// Eight bytes at a time, as one `u64` (the bit tricks of "Determine if a word has a byte less
+/// than n" and "… has a zero byte", exact as a yes/no answer), then the last few one by one:
+/// an event's strings are mostly under 32 bytes, too short for the vectorised loop the compiler
+/// makes of a byte-wise check, which then ran entirely in its byte-at-a-time remainder.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const LO: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HI: u64 = u64::from_ne_bytes([0x80; 8]);
+    let has_zero = |v: u64| v.wrapping_sub(LO) & !v & HI != 0;
+    let mut words = bytes.chunks_exact(8);
+    for word in &mut words {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(word);
+        let v = u64::from_ne_bytes(w);
+        if v.wrapping_sub(LO * 0x20) & !v & HI != 0
+            || has_zero(v ^ (LO * u64::from(b'"')))
+            || has_zero(v ^ (LO * u64::from(b'\\')))
+        {
+            return true;
+        }
+    }
+    words
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
 /// A JSON string, or `null` for `None` (serde's `Option<&str>`).
 pub(crate) fn opt_string(out: &mut Vec<u8>, s: Option<&str>) {
     match s {
@@ -71,41 +97,64 @@ const MAX_FAST_SECOND: i64 = 253_402_300_799;
 /// `time` as a JSON string, as `format!("{:.3}", time)` writes it: RFC 3339 in UTC with
 /// milliseconds (truncated, not rounded), e.g. `"2026-11-26T12:00:00.123Z"`.
 ///
-/// Times from 1970 to the end of 9999 (every clock reading in practice) are written digit by
-/// digit from the civil date; any other goes through jiff's formatter.
+/// Times from 1970 to the end of 9999 (every clock reading in practice) are written from the
+/// civil date; any other goes through jiff's formatter. The part up to the second is kept per
+/// thread and reused while the second lasts: a busy thread writes many events per second, and
+/// only the milliseconds change between them.
 pub(crate) fn time(out: &mut Vec<u8>, time: Timestamp) -> std::io::Result<()> {
     let seconds = time.as_second();
     let nanos = time.subsec_nanosecond();
     if !(0..=MAX_FAST_SECOND).contains(&seconds) || nanos < 0 {
         return write!(out, "\"{time:.3}\"");
     }
-    let (year, month, day) = civil_from_days(seconds / 86_400);
-    let of_day = seconds % 86_400;
-    out.push(b'"');
-    digits(out, year, 4);
-    out.push(b'-');
-    digits(out, month, 2);
-    out.push(b'-');
-    digits(out, day, 2);
-    out.push(b'T');
-    digits(out, of_day / 3600, 2);
-    out.push(b':');
-    digits(out, of_day / 60 % 60, 2);
-    out.push(b':');
-    digits(out, of_day % 60, 2);
-    out.push(b'.');
-    digits(out, i64::from(nanos / 1_000_000), 3);
-    out.extend_from_slice(b"Z\"");
+    let prefix = LAST_SECOND
+        .try_with(|last| {
+            let (second, prefix) = last.get();
+            if second == seconds {
+                return prefix;
+            }
+            let prefix = second_prefix(seconds);
+            last.set((seconds, prefix));
+            prefix
+        })
+        // Only while the thread is being torn down.
+        .unwrap_or_else(|_| second_prefix(seconds));
+    let mut millis = *b"000Z\"";
+    put_digits(&mut millis[..3], i64::from(nanos / 1_000_000));
+    out.extend_from_slice(&prefix);
+    out.extend_from_slice(&millis);
     Ok(())
 }
 
-/// The last `width` decimal digits of the non-negative `n`, zero-padded.
-fn digits(out: &mut Vec<u8>, n: i64, width: u32) {
-    let mut div = 10_i64.pow(width - 1);
-    while div > 0 {
+/// `"YYYY-MM-DDTHH:MM:SS.`: the start of [`time`]'s string for a second of the fast range.
+type SecondPrefix = [u8; 21];
+
+thread_local! {
+    /// The second this thread wrote last (-1: none yet) and its [`SecondPrefix`].
+    static LAST_SECOND: std::cell::Cell<(i64, SecondPrefix)> =
+        const { std::cell::Cell::new((-1, [0; 21])) };
+}
+
+/// The [`SecondPrefix`] of `seconds` after the epoch (`0..=MAX_FAST_SECOND`).
+fn second_prefix(seconds: i64) -> SecondPrefix {
+    let (year, month, day) = civil_from_days(seconds / 86_400);
+    let of_day = seconds % 86_400;
+    let mut p = *b"\"0000-00-00T00:00:00.";
+    put_digits(&mut p[1..5], year);
+    put_digits(&mut p[6..8], month);
+    put_digits(&mut p[9..11], day);
+    put_digits(&mut p[12..14], of_day / 3600);
+    put_digits(&mut p[15..17], of_day / 60 % 60);
+    put_digits(&mut p[18..20], of_day % 60);
+    p
+}
+
+/// The last `dst.len()` decimal digits of the non-negative `n`, zero-padded, into `dst`.
+fn put_digits(dst: &mut [u8], mut n: i64) {
+    for d in dst.iter_mut().rev() {
         // A single digit: the cast cannot truncate.
-        out.push(b'0' + (n / div % 10) as u8);
-        div /= 10;
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
     }
 }
 
@@ -174,7 +223,36 @@ mod tests {
         }
     }
 
+    #[test]
+    fn time_reuses_the_second_only_within_it() {
+        for t in [
+            "2026-12-05T09:59:59.000Z",
+            "2026-12-05T09:59:59.999999Z",
+            "2026-12-05T10:00:00.001Z",
+            "2026-12-05T09:59:59.5Z",
+            "2026-12-31T23:59:59.999Z",
+            "2027-01-01T00:00:00Z",
+            "2027-01-01T00:00:00.042Z",
+        ] {
+            let t: Timestamp = t.parse().unwrap();
+            assert_eq!(time_of(t), format!("\"{t:.3}\""));
+        }
+    }
+
     proptest! {
+        #[test]
+        fn needs_escape_is_the_bytewise_check(
+            // Mostly bytes that need no escape (ASCII and UTF-8 continuation bytes alike), so
+            // long strings without one are common, and now and then one that does.
+            bytes in proptest::collection::vec(prop_oneof![
+                40 => 0x20_u8..=0x21, 40 => 0x23_u8..=0x5b, 40 => 0x5d_u8..=0xff,
+                1 => any::<u8>(), 1 => Just(b'"'), 1 => Just(b'\\'), 1 => Just(0x1f_u8),
+            ], 0..48),
+        ) {
+            let bytewise = bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\');
+            prop_assert_eq!(needs_escape(&bytes), bytewise);
+        }
+
         #[test]
         fn string_matches_serde_json(s in any::<String>()) {
             let mut out = Vec::new();
