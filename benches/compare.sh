@@ -20,8 +20,9 @@
 # alone does to the medians: on a noisy sitting it can be more than the change being measured
 # (one A/A run, 10 rounds: 0.909 and 0.686).
 #
-# Knobs (environment): DURATION (4s), ROUNDS (10), CONNECTIONS (32), RESULTS_DIR
-# (target/load/compare-<UTC time>). Needs: nginx, redis-server, redis-cli, wrk, curl, taskset.
+# Knobs (environment): DURATION (4s), ROUNDS (10), CONNECTIONS (32), TELEMETRY (0; 1 gives both
+# gateways a telemetry section with a redis_stream sink on the store's Redis, so the metered
+# route's figures include its usage events), RESULTS_DIR (target/load/compare-<UTC time>). Needs: nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,7 +63,7 @@ for i in 0 1; do
   [[ -x $bin ]] || die "$bin is not an executable"
   free_port port
   GW_PORT[i]=$port
-  two_route_gateway "$port" 0 >"$TMP/gateway$i.yaml"
+  two_route_gateway "$port" "${TELEMETRY:-0}" >"$TMP/gateway$i.yaml"
   TOLLGATE_LOG=warn "${GW_PIN[@]}" "$bin" serve --config "$TMP/gateway$i.yaml" \
     >"$RESULTS_DIR/gateway$i.log" 2>&1 &
   GW_PID[i]=$!
