@@ -44,6 +44,7 @@ free_port REDIS_PORT
 free_port OFF_PORT
 free_port ON_PORT
 free_port ON_ADMIN
+free_port OFF_ADMIN
 
 start_plain_origin
 
@@ -66,7 +67,12 @@ gateway_config() {
 routes: [{ name: metered, match: { path_prefix: / }, upstream: origin, meter: { requests: 1 } }]
 CONF
 }
-gateway_config "$OFF_PORT" >"$TMP/off.yaml"
+# Both have an admin listener (the "on" one's serves the metrics read after the runs), so the
+# two configs differ only in `telemetry`.
+{
+  gateway_config "$OFF_PORT"
+  echo "admin: { listen: \"127.0.0.1:$OFF_ADMIN\" }"
+} >"$TMP/off.yaml"
 {
   gateway_config "$ON_PORT"
   cat <<CONF
