@@ -159,12 +159,13 @@ spooled=$(metric 'tollgate_events_total{result="spooled",sink="spool"}')
 dropped=$(metric 'tollgate_events_dropped_total')
 # Delivery is at least once: a batch retried after a timeout can land twice, so count ids.
 if [[ $SINKS == file ]]; then
-  in_stream=$spooled
   unique_in_stream=$spooled
+  stream_note="no stream sink"
 else
   in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 xlen tollgate:events)
   unique_in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 --raw xrange tollgate:events - + |
     grep -o '"id":"[^"]*"' | sort -u | wc -l)
+  stream_note="in the stream $in_stream ($unique_in_stream distinct ids)"
 fi
 if [[ $SINKS == stream ]]; then
   in_file=$spooled
@@ -194,7 +195,7 @@ col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
   echo "* median of $ROUNDS rounds; gw us/r = gateway CPU microseconds per request, all threads;"
   echo "  proxy us/r = the proxy worker threads only (the request path; telemetry's background"
   echo "  thread and its blocking writes are the difference)"
-  echo "events: spooled $spooled, in the stream $in_stream ($unique_in_stream distinct ids), $file_note, dropped $dropped"
+  echo "events: spooled $spooled, $stream_note, $file_note, dropped $dropped"
   echo "raw outputs: $RESULTS_DIR"
 } | tee "$RESULTS_DIR/summary.txt"
 ((spooled > 0 && unique_in_stream == spooled && in_file >= spooled && dropped == 0)) ||
