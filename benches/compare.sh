@@ -22,7 +22,8 @@
 #
 # Knobs (environment): DURATION (4s), ROUNDS (10), CONNECTIONS (32), TELEMETRY (0; 1 gives both
 # gateways a telemetry section with a redis_stream sink on the store's Redis, so the metered
-# route's figures include its usage events), RESULTS_DIR (target/load/compare-<UTC time>). Needs: nginx, redis-server, redis-cli, wrk, curl, taskset.
+# route's figures include its usage events), RESULTS_DIR (target/load/compare-<UTC time>).
+# Needs: nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
