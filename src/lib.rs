@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod proxy;
 pub mod reload;
+pub(crate) mod resp;
 pub mod store;
 pub mod tls;
 pub mod telemetry {

@@ -440,12 +440,7 @@ struct Resp<'a>(&'a mut Vec<u8>);
 
 impl Args for Resp<'_> {
     fn bytes(&mut self, arg: &[u8]) {
-        let out = &mut *self.0;
-        out.push(b'$');
-        out.extend_from_slice(itoa::Buffer::new().format(arg.len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
+        crate::resp::bulk(self.0, arg);
     }
 
     fn int(&mut self, arg: impl itoa::Integer + redis::ToRedisArgs) {

@@ -19,6 +19,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{within, Sink, SinkError};
+use crate::resp::bulk;
 
 /// Upper bound on connecting and on one pipelined batch.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -166,15 +167,6 @@ impl Sink for RedisStreamSink {
         }
         within(TIMEOUT, self.send(batch)).await
     }
-}
-
-/// One RESP bulk string.
-fn bulk(out: &mut Vec<u8>, arg: &[u8]) {
-    out.push(b'$');
-    out.extend_from_slice(itoa::Buffer::new().format(arg.len()).as_bytes());
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(arg);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Connects and prepares the connection: `AUTH` when the URL has a password, `SELECT` when
