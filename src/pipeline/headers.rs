@@ -148,6 +148,7 @@ mod tests {
             warn_at: Some(0.8),
             period: Period::Month,
             window,
+            series: None,
         }];
         let burst = BurstState {
             quota: 20,
@@ -205,6 +206,7 @@ mod tests {
             warn_at: Some(0.8),
             period: Period::Day,
             window,
+            series: None,
         };
         let h = usage_headers(&UsageView {
             burst: None,

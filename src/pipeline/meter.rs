@@ -5,10 +5,12 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use super::identity::Caller;
+use super::plan::PlanState;
 use super::Rejection;
 use crate::config::{OnOutage, Plan, Route, RouteMeter};
 use crate::meter::period::{Period, Window};
 use crate::store::{keys, Charge, ReplayMarker, Reservation, Reserved, StoreError, StoreHandle};
+use crate::telemetry::metrics::MeterSeries;
 
 /// Counters are kept one day past their period, so that calls in flight across the boundary
 /// still settle into the period they were admitted in and reports can read the last period.
@@ -33,6 +35,8 @@ pub struct MeterUse {
     pub period: Period,
     /// The period window the units went into.
     pub window: Window,
+    /// Its metric series, when it was charged through a plan of the running gateway.
+    pub series: Option<Arc<MeterSeries>>,
 }
 
 impl MeterUse {
@@ -109,11 +113,12 @@ pub async fn reserve(
     store: &StoreHandle,
     now: Timestamp,
     caller: &Caller,
-    plan: &Plan,
+    plan_state: &PlanState,
     route: &Route,
     default_outage: OnOutage,
     extra: Extra<'_>,
 ) -> Result<Usage, Rejection> {
+    let plan = &*plan_state.plan;
     let Extra {
         idempotency_key,
         activation,
@@ -147,6 +152,7 @@ pub async fn reserve(
             warn_at: policy.warn_at,
             period: policy.period,
             window,
+            series: plan_state.series.get(name).cloned(),
         });
     }
     if charges.is_empty() {

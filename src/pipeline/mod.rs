@@ -156,7 +156,7 @@ impl Gateway {
                 config.auth.api_key_headers.clone(),
                 identity::static_index(config.tenants.values()),
             ),
-            plans: Plans::new(config.plans.values()),
+            plans: Plans::new(config.plans.values(), &metrics),
             store,
             clock,
             on_outage: config.store.on_outage,
@@ -249,7 +249,7 @@ impl Gateway {
             &self.store,
             now,
             &caller,
-            &plan.plan,
+            plan,
             &route,
             self.on_outage,
             meter::Extra {

@@ -1,12 +1,13 @@
 //! Steps 3 and 4: the caller's plan, and whether it includes the route's feature.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::burst::BurstLimiter;
 use super::identity::Caller;
 use super::Rejection;
 use crate::config::{Plan, Route, Upgrade};
+use crate::telemetry::metrics::{MeterSeries, Metrics};
 
 /// A plan and its runtime state.
 pub struct PlanState {
@@ -14,6 +15,8 @@ pub struct PlanState {
     pub plan: Arc<Plan>,
     /// Its burst limiter, if it has a rate limit.
     pub burst: Option<BurstLimiter>,
+    /// Each meter's metric series.
+    pub series: BTreeMap<String, Arc<MeterSeries>>,
 }
 
 /// Every plan, by name.
@@ -32,15 +35,21 @@ pub struct FeatureDenied {
 
 impl Plans {
     /// Runtime state for the configured plans.
-    pub fn new<'a>(plans: impl Iterator<Item = &'a Arc<Plan>>) -> Plans {
+    pub fn new<'a>(plans: impl Iterator<Item = &'a Arc<Plan>>, metrics: &Metrics) -> Plans {
         let plans = plans
             .map(|p| {
                 let burst = p.rate_limit.as_ref().map(BurstLimiter::new);
+                let series = p
+                    .meters
+                    .keys()
+                    .map(|m| (m.clone(), Arc::new(metrics.meter_series(&p.name, m))))
+                    .collect();
                 (
                     p.name.clone(),
                     PlanState {
                         plan: p.clone(),
                         burst,
+                        series,
                     },
                 )
             })
@@ -132,7 +141,8 @@ mod tests {
             \x20 pro: { features: [search, export] }\n\
             routes: [{ name: e, match: { path: /e }, respond: { body: x }, feature: export }]\n";
         let config = crate::config::load_str("t.yaml", text, &|_| None).unwrap();
-        let plans = Plans::new(config.plans.values());
+        let metrics = Metrics::unregistered().unwrap();
+        let plans = Plans::new(config.plans.values(), &metrics);
         let route = &config.routes[0];
         let Err(Rejection::FeatureNotInPlan(denied)) =
             plans.check_feature(&config.plans["free"], route)

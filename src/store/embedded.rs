@@ -122,7 +122,10 @@ impl State {
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    async fn reserve(&self, reservation: &Arc<Reservation>) -> Result<Reserved, StoreError> {
+    async fn reserve(
+        self: Arc<Self>,
+        reservation: Arc<Reservation>,
+    ) -> Result<Reserved, StoreError> {
         let now = unix_now();
         let charges = &reservation.charges;
         self.with_state(|s| {
@@ -330,17 +333,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("usage.db");
         {
-            let s = EmbeddedStore::open(&path).unwrap();
+            let s = Arc::new(EmbeddedStore::open(&path).unwrap());
             let both = Arc::new(Reservation {
                 charges: vec![charge("a", 1, Some(2)), charge("b", 5, Some(5))],
                 replay: None,
             });
             assert_eq!(
-                s.reserve(&both).await.unwrap(),
+                s.clone().reserve(both.clone()).await.unwrap(),
                 Reserved::Admitted(vec![1, 5])
             );
             assert_eq!(
-                s.reserve(&both).await.unwrap(),
+                s.clone().reserve(both.clone()).await.unwrap(),
                 Reserved::Denied {
                     index: 1,
                     used: vec![1, 5]
@@ -357,7 +360,7 @@ mod tests {
                 "a second instance must be refused"
             );
         }
-        let s = EmbeddedStore::open(&path).unwrap();
+        let s = Arc::new(EmbeddedStore::open(&path).unwrap());
         assert_eq!(
             s.get(&["a".into(), "b".into(), "c".into()]).await.unwrap(),
             vec![1, 3, 0]
@@ -369,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("u.db");
         {
-            let s = EmbeddedStore::open(&path).unwrap();
+            let s = Arc::new(EmbeddedStore::open(&path).unwrap());
             assert_eq!(s.mark_once("ms", 7, None).await.unwrap(), None);
             assert_eq!(s.mark_once("ms", 8, None).await.unwrap(), Some(7));
             let past = Some(unix_now() - 1);
@@ -380,19 +383,20 @@ mod tests {
                 "an expired mark is absent"
             );
         }
-        let s = EmbeddedStore::open(&path).unwrap();
+        let s = Arc::new(EmbeddedStore::open(&path).unwrap());
         assert_eq!(s.mark_once("ms", 9, None).await.unwrap(), Some(7));
     }
 
     #[tokio::test]
     async fn refund_never_goes_negative_nor_recreates() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(&dir.path().join("u.db")).unwrap();
+        let s = Arc::new(EmbeddedStore::open(&dir.path().join("u.db")).unwrap());
         let one = |c| Reservation {
             charges: vec![c],
             replay: None,
         };
-        s.reserve(&Arc::new(one(charge("a", 1, None))))
+        s.clone()
+            .reserve(Arc::new(one(charge("a", 1, None))))
             .await
             .unwrap();
         let two = Reservation {
@@ -409,7 +413,7 @@ mod tests {
     #[tokio::test]
     async fn a_replay_is_charged_once_and_a_refund_drops_the_marker() {
         let dir = tempfile::tempdir().unwrap();
-        let s = EmbeddedStore::open(&dir.path().join("u.db")).unwrap();
+        let s = Arc::new(EmbeddedStore::open(&dir.path().join("u.db")).unwrap());
         let marker = crate::store::ReplayMarker {
             key: "idem".into(),
             expire_at: unix_now() + 60,
@@ -418,11 +422,17 @@ mod tests {
             charges: vec![charge("a", 1, Some(5))],
             replay: Some(marker),
         });
-        assert_eq!(s.reserve(&r).await.unwrap(), Reserved::Admitted(vec![1]));
-        assert_eq!(s.reserve(&r).await.unwrap(), Reserved::Replayed(vec![1]));
+        assert_eq!(
+            s.clone().reserve(r.clone()).await.unwrap(),
+            Reserved::Admitted(vec![1])
+        );
+        assert_eq!(
+            s.clone().reserve(r.clone()).await.unwrap(),
+            Reserved::Replayed(vec![1])
+        );
         s.refund(&r).await.unwrap();
         assert_eq!(
-            s.reserve(&r).await.unwrap(),
+            s.clone().reserve(r.clone()).await.unwrap(),
             Reserved::Admitted(vec![1]),
             "refunded, then charged again"
         );

@@ -122,7 +122,14 @@ impl StoreError {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Adds every charge if each stays within its limit; otherwise adds nothing.
-    async fn reserve(&self, reservation: &Arc<Reservation>) -> Result<Reserved, StoreError>;
+    ///
+    /// Takes the store and the reservation by `Arc` so that its future owns them: a call that
+    /// times out hands that same future to a task of its own (see [`StoreHandle::reserve`]),
+    /// with no second box around it on every call.
+    async fn reserve(
+        self: Arc<Self>,
+        reservation: Arc<Reservation>,
+    ) -> Result<Reserved, StoreError>;
     /// Takes back units added by `reserve` (never below zero; a vanished counter stays vanished)
     /// and drops the reservation's replay marker, so a retry of the failed call is charged.
     async fn refund(&self, reservation: &Reservation) -> Result<(), StoreError>;
@@ -306,26 +313,22 @@ impl StoreHandle {
     /// background and refunds itself if it turns out to have been admitted.
     pub async fn reserve(&self, charges: &Arc<Reservation>) -> Result<Reserved, StoreError> {
         let started = Instant::now();
-        let inner = self.inner.clone();
-        let owned = charges.clone();
-        let mut call = Box::pin(async move {
-            let result = inner.reserve(&owned).await;
-            (result, inner, owned)
-        });
+        let mut call = self.inner.clone().reserve(charges.clone());
         let result = match fast_timeout(self.timeout, &mut call).await {
-            Ok((result, _, _)) => result,
+            Ok(result) => result,
             Err(_) => {
+                let (inner, owned) = (self.inner.clone(), charges.clone());
                 let late = self.ops.late_replies.clone();
                 tokio::spawn(async move {
                     match call.await {
-                        (Ok(Reserved::Admitted(_)), inner, owned) => {
+                        Ok(Reserved::Admitted(_)) => {
                             late.with_label_values(&["refunded"]).inc();
                             if let Err(e) = inner.refund(&owned).await {
                                 tracing::warn!(error = %e, charges = ?owned, "A late reservation could not be refunded.");
                             }
                         }
-                        (Ok(Reserved::Denied { .. } | Reserved::Replayed(_)), _, _) => {}
-                        (Err(e), _, owned) => {
+                        Ok(Reserved::Denied { .. } | Reserved::Replayed(_)) => {}
+                        Err(e) => {
                             late.with_label_values(&["unknown"]).inc();
                             tracing::warn!(error = %e, charges = ?owned, "A timed-out reservation's outcome is unknown.");
                         }

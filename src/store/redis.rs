@@ -676,7 +676,10 @@ fn backend(e: redis::RedisError) -> StoreError {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn reserve(&self, reservation: &Arc<Reservation>) -> Result<Reserved, StoreError> {
+    async fn reserve(
+        self: Arc<Self>,
+        reservation: Arc<Reservation>,
+    ) -> Result<Reserved, StoreError> {
         if let Some(pipe) = &self.pipe {
             return pipe.reserve(&self.shared, reservation).await;
         }
@@ -686,7 +689,7 @@ impl Store for RedisStore {
                 |s, b| async move { s.reserve_all(&b).await },
             )
             .await;
-        batcher.call(reservation.clone()).await
+        batcher.call(reservation).await
     }
 
     async fn refund(&self, reservation: &Reservation) -> Result<(), StoreError> {

@@ -159,9 +159,6 @@ impl Finished<'_> {
         if let Some(a) = admitted.filter(|a| !self.refunded && a.usage.metered && !a.usage.replayed)
         {
             for meter in &a.usage.meters {
-                m.meter_units
-                    .with_label_values(&[plan, &meter.name])
-                    .inc_by(meter.units);
                 let state = if meter.in_overage() {
                     "over"
                 } else if meter.warns() {
@@ -169,6 +166,19 @@ impl Finished<'_> {
                 } else {
                     "within"
                 };
+                if let Some(s) = &meter.series {
+                    s.units.inc_by(meter.units);
+                    match state {
+                        "over" => &s.over,
+                        "near" => &s.near,
+                        _ => &s.within,
+                    }
+                    .inc();
+                    continue;
+                }
+                m.meter_units
+                    .with_label_values(&[plan, &meter.name])
+                    .inc_by(meter.units);
                 m.limit_calls
                     .with_label_values(&[plan, &meter.name, state])
                     .inc();

@@ -68,7 +68,7 @@ fn reservation(
 }
 
 /// Runs `ops` on `store` and on the model; panics on the first difference.
-async fn check(store: &dyn Store, ops: &[Op]) {
+async fn check(store: Arc<dyn Store>, ops: &[Op]) {
     let expire_at = jiff::Timestamp::now().as_second() + 3600;
     let mut model: HashMap<String, u64> = HashMap::new();
     let mut markers: HashSet<String> = HashSet::new();
@@ -108,7 +108,7 @@ async fn check(store: &dyn Store, ops: &[Op]) {
                             .collect(),
                     )
                 };
-                let got = store.reserve(&Arc::new(r.clone())).await.unwrap();
+                let got = store.clone().reserve(Arc::new(r.clone())).await.unwrap();
                 assert_eq!(got, expected, "after {op:?}");
                 if let Reserved::Admitted(after) = got {
                     for (c, v) in r.charges.iter().zip(after) {
@@ -175,8 +175,8 @@ proptest! {
     fn embedded_store_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(&dir.path().join("u.db")).unwrap();
-        rt.block_on(check(&store, &ops));
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("u.db")).unwrap());
+        rt.block_on(check(store, &ops));
     }
 }
 
@@ -196,7 +196,7 @@ fn redis_store_matches_the_model() {
             redis.command(&["FLUSHALL"]).await;
             let store =
                 RedisStore::new(&redis.url(), &[], std::time::Duration::from_secs(2)).unwrap();
-            check(&store, &ops).await;
+            check(Arc::new(store), &ops).await;
         });
         Ok(())
     });
@@ -237,7 +237,8 @@ async fn snapshot(redis: &RedisServer) -> Vec<(String, Option<String>, bool)> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_refused_reservation_leaves_redis_exactly_as_it_was() {
     let redis = RedisServer::start().await;
-    let store = RedisStore::new(&redis.url(), &[], std::time::Duration::from_secs(2)).unwrap();
+    let store =
+        Arc::new(RedisStore::new(&redis.url(), &[], std::time::Duration::from_secs(2)).unwrap());
     let expire_at = jiff::Timestamp::now().as_second() + 3600;
     let charge = |name: &str, units: u64, limit: Option<u64>| Charge {
         key: format!("tg:{{t}}:m:{name}"),
@@ -250,7 +251,7 @@ async fn a_refused_reservation_leaves_redis_exactly_as_it_was() {
         charges: vec![charge("full", 3, Some(3)), charge("kept", 2, Some(10))],
         replay: None,
     };
-    let got = store.reserve(&Arc::new(admitted)).await.unwrap();
+    let got = store.clone().reserve(Arc::new(admitted)).await.unwrap();
     assert_eq!(got, Reserved::Admitted(vec![3, 2]));
     let before = snapshot(&redis).await;
 
@@ -275,7 +276,7 @@ async fn a_refused_reservation_leaves_redis_exactly_as_it_was() {
                 expire_at,
             }),
         };
-        let got = store.reserve(&Arc::new(r)).await.unwrap();
+        let got = store.clone().reserve(Arc::new(r)).await.unwrap();
         let Reserved::Denied { used, .. } = got else {
             panic!("expected a refusal, got {got:?}");
         };

@@ -122,10 +122,10 @@ impl Pipe {
     pub(super) async fn reserve(
         &self,
         shared: &Arc<Shared>,
-        reservation: &Arc<Reservation>,
+        reservation: Arc<Reservation>,
     ) -> Result<Reserved, StoreError> {
         let link = self.link(shared).await?;
-        let answer = link.submit(shared, reservation.clone())?;
+        let answer = link.submit(shared, reservation)?;
         answer
             .await
             .map_err(|_| StoreError::Backend("the reservation connection dropped a call".into()))?
