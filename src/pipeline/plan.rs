@@ -156,4 +156,55 @@ mod tests {
         );
         assert!(plans.check_feature(&config.plans["pro"], route).is_ok());
     }
+
+    #[test]
+    fn every_plans_meter_series_exist_at_zero_and_are_the_labelled_ones() {
+        let text = "server: { listen: \"127.0.0.1:1\" }\nstore: { kind: embedded }\n\
+            plans:\n  free: { meters: { requests: { limit: 5, period: day } } }\n\
+            \x20 pro: { meters: { requests: { limit: 9, period: month }, tokens: { limit: 9, period: month } } }\n\
+            routes: [{ name: e, match: { path: /e }, respond: { body: x } }]\n";
+        let config = crate::config::load_str("t.yaml", text, &|_| None).unwrap();
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::new(&registry).unwrap();
+        let plans = Plans::new(config.plans.values(), &metrics);
+        let text = prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .unwrap();
+        let zeros = |metric: &str| {
+            let mut lines: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(metric) && l.ends_with("} 0"))
+                .collect();
+            lines.sort_unstable();
+            lines
+        };
+        assert_eq!(
+            zeros(crate::telemetry::metrics::METER_UNITS),
+            [
+                r#"tollgate_meter_units_total{meter="requests",plan="free"} 0"#,
+                r#"tollgate_meter_units_total{meter="requests",plan="pro"} 0"#,
+                r#"tollgate_meter_units_total{meter="tokens",plan="pro"} 0"#,
+            ]
+        );
+        // within, near and over for each of the three.
+        assert_eq!(zeros(crate::telemetry::metrics::LIMIT_CALLS).len(), 9);
+        // A call's handles move the same series a labelled look-up reads.
+        let pro = &plans.plans["pro"].series["tokens"];
+        pro.units.inc_by(7);
+        pro.near.inc();
+        assert_eq!(
+            metrics
+                .meter_units
+                .with_label_values(&["pro", "tokens"])
+                .get(),
+            7
+        );
+        assert_eq!(
+            metrics
+                .limit_calls
+                .with_label_values(&["pro", "tokens", "near"])
+                .get(),
+            1
+        );
+    }
 }
