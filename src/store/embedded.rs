@@ -360,7 +360,7 @@ mod tests {
                 "a second instance must be refused"
             );
         }
-        let s = Arc::new(EmbeddedStore::open(&path).unwrap());
+        let s = EmbeddedStore::open(&path).unwrap();
         assert_eq!(
             s.get(&["a".into(), "b".into(), "c".into()]).await.unwrap(),
             vec![1, 3, 0]
@@ -372,7 +372,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("u.db");
         {
-            let s = Arc::new(EmbeddedStore::open(&path).unwrap());
+            let s = EmbeddedStore::open(&path).unwrap();
             assert_eq!(s.mark_once("ms", 7, None).await.unwrap(), None);
             assert_eq!(s.mark_once("ms", 8, None).await.unwrap(), Some(7));
             let past = Some(unix_now() - 1);
@@ -383,7 +383,7 @@ mod tests {
                 "an expired mark is absent"
             );
         }
-        let s = Arc::new(EmbeddedStore::open(&path).unwrap());
+        let s = EmbeddedStore::open(&path).unwrap();
         assert_eq!(s.mark_once("ms", 9, None).await.unwrap(), Some(7));
     }
 
