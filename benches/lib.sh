@@ -60,6 +60,9 @@ cleanup() {
     wait "$pid" 2>/dev/null || true
   done
   rm -rf "$TMP"
+  if [[ -n ${HALT_POLL_RESTORE:-} ]]; then
+    echo "$HALT_POLL_RESTORE" >"$HALT_POLL_FILE" 2>/dev/null || true
+  fi
   exit "$rc"
 }
 
@@ -282,11 +285,49 @@ start_redis() {
 }
 
 # scratch NAME: TMP, a fresh scratch directory, and PIDS, the processes to stop; on exit (also
-# on Ctrl-C or error) `cleanup` stops them and removes TMP.
+# on Ctrl-C or error) `cleanup` stops them and removes TMP. Then `halt_poll` (below).
 scratch() {
   TMP=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-$1.XXXXXX")
   PIDS=()
   trap cleanup EXIT
   trap 'exit 130' INT
   trap 'exit 143' TERM
+  halt_poll
+}
+
+# Guest halt polling (the `cpuidle-haltpoll` driver of a KVM guest): how long an idle vCPU
+# polls for new work before it halts. A halted vCPU is woken by the host, which costs the CPU
+# that wakes it a VM exit and the woken one a reschedule, so with polling off every idle moment
+# of a core makes the next wake-up of that core expensive. Loopback benchmarks are made of such
+# wake-ups: the gateway wakes wrk, nginx and Redis on the other core, and they wake it. The
+# kernel's default is 200000 ns; a VM may ship with 0. On one such VM (2026-12-05), two
+# alternating pairs of 5 s runs went from metered/unmetered 0.773 and 0.745 with polling off
+# to 0.813 and 0.819 with 200000 ns, and the metered route's core from 93% to 97% busy.
+#
+# HALT_POLL_NS (unset: the machine as it is) sets it for the run and restores it on exit
+# (root, and only where the driver is loaded). HALT_POLL_NOTE says what the runs had, for the
+# results; a warning is logged when polling is off.
+HALT_POLL_FILE=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+halt_poll() {
+  HALT_POLL_NOTE="guest halt polling: not a KVM guest with cpuidle-haltpoll"
+  [[ -r $HALT_POLL_FILE ]] || {
+    [[ -z ${HALT_POLL_NS:-} ]] || die "HALT_POLL_NS is set, but $HALT_POLL_FILE does not exist"
+    return 0
+  }
+  local was
+  was=$(cat "$HALT_POLL_FILE")
+  if [[ -n ${HALT_POLL_NS:-} && $HALT_POLL_NS != "$was" ]]; then
+    [[ $HALT_POLL_NS =~ ^[0-9]+$ ]] || die "HALT_POLL_NS must be a number of nanoseconds"
+    echo "$HALT_POLL_NS" >"$HALT_POLL_FILE" 2>/dev/null ||
+      die "could not write $HALT_POLL_FILE (HALT_POLL_NS needs root)"
+    HALT_POLL_RESTORE=$was
+    log "guest halt polling set to $HALT_POLL_NS ns for the run (the machine has $was; restored on exit)"
+    HALT_POLL_NOTE="guest halt polling: $HALT_POLL_NS ns for the run (the machine's setting: $was)"
+  else
+    HALT_POLL_NOTE="guest halt polling: $was ns (the machine's setting)"
+    if [[ $was == 0 ]]; then
+      log "warning: guest halt polling is off on this VM ($HALT_POLL_FILE is 0): idle cores halt at once," \
+        "and the runs with more idle time (the metered route, telemetry) pay more per wake-up; HALT_POLL_NS=200000 restores the kernel's default for the run"
+    fi
+  fi
 }

@@ -41,7 +41,8 @@
 #
 # Knobs (environment): DURATION (10s), ROUNDS (3), CONNECTIONS (32), WARMUP (2s), PIN (1),
 # RESULTS_DIR (target/load/<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn),
-# TOLLGATE_BIN (target/release/tollgate; with SKIP_BUILD=1, to measure another build).
+# TOLLGATE_BIN (target/release/tollgate; with SKIP_BUILD=1, to measure another build),
+# HALT_POLL_NS (unset; a KVM guest's halt polling for the run, see benches/lib.sh).
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset; missing Debian packages are
 # installed with apt-get when running as root.
 set -euo pipefail
@@ -338,6 +339,7 @@ log "wrk -t1 -c$CONNECTIONS -d$DURATION --latency (warmup $WARMUP each), $ROUNDS
   echo "wrk: $(wrk -v 2>&1 | head -1)"
   echo "duration: $DURATION, warmup: $WARMUP, rounds: $ROUNDS, connections: $CONNECTIONS"
   echo "before the runs: $LOAD_BEFORE"
+  echo "$HALT_POLL_NOTE"
 } >"$RESULTS_DIR/env.txt"
 
 log "(a) origin"
@@ -446,6 +448,7 @@ ratios=$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $8 }' "$RESULTS_DIR/rounds
   echo "tollgate load benchmark — $STAMP"
   echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; $PIN_NOTE; tollgate server.threads=1"
   echo "before the runs: $LOAD_BEFORE"
+  echo "$HALT_POLL_NOTE"
   echo
   row() { printf '%-34s %9s %8s %8s %6s %6s %7s %8s\n' "$@"; }
   row "scenario" "req/s" "p50 ms" "p99 ms" "cpu0%" "cpu1%" "gw us/r" "redis us/r"

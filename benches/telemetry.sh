@@ -21,7 +21,8 @@
 # spool write and per delivery), DURATION (10s), ROUNDS (5),
 # CONNECTIONS (32), WARMUP (2s), PIN (1),
 # RESULTS_DIR (target/load/telemetry-<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn),
-# TOLLGATE_BIN (another build to measure, e.g. an earlier commit's, for a before/after run).
+# TOLLGATE_BIN (another build to measure, e.g. an earlier commit's, for a before/after run),
+# HALT_POLL_NS (unset; a KVM guest's halt polling for the run, see benches/lib.sh).
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
 
@@ -185,6 +186,7 @@ col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
   fi
   echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; server.threads: 1; flush_interval ${FLUSH_INTERVAL:-20ms};" \
     "$([[ ${#GW_PIN[@]} -gt 0 ]] && echo "gateways on CPU 0, wrk + nginx + redis on CPU 1" || echo "no CPU pinning")"
+  echo "$HALT_POLL_NOTE"
   printf '%-30s %9s %8s %8s %9s %9s\n' "" "req/s" "p50 ms" "p99 ms" "gw us/r" "proxy us/r"
   printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry off *" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)"
   printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry on ($SINKS) *" "$(col 7)" "$(col 8)" "$(col 9)" "$(col 10)" "$(col 11)"
