@@ -30,8 +30,8 @@ const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
 /// runtimes only when the server starts.
 ///
 /// Reservations do not go to Redis one by one: the reservations that are ready while a batch is
-/// in flight go together, in one script call (see [`pipe`] for a plain server, [`Batcher`] for
-/// TLS and clusters). Under load this turns a write, a read, a reply to parse and a script
+/// in flight go together, in one script call (see [`pipe`] for one server, [`Batcher`] for
+/// clusters). Under load this turns a write, a read, a reply to parse and a script
 /// start per call into one of each per batch; each reservation is still decided on its own and
 /// all-or-nothing, so batching changes nothing about exactness.
 ///
@@ -41,8 +41,8 @@ const LATE_REPLY_WAIT: Duration = Duration::from_secs(30);
 pub struct RedisStore {
     shared: Arc<Shared>,
     reserves: OnceCell<Batcher<Arc<Reservation>, Reserved>>,
-    /// The reservation path's own connection, to a plain TCP or unix socket server (see
-    /// [`pipe`]); TLS and clusters use `reserves`.
+    /// The reservation path's own connection to one server, over TCP, TLS or a unix socket
+    /// (see [`pipe`]); clusters, and TLS without certificate checks, use `reserves`.
     pipe: Option<pipe::Pipe>,
     settles: OnceCell<Batcher<Vec<Adjustment>, ()>>,
 }
@@ -91,7 +91,7 @@ impl RedisStore {
             .set_response_timeout(Some(LATE_REPLY_WAIT.max(timeout)))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let pipe = pipe::Pipe::for_server(client.get_connection_info(), timeout);
+        let pipe = pipe::Pipe::for_server(client.get_connection_info(), ca, timeout);
         Ok(RedisStore::with_backend(
             Backend::Single { client, config },
             pipe,

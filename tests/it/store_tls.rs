@@ -93,3 +93,73 @@ async fn an_untrusted_redis_certificate_is_an_outage_that_says_why() {
         "the log names the certificate problem:\n{log}"
     );
 }
+
+/// The reservation connection over TLS is the gateway's own (not redis-rs's): it must also load
+/// the script again after `SCRIPT FLUSH`, and reconnect, with a new TLS handshake, after Redis
+/// comes back.
+#[tokio::test(flavor = "multi_thread")]
+async fn over_rediss_counts_stay_exact_through_a_script_flush_and_a_restart() {
+    let ca = TestCa::new();
+    let mut redis = RedisServer::start_tls(&ca).await;
+    let upstream = Upstream::start().await;
+    let gw = gateway(&redis, &upstream, Some(&ca)).await;
+    let client = client();
+    let url = gw.url("/v1/items");
+    let call = || get(&client, &url, Some(ACME_KEY));
+    let counter = month_key("acme", "requests");
+
+    for _ in 0..3 {
+        assert_eq!(call().await.status, 200);
+    }
+    assert_eq!(redis.get_int(&counter).await, 3);
+
+    redis.command(&["SCRIPT", "FLUSH"]).await;
+    for n in 0..2 {
+        let answer = call().await;
+        assert_eq!(
+            answer.status, 200,
+            "call {n} after SCRIPT FLUSH: {}",
+            answer.body
+        );
+    }
+    assert_eq!(redis.get_int(&counter).await, 5);
+
+    redis.kill();
+    let answer = call().await;
+    assert_eq!(
+        answer.status, 503,
+        "fail_closed while Redis is down: {}",
+        answer.body
+    );
+
+    redis.restart().await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let answer = call().await;
+        if answer.status == 200 {
+            break;
+        }
+        assert_eq!(answer.status, 503, "{}", answer.body);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metering did not resume within 15 s of the restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // A reservation that timed out while Redis came back refunds itself when its reply lands.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        redis.get_int(&counter).await,
+        1,
+        "the restarted Redis counts the first admitted call only"
+    );
+    for _ in 0..2 {
+        assert_eq!(call().await.status, 200);
+    }
+    assert_eq!(redis.get_int(&counter).await, 3);
+    assert_eq!(
+        upstream.hits(),
+        8,
+        "only admitted calls reached the upstream"
+    );
+}

@@ -1,5 +1,5 @@
-//! The reservation path's own connection to one Redis server (`redis://` over TCP, or
-//! `redis+unix://`): the reservations that are ready in one turn of the gateway thread's task
+//! The reservation path's own connection to one Redis server (`redis://` over TCP,
+//! `rediss://` over TLS, or `redis+unix://`): the reservations that are ready in one turn of the gateway thread's task
 //! queue are written to the socket together, as one script call, by the connection's flushing
 //! task; several batches may be in flight at once.
 //!
@@ -30,7 +30,10 @@
 //! rounds, 2026-12-05) metered / unmetered fell from 0.814 to 0.756 and the gateway's CPU per
 //! metered call rose from 1.218× to 1.288× the unmetered one's.
 //!
-//! TLS connections and clusters keep the batching task (see [`super::Batcher`]).
+//! Over TLS the flushing task writes every batch (a TLS stream has no write that a request
+//! task could try without waiting); the calls still wait for one turn at most. A `rediss://`
+//! URL that turns off certificate checks (`#insecure`) and clusters keep the batching task (see
+//! [`super::Batcher`]).
 //!
 //! A connection that fails (an I/O error, end of stream, or no reply for
 //! [`super::LATE_REPLY_WAIT`] while one is due) fails every call waiting on it, and the next
@@ -45,9 +48,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use pingora::time::fast_timeout::fast_timeout;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, WriteHalf};
 use tokio::net::{tcp, unix, TcpStream, UnixStream};
 use tokio::sync::{oneshot, Notify};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 use super::{Reservation, Reserved, Shared, StoreError, LATE_REPLY_WAIT};
 use crate::store::batch::send_answers;
@@ -64,6 +69,11 @@ type Call = (Arc<Reservation>, oneshot::Sender<Answer>);
 /// Where the server listens.
 enum Target {
     Tcp(String),
+    Tls {
+        host: String,
+        port: u16,
+        connector: TlsConnector,
+    },
     Unix(PathBuf),
 }
 
@@ -81,14 +91,28 @@ pub(super) struct Pipe {
 }
 
 impl Pipe {
-    /// A pipe to the server `info` names, when it is a plain TCP or unix socket server (not
-    /// TLS); nothing is connected yet.
+    /// A pipe to the server `info` names: over TCP, a unix socket, or TLS trusting `ca` (when
+    /// not empty, else the webpki roots, as redis-rs's own connections do). `None` for a TLS
+    /// URL without certificate checks (`#insecure`, left to redis-rs) or a TLS config that
+    /// cannot be built (redis-rs's connections then report the error). Nothing is connected
+    /// yet.
     pub(super) fn for_server(
         info: &redis::ConnectionInfo,
+        ca: &[rustls::pki_types::CertificateDer<'static>],
         connect_timeout: Duration,
     ) -> Option<Pipe> {
         let target = match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => Target::Tcp(format!("{host}:{port}")),
+            redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                ..
+            } => Target::Tls {
+                host: host.clone(),
+                port: *port,
+                connector: TlsConnector::from(Arc::new(crate::tls::redis_client_config(ca).ok()?)),
+            },
             redis::ConnectionAddr::Unix(path) => Target::Unix(path.clone()),
             _ => return None,
         };
@@ -169,6 +193,18 @@ impl Pipe {
                 stream.set_nodelay(true)?;
                 let (r, w) = stream.into_split();
                 (Box::new(r), Writer::Tcp(w))
+            }
+            Target::Tls {
+                host,
+                port,
+                connector,
+            } => {
+                let stream = TcpStream::connect((host.as_str(), *port)).await?;
+                stream.set_nodelay(true)?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let (r, w) = tokio::io::split(connector.connect(name, stream).await?);
+                (Box::new(r), Writer::Tls(tokio::sync::Mutex::new(w)))
             }
             Target::Unix(path) => {
                 let (r, w) = UnixStream::connect(path).await?.into_split();
@@ -293,8 +329,11 @@ impl Link {
     }
 
     /// The flushing task: writes what the request tasks left pending, and what the socket
-    /// could not take at once.
+    /// could not take at once (over TLS, everything).
     async fn flush_pending(self: Arc<Link>, shared: Arc<Shared>) {
+        if let Writer::Tls(tls) = &self.write {
+            return self.flush_tls(tls, &shared).await;
+        }
         loop {
             self.flush.notified().await;
             loop {
@@ -319,6 +358,42 @@ impl Link {
                     }
                 }
                 if let Err(e) = self.write.writable().await {
+                    if let Ok(mut state) = self.state() {
+                        fail(&mut state, format!("writing to Redis: {e}"));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// [`Self::flush_pending`] over TLS: takes what is queued (in the order the batches were
+    /// queued, which is the order their replies come in) and writes it, waiting as long as the
+    /// stream needs; whatever was queued meanwhile goes in the next write.
+    async fn flush_tls(&self, tls: &tokio::sync::Mutex<TlsWriter>, shared: &Shared) {
+        // Only this task writes, so the lock is never contended; it is what lets the writer
+        // live in the link beside the plain sockets' halves.
+        let mut writer = tls.lock().await;
+        loop {
+            self.flush.notified().await;
+            loop {
+                let bytes = {
+                    let Ok(mut state) = self.state() else { return };
+                    state.flusher_woken = false;
+                    if state.down.is_some() {
+                        return;
+                    }
+                    self.write_pending(&mut state, shared);
+                    std::mem::take(&mut state.backlog)
+                };
+                if bytes.is_empty() {
+                    break;
+                }
+                let written = async {
+                    writer.write_all(&bytes).await?;
+                    writer.flush().await
+                };
+                if let Err(e) = written.await {
                     if let Ok(mut state) = self.state() {
                         fail(&mut state, format!("writing to Redis: {e}"));
                     }
@@ -428,17 +503,24 @@ fn answer(
     send_answers(replies, results(&batch));
 }
 
-/// The write half of either kind of socket.
+type TlsWriter = WriteHalf<TlsStream<TcpStream>>;
+
+/// The write half of each kind of connection.
 enum Writer {
     Tcp(tcp::OwnedWriteHalf),
     Unix(unix::OwnedWriteHalf),
+    /// Written by the flushing task alone (see [`Link::flush_tls`]).
+    Tls(tokio::sync::Mutex<TlsWriter>),
 }
 
 impl Writer {
+    /// Writes what the socket takes now; a TLS stream takes nothing here (its flushing task
+    /// writes the backlog).
     fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
         match self {
             Writer::Tcp(w) => w.try_write(bytes),
             Writer::Unix(w) => w.try_write(bytes),
+            Writer::Tls(_) => Err(io::ErrorKind::WouldBlock.into()),
         }
     }
 
@@ -446,6 +528,8 @@ impl Writer {
         match self {
             Writer::Tcp(w) => w.writable().await,
             Writer::Unix(w) => w.writable().await,
+            // Not reached: the TLS flushing task waits in its own writes.
+            Writer::Tls(_) => Ok(()),
         }
     }
 
@@ -453,6 +537,11 @@ impl Writer {
         match self {
             Writer::Tcp(w) => w.write_all(bytes).await,
             Writer::Unix(w) => w.write_all(bytes).await,
+            Writer::Tls(w) => {
+                let w = w.get_mut();
+                w.write_all(bytes).await?;
+                w.flush().await
+            }
         }
     }
 }
