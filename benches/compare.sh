@@ -23,7 +23,8 @@
 # Knobs (environment): DURATION (4s), ROUNDS (10), CONNECTIONS (32), TELEMETRY (0; 1 gives both
 # gateways a telemetry section with a redis_stream sink on the store's Redis, so the metered
 # route's figures include its usage events), RESULTS_DIR (target/load/compare-<UTC time>),
-# HALT_POLL_NS (unset; a KVM guest's halt polling for the run, see benches/lib.sh).
+# HALT_POLL_NS (unset; a KVM guest's halt polling for the run, see benches/lib.sh), STORE_TLS (0;
+# 1 puts the gateways' store on a `rediss://` port of the same Redis, see benches/lib.sh).
 # Needs: nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
 
@@ -118,7 +119,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 echo "compare — $STAMP; wrk -t1 -c$CONNECTIONS -d$DURATION, $ROUNDS rounds; gateways on CPU 0, load on CPU 1"
-echo "$HALT_POLL_NOTE"
+echo "$HALT_POLL_NOTE; store over $([[ ${STORE_TLS:-0} == 1 ]] && echo TLS || echo TCP)"
 for i in 0 1; do
   f=$RESULTS_DIR/build$i.txt
   echo "build $((i == 0 ? 0 : 1)) (${*:i+1:1}):"

@@ -219,9 +219,13 @@ bench_key() {
 # on a plan metering `requests` in the Redis on REDIS_PORT, up to `routes:` (the caller adds
 # its routes, and any other section, after it).
 metered_gateway() {
+  local store="{ kind: redis, url: \"redis://127.0.0.1:$REDIS_PORT/0\" }"
+  if [[ -n ${REDIS_TLS_PORT:-} ]]; then
+    store="{ kind: redis, url: \"rediss://127.0.0.1:$REDIS_TLS_PORT/0\", ca_file: \"$TMP/tls/ca.crt\" }"
+  fi
   cat <<CONF
 server: { listen: "127.0.0.1:$1", threads: 1, grace_period: 1s }
-store: { kind: redis, url: "redis://127.0.0.1:$REDIS_PORT/0" }
+store: $store
 upstreams: { origin: { targets: ["127.0.0.1:$ORIGIN_PORT"] } }
 tenants: { bench: { plan: bench, keys: [{ id: bench-key, sha256: "$KEY_SHA" }] } }
 plans: { bench: { meters: { requests: { limit: 1000000000, period: month } } } }
@@ -276,8 +280,29 @@ CONF
 }
 
 # start_redis: a Redis without persistence on REDIS_PORT, on the load CPU; sets REDIS_PID.
+# With STORE_TLS=1 it also listens for TLS on REDIS_TLS_PORT, with a certificate for 127.0.0.1
+# from a CA made for the run ($TMP/tls/ca.crt), and metered_gateway's store uses that port
+# (`rediss://`, `ca_file`); the scripts' own redis-cli calls keep the plain port.
 start_redis() {
-  "${LOAD_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+  local tls=()
+  if [[ ${STORE_TLS:-0} == 1 ]]; then
+    command -v openssl >/dev/null 2>&1 || die "STORE_TLS=1 needs openssl"
+    free_port REDIS_TLS_PORT
+    mkdir -p "$TMP/tls"
+    (
+      cd "$TMP/tls"
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+        -subj /CN=bench-ca -keyout ca.key -out ca.crt
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -subj /CN=127.0.0.1 -keyout server.key -out server.csr
+      printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+      openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 1 \
+        -extfile server.ext -out server.crt
+    ) >"$RESULTS_DIR/tls.log" 2>&1 || die "could not make the TLS certificates (see $RESULTS_DIR/tls.log)"
+    tls=(--tls-port "$REDIS_TLS_PORT" --tls-cert-file "$TMP/tls/server.crt"
+      --tls-key-file "$TMP/tls/server.key" --tls-auth-clients no)
+  fi
+  "${LOAD_PIN[@]}" redis-server --bind 127.0.0.1 --port "$REDIS_PORT" "${tls[@]}" --save "" --appendonly no \
     --dir "$TMP" --daemonize no --logfile "$RESULTS_DIR/redis.log" &
   REDIS_PID=$!
   PIDS+=("$REDIS_PID")
