@@ -215,7 +215,7 @@ impl SpoolWriter {
     }
 }
 
-/// Puts the calling thread under Linux's `SCHED_BATCH` policy (its nice value unchanged): it
+/// Puts the calling thread under Linux's `SCHED_BATCH` policy, at nice 0 as before: it
 /// gets the same share of the CPU as before, but waking it no longer preempts the thread that
 /// is running. Telemetry's two threads are woken often (the delivery thread each time a sink's
 /// replies arrive, some dozens of times per batch from a Redis stream; the spool writer several

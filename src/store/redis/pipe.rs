@@ -1,7 +1,7 @@
 //! The reservation path's own connection to one Redis server (`redis://` over TCP,
-//! `rediss://` over TLS, or `redis+unix://`): the reservations that are ready in one turn of the gateway thread's task
-//! queue are written to the socket together, as one script call, by the connection's flushing
-//! task; several batches may be in flight at once.
+//! `rediss://` over TLS, or `redis+unix://`): the reservations that are ready in one turn of
+//! the gateway thread's task queue are written to the socket together, as one script call, by
+//! the connection's flushing task; several batches may be in flight at once.
 //!
 //! Why not the redis-rs multiplexed connection every other store call uses: that connection
 //! writes from a driver task of its own, fed by the batching task. On a gateway thread with many
