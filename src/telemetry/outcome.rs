@@ -166,22 +166,27 @@ impl Finished<'_> {
                 } else {
                     "within"
                 };
-                if let Some(s) = &meter.series {
-                    s.units.inc_by(meter.units);
-                    match state {
-                        "over" => &s.over,
-                        "near" => &s.near,
-                        _ => &s.within,
+                // The series resolved with the plan, else (a meter charged outside a running
+                // gateway's plans) the labelled look-up.
+                match &meter.series {
+                    Some(s) => {
+                        s.units.inc_by(meter.units);
+                        match state {
+                            "over" => &s.over,
+                            "near" => &s.near,
+                            _ => &s.within,
+                        }
+                        .inc();
                     }
-                    .inc();
-                    continue;
+                    None => {
+                        m.meter_units
+                            .with_label_values(&[plan, &meter.name])
+                            .inc_by(meter.units);
+                        m.limit_calls
+                            .with_label_values(&[plan, &meter.name, state])
+                            .inc();
+                    }
                 }
-                m.meter_units
-                    .with_label_values(&[plan, &meter.name])
-                    .inc_by(meter.units);
-                m.limit_calls
-                    .with_label_values(&[plan, &meter.name, state])
-                    .inc();
             }
         }
         if let Some(meter) = self.exhausted {
