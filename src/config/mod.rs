@@ -141,7 +141,9 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
     if f.get("server").is_none() {
         d.err(f.pos, "the configuration is missing `server`");
     }
-    let admin = f.get("admin").and_then(|n| sections::admin(d, n));
+    let admin = f
+        .get("admin")
+        .and_then(|n| sections::admin(d, n, server.as_ref().map(|s| s.listen)));
     let store = match f.get("store") {
         Some(n) => sections::store(d, n),
         None => {

@@ -76,11 +76,29 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
     })
 }
 
-pub(super) fn admin(d: &mut Decoder, n: &Node) -> Option<Admin> {
+/// `proxy` is `server.listen`, when it parsed: the admin listener must not share its address.
+/// (pingora binds listeners with `SO_REUSEPORT`, so both would bind, and the kernel would then
+/// deal connections between them: half of all calls would reach the admin API.)
+pub(super) fn admin(d: &mut Decoder, n: &Node, proxy: Option<SocketAddr>) -> Option<Admin> {
     let f = d.fields(n, "`admin`", &["listen", "token"])?;
     let listen = d
         .require(&f, "listen", "`admin`")
-        .and_then(|n| addr(d, n, "`admin.listen`"));
+        .and_then(|n| {
+            let a = addr(d, n, "`admin.listen`")?;
+            let overlaps = |p: SocketAddr| {
+                p.port() == a.port()
+                    && a.port() != 0
+                    && (p.ip() == a.ip() || p.ip().is_unspecified() || a.ip().is_unspecified())
+            };
+            if let Some(p) = proxy.filter(|p| overlaps(*p)) {
+                d.err(
+                    n.pos,
+                    format!("`admin.listen` ({a}) overlaps `server.listen` ({p}): give the admin listener a port of its own"),
+                );
+                return None;
+            }
+            Some(a)
+        });
     let token = match f.get("token") {
         Some(n) => d.string(n, "`admin.token`").filter(|t| !t.is_empty()),
         None => None,

@@ -294,11 +294,7 @@ async fn overage_meter_never_blocks_and_counts_past_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_user_password_and_database_from_the_url_are_used_over_tcp() {
     let stack = Stack::start(YAML).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::common::gateway::free_port();
     let mut admin = stack.redis.conn().await;
     let () = redis::cmd("CONFIG")
         .arg("SET")

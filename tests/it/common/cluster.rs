@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+use super::gateway::free_port;
+
 /// The cluster's nodes; every `redis-server` is killed when this is dropped.
 pub struct RedisCluster {
     dir: TempDir,
@@ -323,13 +325,4 @@ where
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A port of 127.0.0.1 that nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

@@ -301,8 +301,25 @@ pub fn run_check(path: &Path) -> (i32, String, String) {
     (output.status.code().unwrap_or(-1), stdout, stderr)
 }
 
-/// A `127.0.0.1:<port>` that was free a moment ago (bound, then released).
+/// A `127.0.0.1:<port>` that was free a moment ago (bound, then released), and that this test
+/// process has not handed out before: the kernel may give a released port out again at once,
+/// and a gateway whose `listen` and `admin` came out equal never became healthy.
 pub fn free_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// A port of 127.0.0.1 that nothing listens on right now and that no earlier call returned.
+pub fn free_port() -> u16 {
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }

@@ -48,11 +48,7 @@ impl RedisServer {
             .unwrap();
         std::fs::write(dir.path().join("tls.crt"), &ca.server_cert_pem).unwrap();
         std::fs::write(dir.path().join("tls.key"), &ca.server_key_pem).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::gateway::free_port();
         let mut server = RedisServer {
             dir,
             child: None,

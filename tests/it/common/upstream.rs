@@ -73,8 +73,7 @@ impl Drop for Upstream {
 
 /// A `127.0.0.1` address where nothing listens: bound once, then released.
 pub fn refused_addr() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().to_string()
+    super::gateway::free_addr()
 }
 
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
