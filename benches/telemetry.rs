@@ -116,12 +116,7 @@ fn through(
 /// The caller of the benches' events: an API key of tenant `acme`.
 fn acme() -> Caller {
     Caller {
-        tenant: Arc::new(Tenant {
-            name: "acme".into(),
-            plan: "free".into(),
-            billing_anchor: None,
-            keys: Vec::new(),
-        }),
+        tenant: Arc::new(Tenant::new("acme".into(), "free".into(), None, Vec::new())),
         identity: IdentityKind::ApiKey,
         key_id: Some("acme-ci".into()),
         user: None,

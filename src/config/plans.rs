@@ -97,8 +97,10 @@ fn plan(d: &mut Decoder, name: String, n: &Node, names: &BTreeSet<String>) -> Op
         Some(o) => Some(on_outage(d, o, "`on_outage`")?),
         None => None,
     };
+    let header = http::HeaderValue::from_str(&name).ok();
     Some(Plan {
         name,
+        header,
         rate_limit,
         meters,
         features,

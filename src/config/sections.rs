@@ -382,12 +382,7 @@ pub(super) fn tenants(
         if let Some(plan) = plan {
             out.insert(
                 name.clone(),
-                Arc::new(Tenant {
-                    name,
-                    plan,
-                    billing_anchor,
-                    keys,
-                }),
+                Arc::new(Tenant::new(name, plan, billing_anchor, keys)),
             );
         }
     }

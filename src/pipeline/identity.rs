@@ -149,12 +149,7 @@ impl AnonymousTier {
         let digest = mac.finalize().into_bytes();
         let id = format!("anon-{}", hex::encode(&digest[..12]));
         Caller {
-            tenant: Arc::new(Tenant {
-                name: id,
-                plan: self.plan.clone(),
-                billing_anchor: None,
-                keys: Vec::new(),
-            }),
+            tenant: Arc::new(Tenant::new(id, self.plan.clone(), None, Vec::new())),
             identity: IdentityKind::Anonymous,
             key_id: None,
             user: None,

@@ -314,10 +314,7 @@ impl Gateway {
             tracing::warn!(tenant = %caller.tenant.name, plan = %plan, "The tenant's plan override names no configured plan; ignoring it.");
             return caller;
         }
-        caller.tenant = Arc::new(Tenant {
-            plan,
-            ..Tenant::clone(&caller.tenant)
-        });
+        caller.tenant = Arc::new(caller.tenant.on_plan(plan));
         caller
     }
 
@@ -361,16 +358,8 @@ impl Gateway {
         };
         let tenant = match configured {
             Some(t) if t.plan == plan => t.clone(),
-            Some(t) => Arc::new(Tenant {
-                plan,
-                ..Tenant::clone(t)
-            }),
-            None => Arc::new(Tenant {
-                name: claims.tenant,
-                plan,
-                billing_anchor: None,
-                keys: Vec::new(),
-            }),
+            Some(t) => Arc::new(t.on_plan(plan)),
+            None => Arc::new(Tenant::new(claims.tenant, plan, None, Vec::new())),
         };
         Ok(Caller {
             tenant,
@@ -400,12 +389,7 @@ impl Gateway {
                     .plan
                     .filter(|p| self.plans.contains(p))
                     .ok_or(Rejection::Unauthenticated(AuthFailure::NoPlan))?;
-                Arc::new(Tenant {
-                    name: record.tenant,
-                    plan,
-                    billing_anchor: None,
-                    keys: Vec::new(),
-                })
+                Arc::new(Tenant::new(record.tenant, plan, None, Vec::new()))
             }
         };
         Ok(Caller {

@@ -268,8 +268,11 @@ impl ProxyHttp for Proxy {
         match ctx.admitted() {
             // `insert_header` replaces a copy the client sent.
             Some(a) => {
-                up.insert_header("X-Tollgate-Tenant", a.caller.tenant.name.as_str())?;
-                up.insert_header("X-Tollgate-Plan", a.plan.name.as_str())?;
+                up.insert_header(
+                    "X-Tollgate-Tenant",
+                    header_value(a.caller.tenant.header_value())?,
+                )?;
+                up.insert_header("X-Tollgate-Plan", header_value(a.plan.header.as_ref())?)?;
             }
             None => {
                 for name in [&X_TOLLGATE_TENANT, &X_TOLLGATE_PLAN] {
@@ -595,6 +598,14 @@ impl Proxy {
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
     }
+}
+
+/// A copy of a header value built ahead (it shares the buffer), or for a name that cannot be
+/// one the error `insert_header` gives such a value.
+fn header_value(value: Option<&http::HeaderValue>) -> Result<http::HeaderValue> {
+    value
+        .cloned()
+        .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "invalid value while insert"))
 }
 
 fn target_count(route: &crate::config::Route) -> usize {

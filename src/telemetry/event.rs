@@ -433,12 +433,12 @@ mod tests {
     /// A call's event with every field set and a plugin's extra fields.
     fn full_caller() -> Caller {
         Caller {
-            tenant: Arc::new(Tenant {
-                name: "acme \"corp\"".into(),
-                plan: "pro".into(),
-                billing_anchor: None,
-                keys: Vec::new(),
-            }),
+            tenant: Arc::new(Tenant::new(
+                "acme \"corp\"".into(),
+                "pro".into(),
+                None,
+                Vec::new(),
+            )),
             identity: IdentityKind::Jwt,
             key_id: Some("k-1".into()),
             user: Some("user\n1 é".into()),
@@ -680,12 +680,7 @@ mod tests {
         #[test]
         fn hand_written_event_is_byte_for_byte_the_serde_one(i in inputs()) {
             let caller = i.caller.as_ref().map(|(tenant, kind, key_id, user, anonymous_id)| Caller {
-                tenant: Arc::new(Tenant {
-                    name: tenant.clone(),
-                    plan: "p".into(),
-                    billing_anchor: None,
-                    keys: Vec::new(),
-                }),
+                tenant: Arc::new(Tenant::new(tenant.clone(), "p".into(), None, Vec::new())),
                 identity: [IdentityKind::ApiKey, IdentityKind::Jwt, IdentityKind::Anonymous]
                     [usize::from(*kind)],
                 key_id: key_id.as_deref().map(Arc::from),
