@@ -16,7 +16,12 @@
 # compares the distinct event ids in the stream (and the file's lines) with the events the spool
 # took, and checks that none was dropped.
 #
-# Knobs (environment): SINKS (stream, file or stream+file), STREAM_REDIS (store: the stream on
+# SINKS=stream,file (a comma) runs three gateways instead: telemetry off, on with the stream
+# sink only, and on with the file sink only, in rotating order, so the two sinks are compared
+# under the same minutes of a noisy machine; the table then has a row and a ratio for each.
+#
+# Knobs (environment): SINKS (stream, file, stream+file, or a comma-separated list of them),
+# STREAM_REDIS (store: the stream on
 # the store's Redis; own: on a Redis of its own), BATCH (512, `telemetry.batch`: events per
 # spool write and per delivery), DURATION (10s), ROUNDS (5),
 # CONNECTIONS (32), WARMUP (2s), PIN (1),
@@ -28,8 +33,19 @@ set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
 SINKS=${SINKS:-stream}
-[[ $SINKS == stream || $SINKS == file || $SINKS == stream+file ]] ||
-  { echo "SINKS must be stream, file or stream+file" >&2; exit 1; }
+IFS=, read -r -a VARIANTS <<<"$SINKS"
+for v in "${VARIANTS[@]}"; do
+  [[ $v == stream || $v == file || $v == stream+file ]] ||
+    { echo "SINKS must be stream, file or stream+file, or a comma-separated list of them" >&2; exit 1; }
+done
+# The telemetry-on gateways: "on" alone, or "on-<sinks>" each when SINKS lists several.
+if ((${#VARIANTS[@]} == 1)); then
+  ONS=(on)
+else
+  ONS=("${VARIANTS[@]/#/on-}")
+fi
+declare -A SINKS_OF
+for i in "${!ONS[@]}"; do SINKS_OF[${ONS[$i]}]=${VARIANTS[$i]}; done
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TAG=telemetry
 # shellcheck source=benches/lib.sh
@@ -42,10 +58,13 @@ scratch telemetry
 
 free_port ORIGIN_PORT
 free_port REDIS_PORT
-free_port OFF_PORT
-free_port ON_PORT
-free_port ON_ADMIN
-free_port OFF_ADMIN
+declare -A PORT ADMIN PID
+for which in off "${ONS[@]}"; do
+  free_port gw_port
+  PORT[$which]=$gw_port
+  free_port admin_port
+  ADMIN[$which]=$admin_port
+done
 
 start_plain_origin
 
@@ -68,38 +87,45 @@ gateway_config() {
 routes: [{ name: metered, match: { path_prefix: / }, upstream: origin, meter: { requests: 1 } }]
 CONF
 }
-# Both have an admin listener (the "on" one's serves the metrics read after the runs), so the
-# two configs differ only in `telemetry`.
+# Every gateway has an admin listener (the "on" ones' serve the metrics read after the runs), so
+# the configs differ only in `telemetry`. Each "on" gateway has its own spool, and its own stream
+# (when it has a stream sink).
 {
-  gateway_config "$OFF_PORT"
-  echo "admin: { listen: \"127.0.0.1:$OFF_ADMIN\" }"
+  gateway_config "${PORT[off]}"
+  echo "admin: { listen: \"127.0.0.1:${ADMIN[off]}\" }"
 } >"$TMP/off.yaml"
-{
-  gateway_config "$ON_PORT"
-  cat <<CONF
-admin: { listen: "127.0.0.1:$ON_ADMIN" }
+declare -A STREAM_OF FILE_OF
+for which in "${ONS[@]}"; do
+  STREAM_OF[$which]=tollgate:events${which#on}
+  FILE_OF[$which]=$TMP/events-$which.jsonl
+  {
+    gateway_config "${PORT[$which]}"
+    cat <<CONF
+admin: { listen: "127.0.0.1:${ADMIN[$which]}" }
 telemetry:
-  spool: "$TMP/spool"
+  spool: "$TMP/spool-$which"
   instance: bench
   flush_interval: ${FLUSH_INTERVAL:-20ms}
   batch: ${BATCH:-512}
   sinks:
 CONF
-  [[ $SINKS == file ]] ||
-    echo "    - { kind: redis_stream, url: \"redis://127.0.0.1:$STREAM_PORT/1\", stream: \"tollgate:events\", max_len: 100000000 }"
-  [[ $SINKS == stream ]] || echo "    - { kind: file, path: \"$TMP/events.jsonl\" }"
-} >"$TMP/on.yaml"
-for which in off on; do
+    [[ ${SINKS_OF[$which]} == file ]] ||
+      echo "    - { kind: redis_stream, url: \"redis://127.0.0.1:$STREAM_PORT/1\", stream: \"${STREAM_OF[$which]}\", max_len: 100000000 }"
+    [[ ${SINKS_OF[$which]} == stream ]] || echo "    - { kind: file, path: \"${FILE_OF[$which]}\" }"
+  } >"$TMP/$which.yaml"
+done
+AUTH=(-H "Authorization: Bearer $KEY")
+for which in off "${ONS[@]}"; do
   "$BIN" check --config "$TMP/$which.yaml" >/dev/null || die "tollgate check rejected $which.yaml"
   sed "s/$KEY_SHA/<sha256>/" "$TMP/$which.yaml" >"$RESULTS_DIR/$which.yaml"
   TOLLGATE_LOG=${TOLLGATE_LOG:-warn} "${GW_PIN[@]}" "$BIN" serve --config "$TMP/$which.yaml" \
     >"$RESULTS_DIR/tollgate-$which.log" 2>&1 &
   PIDS+=($!)
-  printf -v "PID_${which^^}" '%s' "$!"
+  PID[$which]=$!
 done
-AUTH=(-H "Authorization: Bearer $KEY")
-wait_until 30 "$PID_OFF" "gateway (off)" curl -fsS --max-time 1 "${AUTH[@]}" "http://127.0.0.1:$OFF_PORT/"
-wait_until 30 "$PID_ON" "gateway (on)" curl -fsS --max-time 1 "${AUTH[@]}" "http://127.0.0.1:$ON_PORT/"
+for which in off "${ONS[@]}"; do
+  wait_until 30 "${PID[$which]}" "gateway ($which)" curl -fsS --max-time 1 "${AUTH[@]}" "http://127.0.0.1:${PORT[$which]}/"
+done
 
 # proxy_ticks PID: CPU time (clock ticks) of the gateway's proxy worker threads only.
 proxy_ticks() {
@@ -116,9 +142,7 @@ proxy_ticks() {
 # run WHICH ROUND: warm-up, then the measured run; prints
 # "rps p50 p99 gw_us_per_request proxy_thread_us_per_request".
 run() {
-  local which=$1 r=$2 port pid t0 t1 p0 p1 parsed
-  port=$([[ $1 == on ]] && echo "$ON_PORT" || echo "$OFF_PORT")
-  pid=$([[ $1 == on ]] && echo "$PID_ON" || echo "$PID_OFF")
+  local which=$1 r=$2 port=${PORT[$1]} pid=${PID[$1]} t0 t1 p0 p1 parsed
   run_wrk "$RESULTS_DIR/$which.$r.warmup.txt" "$WARM_BOUND" -t1 -c"$CONNECTIONS" -d"$WARMUP" \
     "${AUTH[@]}" "http://127.0.0.1:$port/" || die "wrk warm-up failed"
   t0=$(proc_ticks "$pid")
@@ -133,50 +157,72 @@ run() {
   echo "$rps $p50 $p99 $(us_per_req $((t1 - t0)) "$reqs") $(us_per_req $((p1 - p0)) "$reqs")"
 }
 
+# rounds.txt, one line per round: the round, then for "off" and each "on" gateway in turn its
+# rps p50 p99 gw-us proxy-us, and after those, for each "on" gateway, the rps ratio and the
+# ratio of gateway CPU per request (on/off).
 : >"$RESULTS_DIR/rounds.txt"
+ALL=(off "${ONS[@]}")
 for ((r = 1; r <= ROUNDS; r++)); do
-  if ((r % 2)); then order=(off on); else order=(on off); fi
+  # Rotate which gateway goes first (with two: off, on in odd rounds, on, off in even ones).
+  order=()
+  for ((k = 0; k < ${#ALL[@]}; k++)); do order+=("${ALL[$(((k + r - 1) % ${#ALL[@]}))]}"); done
   for which in "${order[@]}"; do
     log "round $r/$ROUNDS: telemetry $which"
     run "$which" "$r" >"$TMP/$which.parsed"
   done
-  read -r a_rps a_p50 a_p99 a_us a_px <"$TMP/off.parsed"
-  read -r b_rps b_p50 b_p99 b_us b_px <"$TMP/on.parsed"
-  # columns: 1 round, 2-6 off rps p50 p99 gw-us proxy-us, 7-11 the same on, 12 rps ratio,
-  # 13 ratio of gateway CPU per request (on/off)
-  echo "$r $a_rps $a_p50 $a_p99 $a_us $a_px $b_rps $b_p50 $b_p99 $b_us $b_px" \
-    "$(awk -v b="$b_rps" -v a="$a_rps" 'BEGIN { printf "%.4f", b / a }')" \
-    "$(awk -v b="$b_us" -v a="$a_us" 'BEGIN { printf "%.4f", (a > 0 ? b / a : 0) }')" >>"$RESULTS_DIR/rounds.txt"
-  log "round $r: off $a_rps req/s, on $b_rps req/s"
+  read -r a_rps _ _ a_us _ <"$TMP/off.parsed"
+  line="$r $(cat "$TMP/off.parsed")"
+  ratios=""
+  summary="off $a_rps req/s"
+  for which in "${ONS[@]}"; do
+    read -r b_rps _ _ b_us _ <"$TMP/$which.parsed"
+    line+=" $(cat "$TMP/$which.parsed")"
+    ratios+=" $(awk -v b="$b_rps" -v a="$a_rps" 'BEGIN { printf "%.4f", b / a }')"
+    ratios+=" $(awk -v b="$b_us" -v a="$a_us" 'BEGIN { printf "%.4f", (a > 0 ? b / a : 0) }')"
+    summary+=", $which $b_rps req/s"
+  done
+  echo "$line$ratios" >>"$RESULTS_DIR/rounds.txt"
+  log "round $r: $summary"
 done
 
-# Every event the spool took must reach both sinks, and none may have been dropped.
-metric() { curl -fsS "http://127.0.0.1:$ON_ADMIN/metrics" | awk -v m="$1" 'index($0, m) == 1 { s += $NF } END { printf "%d\n", s }'; }
-for _ in $(seq 1 600); do
-  [[ $(metric 'tollgate_events_spooled ') == 0 ]] && break
-  sleep 0.1
+# Every event each spool took must reach its sinks, and none may have been dropped.
+metric() { curl -fsS "http://127.0.0.1:$1/metrics" | awk -v m="$2" 'index($0, m) == 1 { s += $NF } END { printf "%d\n", s }'; }
+lost=0
+events_notes=()
+for which in "${ONS[@]}"; do
+  admin=${ADMIN[$which]}
+  for _ in $(seq 1 600); do
+    [[ $(metric "$admin" 'tollgate_events_spooled ') == 0 ]] && break
+    sleep 0.1
+  done
+  spooled=$(metric "$admin" 'tollgate_events_total{result="spooled",sink="spool"}')
+  dropped=$(metric "$admin" 'tollgate_events_dropped_total')
+  # Delivery is at least once: a batch retried after a timeout can land twice, so count ids.
+  if [[ ${SINKS_OF[$which]} == file ]]; then
+    unique_in_stream=$spooled
+    stream_note="no stream sink"
+  else
+    stream=${STREAM_OF[$which]}
+    in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 xlen "$stream")
+    unique_in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 --raw xrange "$stream" - + |
+      grep -o '"id":"[^"]*"' | sort -u | wc -l)
+    stream_note="in the stream $in_stream ($unique_in_stream distinct ids)"
+  fi
+  if [[ ${SINKS_OF[$which]} == stream ]]; then
+    in_file=$spooled
+    file_note="no file sink"
+  else
+    in_file=$(wc -l <"${FILE_OF[$which]}")
+    file_note="in the file $in_file"
+  fi
+  prefix=$([[ ${#ONS[@]} -gt 1 ]] && echo "$which: " || echo "")
+  events_notes+=("events: ${prefix}spooled $spooled, $stream_note, $file_note, dropped $dropped")
+  ((spooled > 0 && unique_in_stream == spooled && in_file >= spooled && dropped == 0)) || lost=1
 done
-spooled=$(metric 'tollgate_events_total{result="spooled",sink="spool"}')
-dropped=$(metric 'tollgate_events_dropped_total')
-# Delivery is at least once: a batch retried after a timeout can land twice, so count ids.
-if [[ $SINKS == file ]]; then
-  unique_in_stream=$spooled
-  stream_note="no stream sink"
-else
-  in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 xlen tollgate:events)
-  unique_in_stream=$(redis-cli -p "$STREAM_PORT" -n 1 --raw xrange tollgate:events - + |
-    grep -o '"id":"[^"]*"' | sort -u | wc -l)
-  stream_note="in the stream $in_stream ($unique_in_stream distinct ids)"
-fi
-if [[ $SINKS == stream ]]; then
-  in_file=$spooled
-  file_note="no file sink"
-else
-  in_file=$(wc -l <"$TMP/events.jsonl")
-  file_note="in the file $in_file"
-fi
 
 col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
+# per_round COLUMN: the column's value in every round, three decimals.
+per_round() { awk -v c="$1" '{ printf "%s%.3f", (NR > 1 ? " " : ""), $c }' "$RESULTS_DIR/rounds.txt"; }
 {
   echo
   if [[ -n ${TOLLGATE_BIN:-} ]]; then
@@ -189,16 +235,23 @@ col() { awk -v c="$1" '{ print $c }' "$RESULTS_DIR/rounds.txt" | median; }
   echo "$HALT_POLL_NOTE"
   printf '%-30s %9s %8s %8s %9s %9s\n' "" "req/s" "p50 ms" "p99 ms" "gw us/r" "proxy us/r"
   printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry off *" "$(col 2)" "$(col 3)" "$(col 4)" "$(col 5)" "$(col 6)"
-  printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry on ($SINKS) *" "$(col 7)" "$(col 8)" "$(col 9)" "$(col 10)" "$(col 11)"
-  printf 'on/off req/s: %.3f (median of per-round ratios: %s)\n' "$(col 12)" \
-    "$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $12 }' "$RESULTS_DIR/rounds.txt")"
-  printf 'on/off gateway CPU per request: %.3f (median of per-round ratios: %s)\n' "$(col 13)" \
-    "$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $13 }' "$RESULTS_DIR/rounds.txt")"
+  base=7
+  for which in "${ONS[@]}"; do
+    printf '%-30s %9.0f %8.3f %8.3f %9s %9s\n' "telemetry on (${SINKS_OF[$which]}) *" "$(col $base)" \
+      "$(col $((base + 1)))" "$(col $((base + 2)))" "$(col $((base + 3)))" "$(col $((base + 4)))"
+    base=$((base + 5))
+  done
+  for which in "${ONS[@]}"; do
+    label=$([[ ${#ONS[@]} -gt 1 ]] && echo "on (${SINKS_OF[$which]})/off" || echo "on/off")
+    printf '%s req/s: %.3f (median of per-round ratios: %s)\n' "$label" "$(col $base)" "$(per_round $base)"
+    printf '%s gateway CPU per request: %.3f (median of per-round ratios: %s)\n' "$label" \
+      "$(col $((base + 1)))" "$(per_round $((base + 1)))"
+    base=$((base + 2))
+  done
   echo "* median of $ROUNDS rounds; gw us/r = gateway CPU microseconds per request, all threads;"
   echo "  proxy us/r = the proxy worker threads only (the request path; telemetry's background"
   echo "  thread and its blocking writes are the difference)"
-  echo "events: spooled $spooled, $stream_note, $file_note, dropped $dropped"
+  printf '%s\n' "${events_notes[@]}"
   echo "raw outputs: $RESULTS_DIR"
 } | tee "$RESULTS_DIR/summary.txt"
-((spooled > 0 && unique_in_stream == spooled && in_file >= spooled && dropped == 0)) ||
-  die "events were lost or dropped (see above)"
+((lost == 0)) || die "events were lost or dropped (see above)"
