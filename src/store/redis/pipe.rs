@@ -252,8 +252,6 @@ struct State {
     /// Bytes not written yet because the socket's buffer was full.
     backlog: Vec<u8>,
     flusher_woken: bool,
-    /// Calls in `in_flight`'s batches.
-    in_flight_calls: usize,
     split: Split,
 }
 
@@ -361,7 +359,9 @@ impl Link {
             return Err(StoreError::Backend(why.clone()));
         }
         state.pending.push((reservation, reply));
-        let waiting = state.pending.len() + state.in_flight_calls;
+        // `in_flight` holds a few batches at most: counting them is cheaper than keeping a count.
+        let waiting =
+            state.pending.len() + state.in_flight.iter().map(|(_, c)| c.len()).sum::<usize>();
         if state.pending.len() >= state.split.on_submit(waiting) {
             self.write_pending(&mut state, shared);
         } else if !state.flusher_woken {
@@ -384,7 +384,6 @@ impl Link {
             calls.iter().map(|(r, _)| &**r),
             &mut bytes,
         );
-        state.in_flight_calls += calls.len();
         state.in_flight.push_back((Instant::now(), calls));
         if state.backlog.is_empty() {
             match self.write.try_write(&bytes) {
@@ -493,13 +492,7 @@ impl Link {
             while let Some((frame, used)) = parse_frame(&buf[at..]) {
                 at += used;
                 let batch = match self.state() {
-                    Ok(mut state) => {
-                        let batch = state.in_flight.pop_front();
-                        state.in_flight_calls = state
-                            .in_flight_calls
-                            .saturating_sub(batch.as_ref().map_or(0, |(_, c)| c.len()));
-                        batch
-                    }
+                    Ok(mut state) => state.in_flight.pop_front(),
                     Err(e) => {
                         bad = Some(e.to_string());
                         break;
@@ -566,7 +559,6 @@ impl Link {
 /// Gives up the connection: every call waiting on it fails with `why`.
 fn fail(state: &mut State, why: String) {
     tracing::debug!(reason = %why, "The reservation connection to Redis is down.");
-    state.in_flight_calls = 0;
     for (_, calls) in std::mem::take(&mut state.in_flight) {
         answer(calls, |_| Err(StoreError::Backend(why.clone())));
     }
