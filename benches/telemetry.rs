@@ -30,6 +30,7 @@ use tollgate::pipeline::identity::{Caller, IdentityKind};
 use tollgate::telemetry::emit::Emitter;
 use tollgate::telemetry::event::CallEvent;
 use tollgate::telemetry::metrics::Metrics;
+use tollgate::telemetry::queue::EventQueue;
 use tollgate::telemetry::sinks::file::FileSink;
 use tollgate::telemetry::sinks::redis_stream::RedisStreamSink;
 use tollgate::telemetry::sinks::Sink;
@@ -165,8 +166,9 @@ fn bench(c: &mut Criterion) {
 
     g.throughput(Throughput::Elements(1));
     let metrics = Arc::new(Metrics::unregistered().unwrap());
-    let (tx, mut rx) = tokio::sync::mpsc::channel(65_536);
-    let emitter = Emitter::new(tx, "tollgate/bench".into(), metrics);
+    let queue = Arc::new(EventQueue::new(65_536));
+    let emitter = Emitter::new(queue.clone(), "tollgate/bench".into(), metrics);
+    let mut spare = Vec::new();
     let caller = acme();
     g.bench_function("encode_event", |b| {
         b.iter(|| {
@@ -185,7 +187,7 @@ fn bench(c: &mut Criterion) {
                 latency_ms: 3.2,
                 extra: None,
             });
-            while rx.try_recv().is_ok() {}
+            queue.take(&mut spare);
         })
     });
     g.throughput(Throughput::Elements(BATCH as u64));

@@ -27,6 +27,7 @@ pub mod telemetry {
     mod json;
     pub mod metrics;
     pub mod outcome;
+    pub mod queue;
     pub mod service;
     pub mod sinks;
     pub mod spool;

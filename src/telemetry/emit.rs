@@ -1,8 +1,8 @@
 //! The request path's side of usage events: encode, then hand over without waiting.
 //!
-//! `Emitter::emit` runs in pingora's `logging` phase. It never awaits: the event goes into a
-//! bounded in-memory queue with `try_send`, and the spool writer (`service.rs`) takes it from
-//! there. When the queue is full (the spool writer is behind, for example on a stalled disk) the
+//! `Emitter::emit` runs in pingora's `logging` phase. It never awaits: the event is encoded
+//! straight into a bounded in-memory queue (`queue.rs`), and the spool writer (`service.rs`)
+//! takes it from there. When the queue is full (the spool writer is behind, for example on a stalled disk) the
 //! event is dropped, counted in `tollgate_events_dropped_total{reason="queue_full"}` and
 //! logged: backpressure on a response would be worse than a counted loss.
 
@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use jiff::Timestamp;
-use tokio::sync::mpsc;
 
 use super::event::{period_label, period_of, CallEvent};
 use super::metrics::Metrics;
 use super::outcome::Outcome;
+use super::queue::{EventQueue, Refusal};
 use crate::config::{Plan, Route};
 use crate::meter::period::Window;
 use crate::pipeline::identity::Caller;
@@ -24,17 +24,18 @@ use crate::pipeline::{Admission, Refused, Rejection};
 
 /// Hands events from the request path to the spool writer.
 pub struct Emitter {
-    tx: mpsc::Sender<Bytes>,
+    queue: Arc<EventQueue>,
     source: String,
     metrics: Arc<Metrics>,
     dropped: AtomicU64,
 }
 
 impl Emitter {
-    /// An emitter feeding `tx`, naming itself `source` (`tollgate/<instance>`).
-    pub fn new(tx: mpsc::Sender<Bytes>, source: String, metrics: Arc<Metrics>) -> Emitter {
+    /// An emitter feeding `queue`, naming itself `source` (`tollgate/<instance>`). Dropping
+    /// it closes the queue.
+    pub fn new(queue: Arc<EventQueue>, source: String, metrics: Arc<Metrics>) -> Emitter {
         Emitter {
-            tx,
+            queue,
             source,
             metrics,
             dropped: AtomicU64::new(0),
@@ -48,12 +49,13 @@ impl Emitter {
 
     /// Queues one event; never blocks.
     pub fn emit(&self, event: &CallEvent<'_>) {
-        self.queue(event.encode());
+        let queued = self.queue.push(|buf| event.encode_into(buf));
+        self.queued(queued);
     }
 
     /// Queues a lifecycle milestone's event (`dev.tollgate.milestone`); never blocks.
     pub fn emit_milestone(&self, time: Timestamp, milestone: &Milestone) {
-        self.queue(super::event::encode_milestone(
+        self.queue_encoded(super::event::encode_milestone(
             &self.source,
             time,
             milestone,
@@ -62,25 +64,24 @@ impl Emitter {
 
     /// Queues an anonymous → identified merge's event (`dev.tollgate.identify`); never blocks.
     pub fn emit_identify(&self, time: Timestamp, identify: &Identify) {
-        self.queue(super::event::encode_identify(&self.source, time, identify));
+        self.queue_encoded(super::event::encode_identify(&self.source, time, identify));
     }
 
-    fn queue(&self, encoded: Result<Bytes, serde_json::Error>) {
-        let bytes = match encoded {
-            Ok(b) => b,
-            Err(e) => {
-                self.drop_event("encode_error", &e.to_string());
-                return;
-            }
-        };
-        match self.tx.try_send(bytes) {
+    fn queue_encoded(&self, encoded: Result<Bytes, serde_json::Error>) {
+        let queued = self.queue.push(|buf| {
+            buf.extend_from_slice(&encoded?);
+            Ok(())
+        });
+        self.queued(queued);
+    }
+
+    fn queued(&self, queued: Result<(), Refusal<serde_json::Error>>) {
+        match queued {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.drop_event("queue_full", "the spool writer is behind")
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.drop_event("closed", "the spool writer has stopped")
-            }
+            Err(Refusal::Full) => self.drop_event("queue_full", "the spool writer is behind"),
+            Err(Refusal::Closed) => self.drop_event("closed", "the spool writer has stopped"),
+            Err(Refusal::Encode(e)) => self.drop_event("encode_error", &e.to_string()),
+            Err(Refusal::TooLarge) => self.drop_event("encode_error", "the event exceeds 4 GiB"),
         }
     }
 
@@ -98,6 +99,13 @@ impl Emitter {
                 "Usage event dropped: {why}; see tollgate_events_dropped_total."
             );
         }
+    }
+}
+
+impl Drop for Emitter {
+    /// The request path is gone: the spool writer takes what is queued and stops.
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }
 

@@ -122,11 +122,25 @@ impl CallEvent<'_> {
         self.encode_with_id(new_id(self.time))
     }
 
+    /// [`CallEvent::encode`], appended to `out` (the telemetry queue's buffer). On an error,
+    /// part of the event may have been appended.
+    pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        self.write(new_id(self.time), out)
+    }
+
     /// [`CallEvent::encode`] with a given id.
     fn encode_with_id(&self, id: Uuid) -> Result<Bytes, serde_json::Error> {
-        let tenant = self.caller.map(|c| c.tenant.name.as_str());
         // Sized for a typical event, so encoding does not grow the buffer step by step.
         let mut out = Vec::with_capacity(640);
+        self.write(id, &mut out)?;
+        // A boxed slice becomes `Bytes` without the separate reference-count allocation a `Vec`
+        // with spare capacity needs (the allocator shrinks this one in place).
+        Ok(Bytes::from(out.into_boxed_slice()))
+    }
+
+    /// Appends the event with id `id` to `out`.
+    fn write(&self, id: Uuid, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        let tenant = self.caller.map(|c| c.tenant.name.as_str());
         out.extend_from_slice(br#"{"specversion":"1.0","id":""#);
         out.extend_from_slice(
             id.hyphenated()
@@ -134,56 +148,54 @@ impl CallEvent<'_> {
                 .as_bytes(),
         );
         out.extend_from_slice(br#"","source":"#);
-        json::string(&mut out, self.source);
+        json::string(out, self.source);
         out.extend_from_slice(br#","type":""#);
         out.extend_from_slice(REQUEST_TYPE.as_bytes());
         out.push(b'"');
         if let Some(tenant) = tenant {
             out.extend_from_slice(br#","subject":"#);
-            json::string(&mut out, tenant);
+            json::string(out, tenant);
         }
         out.extend_from_slice(br#","time":"#);
-        json::time(&mut out, self.time).map_err(serde_json::Error::io)?;
+        json::time(out, self.time).map_err(serde_json::Error::io)?;
         out.extend_from_slice(br#","datacontenttype":"application/json","data":{"tenant":"#);
-        json::opt_string(&mut out, tenant);
+        json::opt_string(out, tenant);
         out.extend_from_slice(br#","identity":"#);
-        json::opt_string(&mut out, self.caller.map(|c| c.identity.as_str()));
+        json::opt_string(out, self.caller.map(|c| c.identity.as_str()));
         out.extend_from_slice(br#","key_id":"#);
-        json::opt_string(&mut out, self.caller.and_then(|c| c.key_id.as_deref()));
+        json::opt_string(out, self.caller.and_then(|c| c.key_id.as_deref()));
         out.extend_from_slice(br#","user":"#);
-        json::opt_string(&mut out, self.caller.and_then(|c| c.user.as_deref()));
+        json::opt_string(out, self.caller.and_then(|c| c.user.as_deref()));
         out.extend_from_slice(br#","anonymous_id":"#);
-        json::opt_string(&mut out, self.caller.and_then(Caller::anonymous_id));
+        json::opt_string(out, self.caller.and_then(Caller::anonymous_id));
         out.extend_from_slice(br#","plan":"#);
-        json::opt_string(&mut out, self.plan);
+        json::opt_string(out, self.plan);
         out.extend_from_slice(br#","route":"#);
-        json::opt_string(&mut out, self.route);
+        json::opt_string(out, self.route);
         out.extend_from_slice(br#","method":"#);
-        json::string(&mut out, self.method);
+        json::string(out, self.method);
         out.extend_from_slice(br#","path":"#);
-        json::string(&mut out, self.path);
+        json::string(out, self.path);
         out.extend_from_slice(br#","status":"#);
-        json::uint(&mut out, u64::from(self.status));
+        json::uint(out, u64::from(self.status));
         out.extend_from_slice(br#","outcome":"#);
-        json::string(&mut out, self.outcome);
+        json::string(out, self.outcome);
         out.extend_from_slice(br#","meters":{"#);
-        write_meters(&mut out, &self.meters);
+        write_meters(out, &self.meters);
         out.extend_from_slice(br#"},"period":"#);
-        json::string(&mut out, &self.period);
+        json::string(out, &self.period);
         out.extend_from_slice(br#","latency_ms":"#);
         // The one float: serde_json's own formatting (shortest round-trip; `null` when not
         // finite), so it cannot drift from what serde writes.
-        serde_json::to_writer(&mut out, &((self.latency_ms * 1000.0).round() / 1000.0))?;
+        serde_json::to_writer(&mut *out, &((self.latency_ms * 1000.0).round() / 1000.0))?;
         for (key, value) in self.extra.into_iter().flatten() {
             out.push(b',');
-            json::string(&mut out, key);
+            json::string(out, key);
             out.push(b':');
-            serde_json::to_writer(&mut out, value)?;
+            serde_json::to_writer(&mut *out, value)?;
         }
         out.extend_from_slice(b"}}");
-        // A boxed slice becomes `Bytes` without the separate reference-count allocation a `Vec`
-        // with spare capacity needs (the allocator shrinks this one in place).
-        Ok(Bytes::from(out.into_boxed_slice()))
+        Ok(())
     }
 
     /// The event encoded through serde, as [`CallEvent::encode`] did before it was written by

@@ -1,7 +1,7 @@
 //! The telemetry background service: the spool writer and one delivery loop per sink.
 //!
 //! ```text
-//! logging() --try_send--> [bounded queue] --> writer: append batch, fsync --> spool segments
+//! logging() --encode--> [bounded queue] --> writer: append batch, fsync --> spool segments
 //!                                                                    |--> sink A loop (own position)
 //!                                                                    |--> sink B loop (own position)
 //! ```
@@ -20,10 +20,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::emit::Emitter;
 use super::metrics::Metrics;
+use super::queue::EventQueue;
 use super::sinks::{self, backoff, Sink};
 use super::spool::{Limits, Reader, Spool};
 use crate::config::Telemetry;
@@ -31,7 +32,7 @@ use crate::config::Telemetry;
 /// The background half of telemetry; [`TelemetryService::new`] also returns the request path's
 /// [`Emitter`].
 pub struct TelemetryService {
-    queue: Mutex<Option<mpsc::Receiver<Bytes>>>,
+    queue: Mutex<Option<Arc<EventQueue>>>,
     sinks: Mutex<Vec<(String, Box<dyn Sink>)>>,
     spool: Arc<Spool>,
     batch: usize,
@@ -56,13 +57,13 @@ impl TelemetryService {
                 .with_context(|| format!("telemetry sink `{}`", s.name))?;
             sinks.push((s.name.clone(), sink));
         }
-        let (tx, rx) = mpsc::channel(config.queue.get());
+        let queue = Arc::new(EventQueue::new(config.queue.get()));
         let source = format!("tollgate/{}", config.instance);
-        let emitter = Emitter::new(tx, source, metrics.clone());
+        let emitter = Emitter::new(queue.clone(), source, metrics.clone());
         Ok((
             emitter,
             TelemetryService {
-                queue: Mutex::new(Some(rx)),
+                queue: Mutex::new(Some(queue)),
                 sinks: Mutex::new(sinks),
                 spool,
                 batch: config.batch.get(),
@@ -74,7 +75,8 @@ impl TelemetryService {
     }
 
     /// Spawns the spool writer's thread: it takes events from the queue, appends them in
-    /// batches with an fsync each, and stops when every sender is gone and the queue is empty.
+    /// batches with an fsync each, and stops when the queue is closed (the [`Emitter`] is gone)
+    /// and empty.
     ///
     /// A plain thread rather than a task: the writer blocks on `fdatasync` (milliseconds) and
     /// sleeps while a batch gathers, and a thread of its own does both without waking anything
@@ -82,7 +84,7 @@ impl TelemetryService {
     /// switches per batch, on the request path's core when the gateway is pinned to one.
     fn spawn_writer(
         &self,
-        queue: mpsc::Receiver<Bytes>,
+        queue: Arc<EventQueue>,
         stopping: Arc<AtomicBool>,
         done: oneshot::Sender<()>,
     ) -> std::io::Result<()> {
@@ -151,7 +153,7 @@ impl BackgroundService for TelemetryService {
 
 /// The spool writer: queue → batches → spool, on a thread of its own.
 struct SpoolWriter {
-    queue: mpsc::Receiver<Bytes>,
+    queue: Arc<EventQueue>,
     spool: Arc<Spool>,
     batch: usize,
     flush_interval: Duration,
@@ -161,29 +163,22 @@ struct SpoolWriter {
 }
 
 impl SpoolWriter {
-    fn run(mut self) {
-        let mut events = Vec::with_capacity(self.batch);
-        loop {
-            if self.queue.blocking_recv_many(&mut events, self.batch) == 0 {
-                // Every sender is gone (the proxy stopped) and the queue is empty.
-                tracing::info!("Usage event queue closed; every queued event is in the spool.");
-                return;
-            }
-            if events.len() < self.batch && !self.stopping.load(Ordering::Relaxed) {
+    fn run(self) {
+        let mut spare = Vec::new();
+        while self.queue.wait() {
+            if self.queue.len() < self.batch && !self.stopping.load(Ordering::Relaxed) {
                 // Gather for a moment before writing: one fsync (and one delivery per sink)
                 // then serves many calls instead of a few. The wait is what a crash can lose
                 // on top of the batch being written.
                 std::thread::sleep(self.flush_interval);
-                while events.len() < self.batch {
-                    match self.queue.try_recv() {
-                        Ok(e) => events.push(e),
-                        Err(_) => break,
-                    }
-                }
             }
-            let batch = std::mem::replace(&mut events, Vec::with_capacity(self.batch));
-            self.write(batch);
+            let mut events = self.queue.take(&mut spare);
+            while !events.is_empty() {
+                let rest = events.split_off(events.len().min(self.batch));
+                self.write(std::mem::replace(&mut events, rest));
+            }
         }
+        tracing::info!("Usage event queue closed; every queued event is in the spool.");
     }
 
     /// Appends one batch to the spool and fsyncs it.

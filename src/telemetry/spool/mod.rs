@@ -11,7 +11,7 @@
 //!
 //! Durability: one writer appends a whole batch, then `fsync`s, and only then makes the records
 //! visible to the sinks. A crash can therefore lose only what was not yet fsynced: the events
-//! still in the in-memory queue plus the batch being written (at most `queue + batch` events,
+//! still in the in-memory queue plus those the writer took and is writing (at most twice `queue`,
 //! normally the calls of the last `flush_interval` and one fsync). A crash after a sink delivered
 //! but before its position was saved makes that sink deliver the batch again: delivery is
 //! at least once, and every event carries a stable `id` to deduplicate on.
