@@ -145,18 +145,21 @@ impl EventQueue {
             std::mem::swap(&mut p.buf, spare);
             std::mem::take(&mut p.events)
         };
-        // One copy of the batch, which its records then share.
-        let all = Bytes::copy_from_slice(spare);
-        spare.clear();
+        // A copy of each record, not one copy of the batch shared by its records: a batch
+        // is hundreds of kilobytes, and a fresh allocation that size came from pages the
+        // allocator had handed back to the kernel, one page fault per 4 KiB (8% of the
+        // telemetry threads' CPU in `perf`). Records of a few hundred bytes reuse memory.
         let mut out = Vec::with_capacity(events);
-        let mut at = 0;
-        while let Some(prefix) = all.get(at..at + LEN) {
-            let mut len = [0; LEN];
-            len.copy_from_slice(prefix);
-            let end = at + LEN + u32::from_le_bytes(len) as usize;
-            out.push(all.slice(at + LEN..end));
-            at = end;
+        let mut rest = &spare[..];
+        while let Some((len, after)) = rest.split_first_chunk::<LEN>() {
+            let len = u32::from_le_bytes(*len) as usize;
+            let Some(event) = after.get(..len) else {
+                break; // unreachable: `push` writes whole records only
+            };
+            out.push(Bytes::copy_from_slice(event));
+            rest = &after[len..];
         }
+        spare.clear();
         out
     }
 }
