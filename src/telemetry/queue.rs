@@ -147,7 +147,7 @@ impl EventQueue {
         };
         // A copy of each record, not one copy of the batch shared by its records: a batch
         // is hundreds of kilobytes, and a fresh allocation that size came from pages the
-        // allocator had handed back to the kernel, one page fault per 4 KiB (8% of the
+        // allocator had handed back to the kernel, one page fault per 4 KiB (6% of the
         // telemetry threads' CPU in `perf`). Records of a few hundred bytes reuse memory.
         let mut out = Vec::with_capacity(events);
         let mut rest = &spare[..];
