@@ -966,6 +966,24 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
         .unwrap();
     acl.deliver(&events).await.unwrap();
     assert_eq!(xrange(&mut conn, "tg:acl").await, want);
+
+    // A batch longer than one pipelined slice (64 commands) arrives whole and in order, and
+    // the connection stays in step for the next batch.
+    let many: Vec<Bytes> = (0..200)
+        .map(|n| Bytes::from(format!(r#"{{"n":{n}}}"#)))
+        .collect();
+    let mut sink = RedisStreamSink::new(
+        &format!("redis://events:events-secret@{addr}/3"),
+        &[],
+        "tg:many",
+        1000,
+    )
+    .unwrap();
+    sink.deliver(&many).await.unwrap();
+    sink.deliver(&events).await.unwrap();
+    let mut want_many: Vec<Vec<u8>> = many.iter().map(|e| e.to_vec()).collect();
+    want_many.extend(want.iter().cloned());
+    assert_eq!(xrange(&mut conn, "tg:many").await, want_many);
 }
 
 /// A child process killed when the test ends, also when it fails.
