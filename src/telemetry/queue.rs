@@ -12,10 +12,11 @@
 //! buffer the request path touches one lock and memory it reuses, and the writer takes hundreds
 //! of events per lock (figures in the README's Telemetry section).
 //!
-//! The lock is held while an event is encoded (about a microsecond). The only other party is
-//! the writer, which holds it to swap two buffers once per batch, so the request path waits on
-//! it only in that instant; with several proxy threads they take turns, as they did on the
-//! channel's tail.
+//! The lock is held while an event is encoded (about 0.3 µs). With one proxy thread the only
+//! other party is the writer, which holds it to swap two buffers once per batch, so the request
+//! path waits on it only in that instant. Several proxy threads take turns on it: at 100k
+//! events a second the lock is held 3% of the time, so a wait is rare and short. Far beyond
+//! that, encoding into a buffer per thread and only copying under the lock would shorten it.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
