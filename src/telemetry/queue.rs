@@ -22,6 +22,8 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
 
+use super::spool::KEEP_BUFFER;
+
 /// Why an event was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal<E> {
@@ -161,6 +163,8 @@ impl EventQueue {
             rest = &after[len..];
         }
         spare.clear();
+        // A burst (up to `queue` events, tens of megabytes) must not keep its buffer for good.
+        spare.shrink_to(KEEP_BUFFER);
         out
     }
 }
@@ -192,6 +196,18 @@ mod tests {
         assert!(q.take(&mut spare).is_empty());
         push(&q, b"next").unwrap();
         assert_eq!(q.take(&mut spare), vec![&b"next"[..]]);
+    }
+
+    #[test]
+    fn a_burst_does_not_keep_its_buffer() {
+        let q = EventQueue::new(usize::MAX);
+        let event = vec![b'x'; 64 * 1024];
+        for _ in 0..(2 * KEEP_BUFFER / event.len()) {
+            push(&q, &event).unwrap();
+        }
+        let mut spare = Vec::new();
+        assert_eq!(q.take(&mut spare).len(), 2 * KEEP_BUFFER / event.len());
+        assert!(spare.capacity() <= KEEP_BUFFER, "{}", spare.capacity());
     }
 
     #[test]
