@@ -211,3 +211,51 @@ fn plan_period(
     let window = Window::containing(policy.period, anchor, now).ok()?;
     Some(period_label(policy.period, &window))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(path: &str) -> CallEvent<'_> {
+        CallEvent {
+            source: "tollgate/test",
+            time: Timestamp::UNIX_EPOCH,
+            caller: None,
+            plan: None,
+            route: Some("api"),
+            method: "GET",
+            path,
+            status: 401,
+            outcome: "unauthenticated",
+            meters: Vec::new(),
+            period: "1970-01".into(),
+            latency_ms: 0.5,
+            extra: None,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_and_a_dropped_emitter_closes_it() {
+        let metrics = Arc::new(Metrics::unregistered().unwrap());
+        let queue = Arc::new(EventQueue::new(2));
+        let emitter = Emitter::new(queue.clone(), "tollgate/test".into(), metrics.clone());
+        for path in ["/1", "/2", "/3"] {
+            emitter.emit(&event(path));
+        }
+        let dropped = |reason: &str| metrics.events_dropped.with_label_values(&[reason]).get();
+        assert_eq!(dropped("queue_full"), 1);
+        let queued = queue.take(&mut Vec::new());
+        assert_eq!(queued.len(), 2);
+        for (bytes, path) in queued.iter().zip(["/1", "/2"]) {
+            let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
+            assert_eq!(v["data"]["path"], path);
+        }
+        drop(emitter);
+        assert!(!queue.wait(), "the queue is closed and empty");
+        let late = queue.push(|buf| {
+            buf.push(b'x');
+            Ok::<(), ()>(())
+        });
+        assert_eq!(late, Err(Refusal::Closed));
+    }
+}
