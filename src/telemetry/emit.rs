@@ -2,9 +2,10 @@
 //!
 //! `Emitter::emit` runs in pingora's `logging` phase. It never awaits: the event is encoded
 //! straight into a bounded in-memory queue (`queue.rs`), and the spool writer (`service.rs`)
-//! takes it from there. When the queue is full (the spool writer is behind, for example on a stalled disk) the
-//! event is dropped, counted in `tollgate_events_dropped_total{reason="queue_full"}` and
-//! logged: backpressure on a response would be worse than a counted loss.
+//! takes it from there. When the queue is full (the spool writer is behind, for example on a
+//! stalled disk) the event is dropped, counted in
+//! `tollgate_events_dropped_total{reason="queue_full"}` and logged: backpressure on a response
+//! would be worse than a counted loss.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
