@@ -38,6 +38,8 @@
 # After every metered run the Redis counter is compared with the 2xx answers wrk counted: they
 # must agree, except for at most CONNECTIONS calls that were still in flight when wrk stopped
 # (admitted and charged by the gateway, their answers never read by wrk).
+# It also reports how many calls each reservation script run carried in the metered run
+# (the Redis counter's delta over Redis's count of EVALSHAs): the reservation pipe's batches.
 #
 # Knobs (environment): DURATION (10s), ROUNDS (3), CONNECTIONS (32), WARMUP (2s), PIN (1),
 # RESULTS_DIR (target/load/<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn),
@@ -258,6 +260,12 @@ meter_sum() {
     awk '{ s += $1 } END { printf "%d\n", s }'
 }
 counter() { meter_sum requests; }
+# evalsha_calls: EVALSHAs Redis has run so far. During the metered run these are the
+# reservations' script runs, each carrying a batch of calls.
+evalsha_calls() {
+  redis-cli -p "$REDIS_PORT" info commandstats |
+    sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | grep . || echo 0
+}
 
 # ---------------------------------------------------------------- sanity checks
 status_of() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
@@ -363,9 +371,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
   warm "metered.$r" "$GW/" "${AUTH[@]}"
   sleep 0.5
   before=$(counter)
+  scripts_before=$(evalsha_calls)
   measure "metered.$r" "$GW/" "${AUTH[@]}"
   sleep 0.5   # let calls that were in flight when wrk stopped finish
   after=$(counter)
+  scripts=$(($(evalsha_calls) - scripts_before))
   read -r m_rps m_p50 m_p99 m_reqs m_non m_err m_c0 m_c1 m_gw m_rd <"$RESULTS_DIR/metered.$r.parsed"
 
   ok2xx=$((m_reqs - m_non))
@@ -376,13 +386,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
   # 9 unmetered socket errors, 10 metered socket errors, 11 metered non-2xx, 12 metered 2xx,
   # 13 redis delta, 14 difference, 15 verdict, 16-17 unmetered cpu0/1 %, 18-19 metered cpu0/1 %,
   # 20 unmetered gateway CPU us/req, 21 metered gateway CPU us/req, 22 metered redis CPU us/req,
-  # 23 ratio of gateway CPU per request, metered/unmetered
-  printf '%d %s %s %s %s %s %s %s %s %s %d %d %d %d %s %s %s %s %s %s %s %s %s\n' "$r" \
+  # 23 ratio of gateway CPU per request, metered/unmetered, 24 metered calls per reservation
+  # script run (the batches the reservation pipe wrote)
+  printf '%d %s %s %s %s %s %s %s %s %s %d %d %d %d %s %s %s %s %s %s %s %s %s %s\n' "$r" \
     "$u_rps" "$u_p50" "$u_p99" "$m_rps" "$m_p50" "$m_p99" \
     "$(awk -v m="$m_rps" -v u="$u_rps" 'BEGIN { printf "%.4f", m / u }')" \
     "$u_err" "$m_err" "$m_non" "$ok2xx" "$counted" "$extra" "$verdict" \
     "$u_c0" "$u_c1" "$m_c0" "$m_c1" "$u_gw" "$m_gw" "$m_rd" \
-    "$(awk -v m="$m_gw" -v u="$u_gw" 'BEGIN { printf "%.4f", (u > 0 ? m / u : 0) }')" >>"$RESULTS_DIR/rounds.txt"
+    "$(awk -v m="$m_gw" -v u="$u_gw" 'BEGIN { printf "%.4f", (u > 0 ? m / u : 0) }')" \
+    "$(awk -v c="$counted" -v s="$scripts" 'BEGIN { printf "%.2f", (s > 0 ? c / s : 0) }')" >>"$RESULTS_DIR/rounds.txt"
   log "round $r: unmetered $u_rps req/s, metered $m_rps req/s; redis +$counted, wrk 2xx $ok2xx ($verdict)"
 
   # (d)/(e): token-metered routes whose usage is read from the response (JSON body, SSE stream),
@@ -471,6 +483,7 @@ ratios=$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $8 }' "$RESULTS_DIR/rounds
   printf 'llm-usage plugin on SSE / same route without it, req/s: %.3f (median of per-round ratios)\n' "$(pcol 8)"
   printf 'metered/unmetered req/s: %.3f  (median of per-round ratios: %s)\n' "$ratio" "$ratios"
   printf 'gateway CPU per request, metered/unmetered: %.3f (median of per-round ratios)\n' "$cpu_ratio"
+  printf 'metered calls per reservation script run (EVALSHA): %.1f (median of rounds)\n' "$(col 24)"
   printf 'baseline: bare pingora + 1 EVALSHA / bare pingora req/s: %.3f (per round: %s)\n' "$(bcol 9)" \
     "$(awk '{ printf "%s%.3f", (NR > 1 ? " " : ""), $9 }' "$RESULTS_DIR/baseline_rounds.txt")"
   printf '* median of %d rounds.\n' "$ROUNDS"
