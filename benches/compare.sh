@@ -74,11 +74,6 @@ for i in 0 1; do
   wait_until 30 "${GW_PID[i]}" "gateway $i" curl -fsS --max-time 2 "http://127.0.0.1:$port/open"
 done
 
-evalsha_calls() {
-  redis-cli -p "$REDIS_PORT" info commandstats |
-    sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | grep . || echo 0
-}
-
 # run I ROUTE -> "req/s cpu0% us/call calls/script ipi/call"
 run() {
   local url="http://127.0.0.1:${GW_PORT[$1]}$2" out="$TMP/wrk.txt" t0 t1 e0 e1 n ipi_pid ipis=-

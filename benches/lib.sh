@@ -309,6 +309,13 @@ start_redis() {
   wait_until 10 "$REDIS_PID" redis redis-cli -p "$REDIS_PORT" ping
 }
 
+# evalsha_calls: EVALSHAs the Redis of start_redis has run so far. On a metered run these are
+# the reservations' script runs, each carrying a batch of calls.
+evalsha_calls() {
+  redis-cli -p "$REDIS_PORT" info commandstats |
+    sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | grep . || echo 0
+}
+
 # scratch NAME: TMP, a fresh scratch directory, and PIDS, the processes to stop; on exit (also
 # on Ctrl-C or error) `cleanup` stops them and removes TMP. Then `halt_poll` (below).
 scratch() {

@@ -260,12 +260,6 @@ meter_sum() {
     awk '{ s += $1 } END { printf "%d\n", s }'
 }
 counter() { meter_sum requests; }
-# evalsha_calls: EVALSHAs Redis has run so far. During the metered run these are the
-# reservations' script runs, each carrying a batch of calls.
-evalsha_calls() {
-  redis-cli -p "$REDIS_PORT" info commandstats |
-    sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | grep . || echo 0
-}
 
 # ---------------------------------------------------------------- sanity checks
 status_of() { curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$@"; }
