@@ -28,6 +28,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TAG=callgrind
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+bench_args "$@"
 DURATION=${DURATION:-8s}
 bench_setup callgrind-
 for cmd in valgrind callgrind_control nginx redis-server redis-cli wrk curl; do

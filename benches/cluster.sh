@@ -24,6 +24,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TAG=cluster
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+bench_args "$@"
 DURATION=${DURATION:-8s}
 ROUNDS=${ROUNDS:-5}
 TENANTS=${TENANTS:-1}

@@ -32,6 +32,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TAG=compare
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+bench_args --positional "$@"
+set -- "${ARGS[@]}"
 DURATION=${DURATION:-4s}
 bench_setup compare-
 ROUNDS=${ROUNDS:-10}

@@ -5,6 +5,38 @@
 log() { printf '[%s] %s\n' "$TAG" "$*" >&2; }
 die() { printf '[%s] error: %s\n' "$TAG" "$*" >&2; exit 1; }
 
+# bench_args [--positional] "$@": a script's arguments. Its settings are environment variables,
+# and may also be given as NAME=value arguments (`benches/telemetry.sh SINKS=stream,file`),
+# which are exported; -h or --help prints the script's opening comment. With --positional the
+# other arguments are left in ARGS (compare.sh's two builds); without, any other argument stops
+# the run: an argument silently ignored would measure something other than what was asked for.
+bench_args() {
+  local arg positional=0
+  ARGS=()
+  if [[ ${1:-} == --positional ]]; then
+    positional=1
+    shift
+  fi
+  for arg in "$@"; do
+    case $arg in
+      -h | --help)
+        awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"
+        exit 0
+        ;;
+      *=*)
+        [[ ${arg%%=*} =~ ^[A-Z_][A-Z0-9_]*$ ]] ||
+          die "'$arg': a setting is NAME=value with NAME in capitals (see $0 --help)"
+        export "${arg?}"
+        ;;
+      *)
+        ((positional)) ||
+          die "unknown argument '$arg': settings are NAME=value, as arguments or in the environment (see $0 --help)"
+        ARGS+=("$arg")
+        ;;
+    esac
+  done
+}
+
 # bench_setup PREFIX: the knobs both scripts share (DURATION, CONNECTIONS, WARMUP, PIN,
 # SKIP_BUILD, RESULTS_DIR), PATH with the sbin directories, cd to ROOT, STAMP, and the results
 # directory target/load/<PREFIX><UTC time>.

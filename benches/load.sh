@@ -49,11 +49,13 @@
 # installed with apt-get when running as root.
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-3}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TAG=load
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+bench_args "$@"
+
+ROUNDS=${ROUNDS:-3}
 bench_setup ""
 
 # ---------------------------------------------------------------- prerequisites

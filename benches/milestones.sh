@@ -24,11 +24,13 @@
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-5}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TAG=milestones
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+bench_args "$@"
+
+ROUNDS=${ROUNDS:-5}
 bench_setup milestones-
 
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"

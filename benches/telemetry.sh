@@ -31,6 +31,12 @@
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
 
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+TAG=telemetry
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+bench_args "$@"
+
 ROUNDS=${ROUNDS:-5}
 SINKS=${SINKS:-stream}
 IFS=, read -r -a VARIANTS <<<"$SINKS"
@@ -46,10 +52,6 @@ else
 fi
 declare -A SINKS_OF
 for i in "${!ONS[@]}"; do SINKS_OF[${ONS[$i]}]=${VARIANTS[$i]}; done
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TAG=telemetry
-# shellcheck source=benches/lib.sh
-source "$ROOT/benches/lib.sh"
 bench_setup telemetry-
 
 ab_prologue

@@ -29,6 +29,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TAG=wakeups
 # shellcheck source=benches/lib.sh
 source "$ROOT/benches/lib.sh"
+bench_args "$@"
 DURATION=${DURATION:-4s}
 bench_setup wakeups-
 for cmd in perf nginx redis-server redis-cli wrk curl taskset; do
