@@ -19,7 +19,7 @@
 # ratios; they tell whether a change to the gateway's code made a call cheaper, independent of
 # how busy the machine is. Valgrind runs the gateway ~50x slower, so a run takes about a minute.
 #
-# Knobs (environment): DURATION (8s), SKIP_BUILD (0), TOLLGATE_BIN, RESULTS_DIR
+# Knobs (environment, or NAME=value arguments): DURATION (8s), SKIP_BUILD (0), TOLLGATE_BIN, RESULTS_DIR
 # (target/load/callgrind-<UTC time>; keeps the callgrind.out files for callgrind_annotate).
 # Needs: valgrind, nginx, redis-server, redis-cli, wrk, curl.
 set -euo pipefail

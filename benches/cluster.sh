@@ -15,7 +15,7 @@
 # After every round each store's counters are compared with the 2xx answers wrk counted: they
 # must agree, except for at most CONNECTIONS calls still in flight when wrk stopped.
 #
-# Knobs (environment): DURATION (8s), ROUNDS (5), CONNECTIONS (32), WARMUP (2s), TENANTS (1),
+# Knobs (environment, or NAME=value arguments): DURATION (8s), ROUNDS (5), CONNECTIONS (32), WARMUP (2s), TENANTS (1),
 # SKIP_BUILD (0), TOLLGATE_BIN, RESULTS_DIR (target/load/cluster-<UTC time>).
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset, 2 cores.
 set -euo pipefail

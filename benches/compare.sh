@@ -20,7 +20,7 @@
 # alone does to the medians: on a noisy sitting it can be more than the change being measured
 # (one A/A run, 10 rounds: 0.909 and 0.686).
 #
-# Knobs (environment): DURATION (4s), ROUNDS (10), CONNECTIONS (32), TELEMETRY (0; 1 gives both
+# Knobs (environment, or NAME=value arguments): DURATION (4s), ROUNDS (10), CONNECTIONS (32), TELEMETRY (0; 1 gives both
 # gateways a telemetry section with a redis_stream sink on the store's Redis, so the metered
 # route's figures include its usage events), RESULTS_DIR (target/load/compare-<UTC time>),
 # HALT_POLL_NS (unset; a KVM guest's halt polling for the run, see benches/lib.sh), STORE_TLS (0;

@@ -41,7 +41,7 @@
 # It also reports how many calls each reservation script run carried in the metered run
 # (the Redis counter's delta over Redis's count of EVALSHAs): the reservation pipe's batches.
 #
-# Knobs (environment): DURATION (10s), ROUNDS (3), CONNECTIONS (32), WARMUP (2s), PIN (1),
+# Knobs (environment, or NAME=value arguments): DURATION (10s), ROUNDS (3), CONNECTIONS (32), WARMUP (2s), PIN (1),
 # RESULTS_DIR (target/load/<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn),
 # TOLLGATE_BIN (target/release/tollgate; with SKIP_BUILD=1, to measure another build),
 # HALT_POLL_NS (unset; a KVM guest's halt polling for the run, see benches/lib.sh).

@@ -18,7 +18,7 @@
 # and Redis run too. Rounds rotate which gateway goes first; the table shows medians and the
 # median of per-round ratios against `off`.
 #
-# Knobs (environment): DURATION (10s), ROUNDS (5), CONNECTIONS (32), WARMUP (2s), PIN (1),
+# Knobs (environment, or NAME=value arguments): DURATION (10s), ROUNDS (5), CONNECTIONS (32), WARMUP (2s), PIN (1),
 # RESULTS_DIR (target/load/milestones-<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn),
 # TOLLGATE_BIN (another build to measure).
 # Needs: cargo, nginx, redis-server, redis-cli, wrk, curl, taskset.

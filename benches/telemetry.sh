@@ -20,7 +20,7 @@
 # sink only, and on with the file sink only, in rotating order, so the two sinks are compared
 # under the same minutes of a noisy machine; the table then has a row and a ratio for each.
 #
-# Knobs (environment): SINKS (stream, file, stream+file, or a comma-separated list of them),
+# Knobs (environment, or NAME=value arguments): SINKS (stream, file, stream+file, or a comma-separated list of them),
 # STREAM_REDIS (store: the stream on
 # the store's Redis; own: on a Redis of its own), BATCH (512, `telemetry.batch`: events per
 # spool write and per delivery), DURATION (10s), ROUNDS (5),

@@ -20,7 +20,7 @@
 # from a run of its own (tracing the syscalls slows the gateway down; counts per call do not
 # change with speed).
 #
-# Knobs (environment): DURATION (4s), CONNECTIONS (32), SKIP_BUILD (0), TOLLGATE_BIN,
+# Knobs (environment, or NAME=value arguments): DURATION (4s), CONNECTIONS (32), SKIP_BUILD (0), TOLLGATE_BIN,
 # RESULTS_DIR (target/load/wakeups-<UTC time>). Needs: perf (with tracepoints: run as root),
 # nginx, redis-server, redis-cli, wrk, curl, taskset.
 set -euo pipefail
