@@ -61,7 +61,7 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let proxy = Proxy::new(gateway.clone(), config.server.read_timeout, events.clone());
+    let proxy = Proxy::new(gateway.clone(), &config.server, events.clone());
     let mut proxy = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         proxy,

@@ -54,6 +54,8 @@ pub struct Server {
     pub read_timeout: Duration,
     /// Fraction of calls written to the access log (0: none, 1: every call).
     pub access_log_sample: f64,
+    /// Answers keep the header name case the upstream wrote (else lowercase, as HTTP/2 has it).
+    pub preserve_header_case: bool,
 }
 
 /// `admin:`

@@ -25,6 +25,7 @@ pub fn schema() -> Value {
                 ("unready_delay", duration("After SIGTERM, how long /readyz answers 503 before the listeners close.")),
                 ("access_log_sample", json!({"description": "Fraction of calls in the access log (0: off, 1: every call).", "type": "number", "minimum": 0, "maximum": 1})),
                 ("read_timeout", duration("Downstream read timeout (per read).")),
+                ("preserve_header_case", boolean("Answers keep the header name case the upstream wrote (default false: lowercase, as HTTP/2 carries them).")),
             ]),
             "admin": obj("The admin listener: /metrics, /healthz, /readyz and /admin/v1.", &["listen"], &[
                 ("listen", addr("Address of the admin listener.")),

@@ -23,6 +23,7 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
             "unready_delay",
             "read_timeout",
             "access_log_sample",
+            "preserve_header_case",
         ],
     )?;
     let listen = d
@@ -66,6 +67,10 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
         }),
         None => Some(1.0),
     };
+    let preserve_header_case = match f.get("preserve_header_case") {
+        Some(n) => d.bool(n, "`server.preserve_header_case`"),
+        None => Some(false),
+    };
     Some(Server {
         listen: listen?,
         threads: threads?,
@@ -73,6 +78,7 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
         unready_delay: unready_delay?,
         read_timeout: read_timeout?,
         access_log_sample: access_log_sample?,
+        preserve_header_case: preserve_header_case?,
     })
 }
 

@@ -37,6 +37,9 @@ static X_TOLLGATE_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
 pub struct Proxy {
     gateway: Arc<ArcSwap<Gateway>>,
     read_timeout: Duration,
+    /// `server.preserve_header_case`: answers keep the upstream's header name case (see
+    /// [`hygiene::forget_header_case`]).
+    preserve_header_case: bool,
     /// Usage events, when `telemetry` is configured.
     events: Option<Arc<Emitter>>,
 }
@@ -69,16 +72,17 @@ pub struct Ctx {
 }
 
 impl Proxy {
-    /// A proxy over `gateway`; `read_timeout` bounds each read from a client; `events` takes
-    /// one usage event per identified call.
+    /// A proxy over `gateway` with the `server` settings it uses; `events` takes one usage
+    /// event per identified call.
     pub fn new(
         gateway: Arc<ArcSwap<Gateway>>,
-        read_timeout: Duration,
+        server: &crate::config::Server,
         events: Option<Arc<Emitter>>,
     ) -> Proxy {
         Proxy {
             gateway,
-            read_timeout,
+            read_timeout: server.read_timeout,
+            preserve_header_case: server.preserve_header_case,
             events,
         }
     }
@@ -302,6 +306,9 @@ impl ProxyHttp for Proxy {
             .is_some_and(|r| r.refund_on.status(resp.status.as_u16()))
         {
             ctx.refund().await;
+        }
+        if !self.preserve_header_case {
+            hygiene::forget_header_case(resp)?;
         }
         for name in hygiene::hop_by_hop_in_response(&resp.headers) {
             resp.remove_header(&name);

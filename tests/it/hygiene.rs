@@ -138,6 +138,88 @@ async fn hop_by_hop_response_headers_are_not_passed_down() {
     );
 }
 
+/// The header lines of `answer` whose name is `name` in any case, as they came.
+fn lines_named<'a>(answer: &'a crate::common::RawAnswer, name: &str) -> Vec<&'a str> {
+    answer
+        .head
+        .split("\r\n")
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
+async fn get_raw(stack: &Stack, path: &str) -> crate::common::RawAnswer {
+    raw(
+        stack.gateway.listen_addr(),
+        &format!(
+            "GET {path} HTTP/1.1\n\
+             Host: api.example.com\n\
+             X-Api-Key: {ACME_KEY}\n\
+             Connection: close"
+        ),
+    )
+    .await
+}
+
+fn assert_status_line(answer: &crate::common::RawAnswer, line: &str) {
+    let first = answer.head.split("\r\n").next();
+    assert_eq!(first, Some(line), "{}", answer.head);
+}
+
+/// A metered call's answer names the upstream's `X-Upstream` (written title-cased by the
+/// upstream) and the gateway's `RateLimit-Policy` as `upstream` and `policy` spell them, and an
+/// upstream's own reason phrase (`/reason/...`: `200 Fine Thanks`) survives either way.
+async fn assert_header_case(stack: &Stack, upstream: &str, policy: &str) {
+    let answer = get_raw(stack, "/v1/items").await;
+    assert_eq!(answer.status, 200, "{}", answer.head);
+    assert_status_line(&answer, "HTTP/1.1 200 OK");
+    assert_eq!(
+        lines_named(&answer, "x-upstream"),
+        [format!("{upstream}: echo")]
+    );
+    let policies = lines_named(&answer, "ratelimit-policy");
+    assert_eq!(policies.len(), 1, "{}", answer.head);
+    assert!(
+        policies[0].starts_with(&format!("{policy}: ")),
+        "{}",
+        answer.head
+    );
+
+    let answer = get_raw(stack, "/reason/x").await;
+    assert_status_line(&answer, "HTTP/1.1 200 Fine Thanks");
+    assert_eq!(
+        lines_named(&answer, "x-upstream"),
+        [format!("{upstream}: echo")]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_carry_lowercase_header_names_by_default() {
+    let (stack, _second) = stack().await;
+
+    assert_header_case(&stack, "x-upstream", "ratelimit-policy").await;
+    // A dozen common names pingora writes title-cased.
+    let answer = get_raw(&stack, "/v1/items").await;
+    assert_eq!(
+        lines_named(&answer, "content-type"),
+        ["Content-Type: application/json"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_keep_the_upstreams_header_case_when_asked() {
+    let second = Upstream::start().await;
+    let yaml = YAML.replace("{second}", &second.addr()).replace(
+        "  threads: 2\n",
+        "  threads: 2\n  preserve_header_case: true\n",
+    );
+    let stack = Stack::start(&yaml).await;
+
+    assert_header_case(&stack, "X-Upstream", "RateLimit-Policy").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_are_not_forwarded() {
     let (stack, _second) = stack().await;

@@ -193,6 +193,8 @@ fn unquote(value: &str) -> String {
 /// A response read off a raw socket: lowercase header names, in order, repeats kept.
 #[derive(Debug)]
 pub struct RawAnswer {
+    /// The status line and header lines as they came, CRLF-separated.
+    pub head: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -236,6 +238,7 @@ fn parse_raw(bytes: &[u8]) -> RawAnswer {
         body = dechunk(&body);
     }
     RawAnswer {
+        head,
         status,
         headers,
         body,

@@ -16,7 +16,7 @@ pub mod tls;
 pub mod upstream;
 
 pub use gateway::{run_check, Gateway};
-pub use http::{client, get, member, raw, send, Answer};
+pub use http::{client, get, member, raw, send, Answer, RawAnswer};
 pub use redis::RedisServer;
 pub use upstream::{refused_addr, Upstream};
 

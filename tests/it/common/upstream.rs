@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 /// An HTTP/1 server on `127.0.0.1:<free port>`.
 ///
 /// `/status/<code>` answers that status; a path containing `/slow/<ms>` answers after that many
-/// milliseconds; every other path answers 200 with a JSON echo of the
+/// milliseconds; `/reason/...` answers with the reason phrase `Fine Thanks`; every other path answers 200 with a JSON echo of the
 /// request: `{"method", "path", "headers": {name: [values]}}`. Every answer also carries the
 /// hop-by-hop headers `Connection: x-hop`, `X-Hop: 1` and `Keep-Alive: timeout=5`, which the
 /// gateway must not pass down to its client.
@@ -45,7 +45,10 @@ impl Upstream {
                         counter.fetch_add(1, Ordering::SeqCst);
                         answer(req)
                     });
+                    // Header names go out title-cased (`X-Upstream`), so a test can see
+                    // whether the gateway kept their case.
                     let _ = http1::Builder::new()
+                        .title_case_headers(true)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });
@@ -109,7 +112,7 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         }
         None => (StatusCode::OK, "application/json", echo(&req, &path)),
     };
-    let response = Response::builder()
+    let mut response = Response::builder()
         .status(status)
         .header("content-type", content_type)
         .header("connection", "x-hop")
@@ -118,6 +121,12 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         .header("x-upstream", "echo")
         .body(Full::new(Bytes::from(body)))
         .unwrap();
+    // `/reason/...`: the status line says `200 Fine Thanks` instead of `200 OK`.
+    if path.starts_with("/reason/") {
+        response
+            .extensions_mut()
+            .insert(hyper::ext::ReasonPhrase::from_static(b"Fine Thanks"));
+    }
     Ok(response)
 }
 
