@@ -1,17 +1,19 @@
-//! HTTP/1 hygiene pingora leaves to us: hop-by-hop headers never cross the gateway; answers'
-//! header names go down lowercase unless `server.preserve_header_case` keeps their case.
+//! HTTP/1 hygiene on the way down: an upstream's hop-by-hop headers never reach the client (a
+//! request's are stripped by pingora's standard request policy, see `upstream_peer`), a
+//! WebSocket handshake's `Upgrade` excepted; answers' header names go down lowercase unless
+//! `server.preserve_header_case` keeps their case.
 //!
 //! (A request with both `Content-Length` and `Transfer-Encoding` is handled by pingora itself as
 //! RFC 9112 §6.3 asks: `Content-Length` is dropped before forwarding and the connection is not
 //! kept alive, so the upstream cannot frame the body differently from us.)
 
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
-use http::HeaderMap;
+use http::StatusCode;
 use pingora::http::ResponseHeader;
 
 /// Whether a header is hop-by-hop by itself (RFC 9110 §7.6.1), besides those `Connection`
 /// names. `Transfer-Encoding` is left to pingora, which re-frames bodies itself.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     name == CONNECTION
         || name == TE
         || name == TRAILER
@@ -22,20 +24,41 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         )
 }
 
-/// The hop-by-hop headers present in `headers`: the fixed set, `Connection` itself and every
-/// header it names. One pass over the headers; most messages have none, and then nothing is
-/// allocated.
-pub fn hop_by_hop(headers: &HeaderMap) -> Vec<HeaderName> {
-    hop_by_hop_but(headers, None)
-}
-
-/// [`hop_by_hop`] of an upstream's answer, less `Connection` itself (the headers it names are
-/// still in). pingora's HTTP/1 server always writes its own `Connection` (`keep-alive` or
-/// `close`, replacing the upstream's) and its HTTP/2 server drops it, so the upstream's value
-/// never reaches the client either way. Removing it here as well cost every answer a list
-/// of names and a removal from both of pingora's header maps, for nothing.
-pub fn hop_by_hop_in_response(headers: &HeaderMap) -> Vec<HeaderName> {
-    hop_by_hop_but(headers, Some(&CONNECTION))
+/// The hop-by-hop headers of an upstream's answer: the fixed set and every header its
+/// `Connection` names. One pass over the headers; most answers have none, and then nothing is
+/// allocated. (A request's are pingora's to strip: see `upstream_peer`.)
+///
+/// Two are kept. `Connection` itself: pingora's HTTP/1 server always writes its own
+/// (`keep-alive` or `close`, replacing the upstream's) and its HTTP/2 server drops it, so the
+/// upstream's value never reaches the client either way, and removing it here as well cost
+/// every answer a list of names and a removal from pingora's header maps, for nothing. And on a
+/// `101 Switching Protocols` (a WebSocket handshake the upstream accepted), `Upgrade`: pingora
+/// writes no `Connection` of its own on a 1xx, so the upstream's `Connection: Upgrade` and
+/// `Upgrade: websocket` are what complete the client's handshake.
+pub fn hop_by_hop_in_response(resp: &ResponseHeader) -> Vec<HeaderName> {
+    let switching = resp.status == StatusCode::SWITCHING_PROTOCOLS;
+    let kept = |name: &HeaderName| name == CONNECTION || (switching && name == UPGRADE);
+    let headers = &resp.headers;
+    let mut out: Vec<HeaderName> = headers
+        .keys()
+        .filter(|h| is_hop_by_hop(h) && !kept(h))
+        .cloned()
+        .collect();
+    for value in headers.get_all(CONNECTION) {
+        let Ok(value) = value.to_str() else { continue };
+        for token in value.split(',') {
+            if let Ok(name) = HeaderName::from_bytes(token.trim().to_ascii_lowercase().as_bytes()) {
+                if name != TRANSFER_ENCODING
+                    && !kept(&name)
+                    && headers.contains_key(&name)
+                    && !out.contains(&name)
+                {
+                    out.push(name);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Headers the gateway may add to an answer once the upstream's are in: `RateLimit-Policy` and
@@ -78,48 +101,69 @@ pub fn forget_header_case(resp: &mut ResponseHeader) -> pingora::Result<()> {
     Ok(())
 }
 
-fn hop_by_hop_but(headers: &HeaderMap, kept: Option<&HeaderName>) -> Vec<HeaderName> {
-    let mut out: Vec<HeaderName> = headers
-        .keys()
-        .filter(|h| is_hop_by_hop(h) && Some(*h) != kept)
-        .cloned()
-        .collect();
-    for value in headers.get_all(CONNECTION) {
-        let Ok(value) = value.to_str() else { continue };
-        for token in value.split(',') {
-            if let Ok(name) = HeaderName::from_bytes(token.trim().to_ascii_lowercase().as_bytes()) {
-                if name != TRANSFER_ENCODING && headers.contains_key(&name) && !out.contains(&name)
-                {
-                    out.push(name);
-                }
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn answer(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(status, None).unwrap();
+        for (name, value) in headers {
+            resp.append_header(name.to_string(), *value).unwrap();
+        }
+        resp
+    }
+
     #[test]
     fn connection_named_headers_are_hop_by_hop() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            CONNECTION,
-            "keep-alive, X-Custom, X-Absent".parse().unwrap(),
+        let resp = answer(
+            200,
+            &[
+                ("Connection", "keep-alive, X-Custom, X-Absent"),
+                ("X-Custom", "1"),
+                ("Keep-Alive", "timeout=5"),
+                ("Upgrade", "h2c"),
+                ("X-End-To-End", "1"),
+            ],
         );
-        h.insert("x-custom", "1".parse().unwrap());
-        h.insert("keep-alive", "timeout=5".parse().unwrap());
-        h.insert("x-end-to-end", "1".parse().unwrap());
-        let names = hop_by_hop(&h);
+        let names = hop_by_hop_in_response(&resp);
         assert_eq!(names.len(), 3, "{names:?}");
-        assert!(names.contains(&HeaderName::from_static("x-custom")));
-        assert!(names.contains(&HeaderName::from_static("keep-alive")));
-        assert!(names.contains(&CONNECTION));
-        assert!(hop_by_hop(&HeaderMap::new()).is_empty());
-        let answer = hop_by_hop_in_response(&h);
-        assert_eq!(answer.len(), 2, "{answer:?}");
-        assert!(!answer.contains(&CONNECTION));
+        for name in ["x-custom", "keep-alive", "upgrade"] {
+            assert!(names.contains(&HeaderName::from_static(name)), "{names:?}");
+        }
+        assert!(hop_by_hop_in_response(&answer(200, &[])).is_empty());
+    }
+
+    #[test]
+    fn a_switch_of_protocols_keeps_its_upgrade() {
+        let resp = answer(
+            101,
+            &[
+                ("Connection", "Upgrade, X-Custom"),
+                ("Upgrade", "websocket"),
+                ("X-Custom", "1"),
+                ("Keep-Alive", "timeout=5"),
+            ],
+        );
+        let names = hop_by_hop_in_response(&resp);
+        assert_eq!(names.len(), 2, "{names:?}");
+        for name in ["x-custom", "keep-alive"] {
+            assert!(names.contains(&HeaderName::from_static(name)), "{names:?}");
+        }
+    }
+
+    #[test]
+    fn plugin_headers_that_are_hop_by_hop_are_known() {
+        for name in [
+            "connection",
+            "upgrade",
+            "te",
+            "keep-alive",
+            "proxy-authorization",
+        ] {
+            assert!(is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+        assert!(!is_hop_by_hop(&HeaderName::from_static(
+            "x-tollgate-tenant"
+        )));
     }
 }

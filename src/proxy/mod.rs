@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http::HeaderName;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, HttpUpstreamRequestPolicy};
 use pingora::{ErrorSource, ErrorType};
 
 use crate::config::RouteTarget;
@@ -220,6 +220,12 @@ impl ProxyHttp for Proxy {
         let mut peer = HttpPeer::new(up.targets[i], false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
+        // pingora's standard request policy, named here because the gateway relies on it: it
+        // strips the client's hop-by-hop headers and those its `Connection` nominates (and
+        // refuses a request nominating `Host` or `X-Forwarded-*`) before
+        // `upstream_request_filter` runs, and passes a WebSocket handshake on as
+        // `Connection: Upgrade` + `Upgrade: websocket`, every other upgrade removed.
+        peer.options.http_upstream_request_policy = HttpUpstreamRequestPolicy::standard();
         ctx.connect_tries += 1;
         ctx.upstream_started = Some(Instant::now());
         Ok(Box::new(peer))
@@ -240,19 +246,20 @@ impl ProxyHttp for Proxy {
         e
     }
 
-    /// Strips hop-by-hop headers and credentials; tells the upstream who is calling.
+    /// Strips credentials; tells the upstream who is calling. (pingora has stripped the
+    /// client's hop-by-hop headers already: see `upstream_peer`.)
     async fn upstream_request_filter(
         &self,
         _s: &mut Session,
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // Plugins' headers first, so the gateway's own rules below still apply to them.
+        // Plugins' headers first, so the gateway's own rules below still apply to them; a
+        // hop-by-hop one would undo pingora's hygiene, so it is not added.
         for (name, value) in &ctx.plugin_headers {
-            up.append_header(name.clone(), value.clone())?;
-        }
-        for name in hygiene::hop_by_hop(&up.headers) {
-            up.remove_header(&name);
+            if !hygiene::is_hop_by_hop(name) {
+                up.append_header(name.clone(), value.clone())?;
+            }
         }
         if let Some(gw) = &ctx.gateway {
             for name in gw.credential_headers() {
@@ -310,7 +317,7 @@ impl ProxyHttp for Proxy {
         if !self.preserve_header_case {
             hygiene::forget_header_case(resp)?;
         }
-        for name in hygiene::hop_by_hop_in_response(&resp.headers) {
+        for name in hygiene::hop_by_hop_in_response(resp) {
             resp.remove_header(&name);
         }
         Ok(())
@@ -380,6 +387,17 @@ impl ProxyHttp for Proxy {
         // The connection is not reused after a failure (see the end): say so in the answer,
         // so the client does not send its next call on a connection about to close.
         session.set_keepalive(None);
+        // After `101 Switching Protocols` (a WebSocket) the call was served: however the socket
+        // ends, an idle timeout on either side included, nothing is refunded or answered.
+        if session
+            .response_written()
+            .is_some_and(|r| r.status == http::StatusCode::SWITCHING_PROTOCOLS)
+        {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let code = match e.esource() {
             ErrorSource::Upstream => {
                 ctx.outcome = Outcome::UpstreamError;

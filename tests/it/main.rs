@@ -35,4 +35,5 @@ mod store_tls;
 mod stripe_meter;
 mod telemetry;
 mod telemetry_spool;
+mod upgrade;
 mod webhooks;
