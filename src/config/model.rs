@@ -56,6 +56,9 @@ pub struct Server {
     pub access_log_sample: f64,
     /// Answers keep the header name case the upstream wrote (else lowercase, as HTTP/2 has it).
     pub preserve_header_case: bool,
+    /// `x_forwarded_for: append` (true): the caller's address is appended to the upstream
+    /// request's `X-Forwarded-For`; `keep` (false): the header passes as the client sent it.
+    pub append_forwarded_for: bool,
 }
 
 /// `admin:`

@@ -26,6 +26,7 @@ pub fn schema() -> Value {
                 ("access_log_sample", json!({"description": "Fraction of calls in the access log (0: off, 1: every call).", "type": "number", "minimum": 0, "maximum": 1})),
                 ("read_timeout", duration("Downstream read timeout (per read).")),
                 ("preserve_header_case", boolean("Answers keep the header name case the upstream wrote (default false: lowercase, as HTTP/2 carries them).")),
+                ("x_forwarded_for", words("append (default): the caller's address is appended to the upstream request's X-Forwarded-For; keep: the header passes as the client sent it.", &["append", "keep"])),
             ]),
             "admin": obj("The admin listener: /metrics, /healthz, /readyz and /admin/v1.", &["listen"], &[
                 ("listen", addr("Address of the admin listener.")),

@@ -24,6 +24,7 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
             "read_timeout",
             "access_log_sample",
             "preserve_header_case",
+            "x_forwarded_for",
         ],
     )?;
     let listen = d
@@ -71,6 +72,14 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
         Some(n) => d.bool(n, "`server.preserve_header_case`"),
         None => Some(false),
     };
+    let append_forwarded_for = match f.get("x_forwarded_for") {
+        Some(n) => d.word(
+            n,
+            "`server.x_forwarded_for`",
+            &[("append", true), ("keep", false)],
+        ),
+        None => Some(true),
+    };
     Some(Server {
         listen: listen?,
         threads: threads?,
@@ -79,6 +88,7 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
         read_timeout: read_timeout?,
         access_log_sample: access_log_sample?,
         preserve_header_case: preserve_header_case?,
+        append_forwarded_for: append_forwarded_for?,
     })
 }
 

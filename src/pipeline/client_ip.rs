@@ -64,7 +64,8 @@ impl FromStr for Cidr {
     }
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
+/// `ip`, an IPv4-mapped IPv6 address written as the IPv4 address it is.
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -1,15 +1,23 @@
-//! HTTP/1 hygiene on the way down: an upstream's hop-by-hop headers never reach the client (a
-//! request's are stripped by pingora's standard request policy, see `upstream_peer`), a
-//! WebSocket handshake's `Upgrade` excepted; answers' header names go down lowercase unless
-//! `server.preserve_header_case` keeps their case.
+//! HTTP/1 hygiene pingora leaves to us:
+//! - an upstream's hop-by-hop headers never reach the client, a WebSocket handshake's `Upgrade`
+//!   excepted (a request's are stripped by pingora's standard request policy, see
+//!   `upstream_peer`);
+//! - answers' header names go down lowercase unless `server.preserve_header_case` keeps their
+//!   case;
+//! - the upstream learns the caller's address from `X-Forwarded-For`.
 //!
 //! (A request with both `Content-Length` and `Transfer-Encoding` is handled by pingora itself as
 //! RFC 9112 §6.3 asks: `Content-Length` is dropped before forwarding and the connection is not
 //! kept alive, so the upstream cannot frame the body differently from us.)
 
+use std::io::Write;
+use std::net::IpAddr;
+
 use http::header::{HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 use http::StatusCode;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use crate::pipeline::client_ip::canonical;
 
 /// Whether a header is hop-by-hop by itself (RFC 9110 §7.6.1), besides those `Connection`
 /// names. `Transfer-Encoding` is left to pingora, which re-frames bodies itself.
@@ -60,6 +68,34 @@ pub fn hop_by_hop_in_response(resp: &ResponseHeader) -> Vec<HeaderName> {
     }
     out
 }
+
+/// Appends the caller's address to the upstream request's `X-Forwarded-For`
+/// (`server.x_forwarded_for: append`, the default): `203.0.113.7, 10.1.2.3` when the client
+/// sent `203.0.113.7`, else `10.1.2.3` alone. Several `X-Forwarded-For` headers become one list.
+///
+/// Appended, not replaced: what the client sent is kept, as nginx's
+/// `$proxy_add_x_forwarded_for` and Envoy keep it, so an upstream that already reads the
+/// header behind a load balancer still finds the hops before the gateway. Only the hops the
+/// upstream knows for proxies (the gateway's own address, and whatever it trusts in front) are
+/// to be believed, reading right to left, since anything further left the client may have
+/// written itself. The gateway reads the header the same way for anonymous callers
+/// (`auth.anonymous.trusted_proxies`).
+pub fn append_forwarded_for(up: &mut RequestHeader, peer: IpAddr) -> pingora::Result<()> {
+    let mut value = Vec::with_capacity(48);
+    for hops in up.headers.get_all(&X_FORWARDED_FOR) {
+        let hops = hops.as_bytes().trim_ascii();
+        if !hops.is_empty() {
+            value.extend_from_slice(hops);
+            value.extend_from_slice(b", ");
+        }
+    }
+    // Writing to a `Vec` cannot fail.
+    let _ = write!(value, "{}", canonical(peer));
+    up.insert_header("X-Forwarded-For", value)
+}
+
+/// The header [`append_forwarded_for`] extends.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Headers the gateway may add to an answer once the upstream's are in: `RateLimit-Policy` and
 /// `RateLimit`, pingora's own `Connection`, and seldom more (`Tollgate-Warning` and

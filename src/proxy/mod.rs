@@ -40,6 +40,8 @@ pub struct Proxy {
     /// `server.preserve_header_case`: answers keep the upstream's header name case (see
     /// [`hygiene::forget_header_case`]).
     preserve_header_case: bool,
+    /// `server.x_forwarded_for: append`: the caller's address goes onto `X-Forwarded-For`.
+    append_forwarded_for: bool,
     /// Usage events, when `telemetry` is configured.
     events: Option<Arc<Emitter>>,
 }
@@ -83,6 +85,7 @@ impl Proxy {
             gateway,
             read_timeout: server.read_timeout,
             preserve_header_case: server.preserve_header_case,
+            append_forwarded_for: server.append_forwarded_for,
             events,
         }
     }
@@ -246,11 +249,11 @@ impl ProxyHttp for Proxy {
         e
     }
 
-    /// Strips credentials; tells the upstream who is calling. (pingora has stripped the
-    /// client's hop-by-hop headers already: see `upstream_peer`.)
+    /// Strips credentials; tells the upstream who is calling, and from where. (pingora has
+    /// stripped the client's hop-by-hop headers already: see `upstream_peer`.)
     async fn upstream_request_filter(
         &self,
-        _s: &mut Session,
+        session: &mut Session,
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -275,6 +278,11 @@ impl ProxyHttp for Proxy {
             && up.headers.contains_key(http::header::ACCEPT_ENCODING)
         {
             up.remove_header(&http::header::ACCEPT_ENCODING);
+        }
+        if self.append_forwarded_for {
+            if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+                hygiene::append_forwarded_for(up, peer.ip())?;
+            }
         }
         match ctx.admitted() {
             // `insert_header` replaces a copy the client sent.

@@ -220,6 +220,51 @@ async fn answers_keep_the_upstreams_header_case_when_asked() {
     assert_header_case(&stack, "X-Upstream", "RateLimit-Policy").await;
 }
 
+/// The `X-Forwarded-For` values the upstream got for a call whose client sent `sent`.
+async fn forwarded_for(stack: &Stack, sent: &[&str]) -> Option<Vec<String>> {
+    let mut request = stack
+        .client
+        .get(stack.gateway.url("/v1/items"))
+        .header("x-api-key", ACME_KEY);
+    for value in sent {
+        request = request.header("x-forwarded-for", *value);
+    }
+    let answer = crate::common::http::read(request.send().await.unwrap()).await;
+    answer.echoed_headers().remove("x-forwarded-for")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_learns_the_callers_address_after_the_clients_own_hops() {
+    let (stack, _second) = stack().await;
+
+    assert_eq!(forwarded_for(&stack, &[]).await.unwrap(), ["127.0.0.1"]);
+    assert_eq!(
+        forwarded_for(&stack, &["203.0.113.7"]).await.unwrap(),
+        ["203.0.113.7, 127.0.0.1"]
+    );
+    assert_eq!(
+        forwarded_for(&stack, &["198.51.100.1", "203.0.113.7, 10.0.0.2"])
+            .await
+            .unwrap(),
+        ["198.51.100.1, 203.0.113.7, 10.0.0.2, 127.0.0.1"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn x_forwarded_for_keep_leaves_the_header_as_the_client_sent_it() {
+    let second = Upstream::start().await;
+    let yaml = YAML
+        .replace("{second}", &second.addr())
+        .replace("  threads: 2\n", "  threads: 2\n  x_forwarded_for: keep\n");
+    let stack = Stack::start(&yaml).await;
+
+    assert_eq!(forwarded_for(&stack, &[]).await, None);
+    assert_eq!(
+        forwarded_for(&stack, &["203.0.113.7"]).await.unwrap(),
+        ["203.0.113.7"]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn credentials_are_not_forwarded() {
     let (stack, _second) = stack().await;
