@@ -89,8 +89,27 @@ pub fn append_forwarded_for(up: &mut RequestHeader, peer: IpAddr) -> pingora::Re
             value.extend_from_slice(b", ");
         }
     }
-    // Writing to a `Vec` cannot fail.
-    let _ = write!(value, "{}", canonical(peer));
+    match canonical(peer) {
+        // By hand: `write!` took 1k of the 2.6k instructions this function cost per call.
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    value.push(b'.');
+                }
+                if octet >= 100 {
+                    value.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    value.push(b'0' + octet / 10 % 10);
+                }
+                value.push(b'0' + octet % 10);
+            }
+        }
+        // Writing to a `Vec` cannot fail.
+        v6 => {
+            let _ = write!(value, "{v6}");
+        }
+    }
     up.insert_header("X-Forwarded-For", value)
 }
 
@@ -185,6 +204,35 @@ mod tests {
         for name in ["x-custom", "keep-alive"] {
             assert!(names.contains(&HeaderName::from_static(name)), "{names:?}");
         }
+    }
+
+    #[test]
+    fn the_callers_address_is_appended_to_x_forwarded_for() {
+        let forwarded = |sent: &[&str], peer: &str| {
+            let mut up = RequestHeader::build("GET", b"/", None).unwrap();
+            for v in sent {
+                up.append_header("X-Forwarded-For", *v).unwrap();
+            }
+            append_forwarded_for(&mut up, peer.parse().unwrap()).unwrap();
+            let all: Vec<_> = up.headers.get_all("x-forwarded-for").iter().collect();
+            assert_eq!(all.len(), 1, "{all:?}");
+            all[0].to_str().unwrap().to_string()
+        };
+        for ip in [
+            "0.0.0.0",
+            "1.2.3.4",
+            "10.0.99.100",
+            "127.0.0.1",
+            "255.255.255.255",
+        ] {
+            assert_eq!(forwarded(&[], ip), ip);
+        }
+        assert_eq!(forwarded(&[], "::ffff:192.0.2.9"), "192.0.2.9");
+        assert_eq!(forwarded(&[], "2001:db8::1"), "2001:db8::1");
+        assert_eq!(
+            forwarded(&[" 203.0.113.7 ", "", "10.0.0.2, 10.0.0.3"], "192.0.2.1"),
+            "203.0.113.7, 10.0.0.2, 10.0.0.3, 192.0.2.1"
+        );
     }
 
     #[test]
