@@ -129,8 +129,10 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Timeout of each read from the upstream.
     pub read_timeout: Duration,
-    /// Round-robin cursor over `targets` (runtime state, shared by every call).
-    pub next: std::sync::atomic::AtomicUsize,
+    /// Passive health: when a target is taken out of rotation, and for how long.
+    pub health: crate::proxy::balance::HealthPolicy,
+    /// Round-robin over the targets taking calls (runtime state, shared by every call).
+    pub balance: crate::proxy::balance::Balancer,
 }
 
 /// The tenant id rule: letters, digits, `_`, `-`, `.` and `@`, 1 to 128 of them. Tenant ids go

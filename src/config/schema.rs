@@ -45,6 +45,8 @@ pub fn schema() -> Value {
                 ("targets", list("host:port targets, load-balanced round-robin.", string("host:port"))),
                 ("connect_timeout", duration("Connect timeout per target.")),
                 ("read_timeout", duration("Upstream read timeout.")),
+                ("max_fails", int("Consecutive failed connects that take a target out of rotation for fail_timeout; 0 never does.", 0)),
+                ("fail_timeout", duration("How long a target whose connects failed max_fails times takes no calls.")),
             ])),
             "tenants": named("Static tenants, by id (letters, digits, _-.@).", obj("One tenant.", &["plan"], &[
                 ("plan", string("The tenant's plan.")),

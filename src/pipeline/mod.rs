@@ -147,6 +147,7 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
     ) -> Gateway {
+        crate::proxy::balance::reset_metrics(&metrics, config.upstreams.values().map(|u| &**u));
         Gateway {
             routes: RouteTable::new(config.routes.clone()),
             anonymous: config.auth.anonymous.as_ref().and_then(AnonymousTier::new),

@@ -1,10 +1,10 @@
 //! The pingora edge. Each `ProxyHttp` phase is one call into our own pipeline, so pingora's
 //! types stop here.
 
+pub mod balance;
 pub mod hygiene;
 pub mod respond;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,6 +58,8 @@ pub struct Ctx {
     outcome: Outcome,
     upstream_started: Option<Instant>,
     connect_tries: usize,
+    /// The target `upstream_peer` picked last (its index in the upstream's `targets`).
+    target: usize,
     refunded: bool,
     /// Reads the response for measured meters, when the route has any.
     measure: Option<ResponseMeter>,
@@ -136,6 +138,7 @@ impl ProxyHttp for Proxy {
             outcome: Outcome::NoRoute,
             upstream_started: None,
             connect_tries: 0,
+            target: 0,
             refunded: false,
             measure: None,
             measured: Vec::new(),
@@ -201,7 +204,8 @@ impl ProxyHttp for Proxy {
         Ok(false)
     }
 
-    /// Step 7: the next target of the route's upstream, round-robin.
+    /// Step 7: the next target of the route's upstream, round-robin over those taking calls
+    /// (see [`balance`]).
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         let route = match &ctx.admission {
             Some(Admission::Public(r)) => r,
@@ -219,7 +223,12 @@ impl ProxyHttp for Proxy {
                 "route answers by itself",
             ));
         };
-        let i = up.next.fetch_add(1, Ordering::Relaxed) % up.targets.len();
+        let i = if ctx.connect_tries == 0 {
+            up.balance.pick()
+        } else {
+            up.balance.next_after(ctx.target)
+        };
+        ctx.target = i;
         let mut peer = HttpPeer::new(up.targets[i], false, String::new());
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
@@ -234,7 +243,8 @@ impl ProxyHttp for Proxy {
         Ok(Box::new(peer))
     }
 
-    /// A connection that never opened is safe to try on the next target, once per target.
+    /// A connection that never opened counts against its target's health, and is safe to try
+    /// on the next target, once per target.
     fn fail_to_connect(
         &self,
         _s: &mut Session,
@@ -242,11 +252,37 @@ impl ProxyHttp for Proxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let (Some(RouteTarget::Upstream(up)), Some(gw)) =
+            (ctx.route().map(|r| &r.target), &ctx.gateway)
+        {
+            balance::connect_failed(&gw.metrics, up, ctx.target, &e);
+        }
         let targets = ctx.route().map_or(1, target_count);
         if ctx.connect_tries < targets {
             e.set_retry(true);
         }
         e
+    }
+
+    /// A connection to the target stands (new or reused): a target out of rotation is back.
+    async fn connected_to_upstream(
+        &self,
+        _s: &mut Session,
+        _reused: bool,
+        _p: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(RouteTarget::Upstream(up)), Some(gw)) =
+            (ctx.route().map(|r| &r.target), &ctx.gateway)
+        {
+            if up.balance.connected(ctx.target) {
+                balance::back(&gw.metrics, up, ctx.target);
+            }
+        }
+        Ok(())
     }
 
     /// Strips credentials; tells the upstream who is calling, and from where. (pingora has

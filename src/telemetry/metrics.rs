@@ -11,6 +11,11 @@ pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
 pub const REQUEST_DURATION: &str = "tollgate_request_duration_seconds";
 /// `tollgate_upstream_duration_seconds{upstream}`
 pub const UPSTREAM_DURATION: &str = "tollgate_upstream_duration_seconds";
+/// `tollgate_upstream_connect_errors_total{upstream,target}`: failed connects to a target.
+pub const UPSTREAM_CONNECT_ERRORS: &str = "tollgate_upstream_connect_errors_total";
+/// `tollgate_upstream_target_up{upstream,target}`: 1 while a target takes calls, 0 once failed
+/// connects took it out of rotation, until one succeeds again.
+pub const UPSTREAM_TARGET_UP: &str = "tollgate_upstream_target_up";
 /// `tollgate_store_duration_seconds{op}`
 pub const STORE_DURATION: &str = "tollgate_store_duration_seconds";
 /// `tollgate_store_errors_total{kind}`
@@ -63,6 +68,10 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// Upstream latency by upstream.
     pub upstream_duration: HistogramVec,
+    /// Failed connects by upstream and target.
+    pub upstream_connect_errors: IntCounterVec,
+    /// Whether each target takes calls.
+    pub upstream_target_up: IntGaugeVec,
     /// Store call latency by operation.
     pub store_duration: HistogramVec,
     /// Store failures by kind.
@@ -116,6 +125,20 @@ impl Metrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["upstream"],
+            )?,
+            upstream_connect_errors: IntCounterVec::new(
+                Opts::new(
+                    UPSTREAM_CONNECT_ERRORS,
+                    "Failed connects to upstream targets.",
+                ),
+                &["upstream", "target"],
+            )?,
+            upstream_target_up: IntGaugeVec::new(
+                Opts::new(
+                    UPSTREAM_TARGET_UP,
+                    "1 while an upstream target takes calls; 0 once failed connects took it out of rotation, until a connect succeeds.",
+                ),
+                &["upstream", "target"],
             )?,
             store_duration: HistogramVec::new(
                 HistogramOpts::new(STORE_DURATION, "Store call latency by operation.")
@@ -190,6 +213,8 @@ impl Metrics {
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.upstream_duration.clone()))?;
+        registry.register(Box::new(m.upstream_connect_errors.clone()))?;
+        registry.register(Box::new(m.upstream_target_up.clone()))?;
         registry.register(Box::new(m.store_duration.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.meter_units.clone()))?;

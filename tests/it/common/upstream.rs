@@ -33,7 +33,12 @@ pub struct Upstream {
 impl Upstream {
     /// Binds a free port and serves in a background task of the test's runtime.
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Upstream::start_on("127.0.0.1:0").await
+    }
+
+    /// Binds `addr` (`IP:PORT`) and serves there, as [`Upstream::start`] does.
+    pub async fn start_on(addr: &str) -> Upstream {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
         let counter = hits.clone();
