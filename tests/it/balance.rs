@@ -52,7 +52,10 @@ async fn a_target_that_refuses_is_tried_once_then_left_out() {
     assert_eq!(metric(&text, UP, &labels), 0.0, "{text}");
     assert_eq!(metric(&text, UP, &[("target", &live)]), 1.0, "{text}");
     assert!(
-        stack.gateway.stderr().contains("takes no calls until fail_timeout"),
+        stack
+            .gateway
+            .stderr()
+            .contains("takes no calls until fail_timeout"),
         "a log line says the target went out: {}",
         stack.gateway.stderr()
     );
@@ -122,6 +125,7 @@ async fn every_target_down_is_a_refunded_502_and_each_was_tried() {
     // Both out of rotation, calls still try them rather than failing without a connect.
     assert_eq!(stack.month_counter("acme", "requests").await, 0);
     let text = metrics(&stack.gateway).await;
-    let tries = metric(&text, UPSTREAM, &[("target", &a)]) + metric(&text, UPSTREAM, &[("target", &b)]);
+    let tries =
+        metric(&text, UPSTREAM, &[("target", &a)]) + metric(&text, UPSTREAM, &[("target", &b)]);
     assert_eq!(tries, 6.0, "each call tried both targets: {text}");
 }

@@ -11,6 +11,7 @@ mod common;
 
 mod admin;
 mod anonymous;
+mod balance;
 mod check;
 mod cluster;
 mod embedded;
