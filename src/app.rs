@@ -31,6 +31,8 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let registry = prometheus::default_registry().clone();
     let metrics = Arc::new(Metrics::new(&registry).context("registering metrics")?);
     let store = StoreHandle::open(&config.store, &metrics).context("opening the store")?;
+    // The plan follower (below) settles this once it has loaded the overrides.
+    store.hold_calls_until_plans_load();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let telemetry = match &config.telemetry {
         Some(t) => Some(TelemetryService::new(t, metrics.clone())?),

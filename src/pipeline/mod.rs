@@ -213,7 +213,9 @@ impl Gateway {
         if route.auth == RouteAuth::None {
             return Ok(Admission::Public(route));
         }
-        let mut caller = self.with_plan_override(step!(self.identify(headers, peer).await)); // 2. who
+        let caller = step!(self.identify(headers, peer).await); // 2. who
+        self.store.plan_overrides_loaded().await;
+        let mut caller = self.with_plan_override(caller);
         if let Some(header) = &self.anonymous_id_header {
             caller.client_anonymous_id = identity::client_anonymous_id(headers, header);
             refused.identify = milestone::identify(&self.store, &caller, self.clock.as_ref()).await;

@@ -11,12 +11,13 @@ pub mod keys;
 pub mod redis;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
 use crate::config::{Store as StoreConfig, StoreKind};
 use pingora::time::fast_timeout::fast_timeout;
@@ -161,7 +162,12 @@ pub trait Store: Send + Sync + 'static {
     async fn set_plan(&self, tenant: &str, plan: Option<&str>) -> Result<(), StoreError>;
     /// Every tenant's plan override.
     async fn plan_overrides(&self) -> Result<HashMap<String, String>, StoreError>;
-    /// Keeps `overrides` in step with changes other instances make, until `shutdown` fires.
+    /// Whether [`Store::follow_plans`] loads overrides other instances set (a shared store).
+    fn follows_plans(&self) -> bool {
+        false
+    }
+    /// Keeps `overrides` in step with changes other instances make, until `shutdown` fires,
+    /// and [`PlanOverrides::settle`]s them once its first load is done or has failed.
     /// A store only one instance can use has nothing to follow.
     async fn follow_plans(&self, overrides: &PlanOverrides, shutdown: watch::Receiver<bool>) {
         let _ = (overrides, shutdown);
@@ -173,12 +179,47 @@ pub trait Store: Send + Sync + 'static {
 /// Read on every call, so the request path pays a map look-up and no store round trip; kept
 /// current by [`Store::follow_plans`] (Redis pub/sub), which applies a change made on any
 /// instance within milliseconds. Changes are rare, so the map is copied on write.
-#[derive(Default)]
 pub struct PlanOverrides {
     map: ArcSwap<HashMap<String, String>>,
+    /// False from start-up until the first load from the store is done (or has failed), while
+    /// calls wait for it: see [`StoreHandle::hold_calls_until_plans_load`].
+    settled: AtomicBool,
+    loaded: Notify,
+}
+
+impl Default for PlanOverrides {
+    fn default() -> Self {
+        PlanOverrides {
+            map: ArcSwap::default(),
+            settled: AtomicBool::new(true),
+            loaded: Notify::new(),
+        }
+    }
 }
 
 impl PlanOverrides {
+    /// The first load from the store is done, or failed (calls then go by the config's plans
+    /// until a later load succeeds): calls waiting for it go on.
+    pub fn settle(&self) {
+        if !self.settled.swap(true, Ordering::AcqRel) {
+            self.loaded.notify_waiters();
+        }
+    }
+
+    /// Waits until [`PlanOverrides::settle`], at most `bound`.
+    async fn settled(&self, bound: Duration) {
+        if self.settled.load(Ordering::Acquire) {
+            return;
+        }
+        let loaded = self.loaded.notified();
+        tokio::pin!(loaded);
+        loaded.as_mut().enable();
+        if self.settled.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = fast_timeout(bound, loaded).await;
+    }
+
     /// The override of `tenant`, if any.
     pub fn get(&self, tenant: &str) -> Option<String> {
         let map = self.map.load();
@@ -414,6 +455,23 @@ impl StoreHandle {
         self.overrides.get(tenant)
     }
 
+    /// Makes calls wait, each at most `store.timeout`, until [`StoreHandle::follow_plans`] has
+    /// loaded the plan overrides once. Without it, a call arriving in the first milliseconds
+    /// after start-up would be admitted on its tenant's config plan instead of the plan an
+    /// admin set: billed on the wrong plan, or refused with 402 after an upgrade. For a store
+    /// that keeps no overrides it does nothing.
+    pub fn hold_calls_until_plans_load(&self) {
+        if self.inner.follows_plans() {
+            self.overrides.settled.store(false, Ordering::Release);
+        }
+    }
+
+    /// Waits, at most `store.timeout`, for the first load of the plan overrides (see
+    /// [`StoreHandle::hold_calls_until_plans_load`]); one atomic load once they are in.
+    pub async fn plan_overrides_loaded(&self) {
+        self.overrides.settled(self.timeout).await;
+    }
+
     /// Sets or clears a plan override in the store (for every instance) and here.
     pub async fn set_plan(&self, tenant: &str, plan: Option<&str>) -> Result<(), StoreError> {
         self.bounded(&self.ops.get, self.inner.set_plan(tenant, plan))
@@ -426,6 +484,7 @@ impl StoreHandle {
     /// [`Store::follow_plans`]).
     pub async fn follow_plans(&self, shutdown: watch::Receiver<bool>) {
         self.inner.follow_plans(&self.overrides, shutdown).await;
+        self.overrides.settle();
     }
 
     /// See [`Store::ping`].

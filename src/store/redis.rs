@@ -938,6 +938,10 @@ impl Store for RedisStore {
     /// the load and the subscription is missed), then applies each announced change. When the
     /// subscription drops it starts over after a second, reloading everything, so changes
     /// made while it was down are not lost either.
+    fn follows_plans(&self) -> bool {
+        true
+    }
+
     async fn follow_plans(&self, overrides: &PlanOverrides, mut shutdown: watch::Receiver<bool>) {
         loop {
             let followed = async {
@@ -947,6 +951,7 @@ impl Store for RedisStore {
                     Ok(all) => overrides.replace(all),
                     Err(e) => tracing::warn!(error = %e, "Loading plan overrides failed."),
                 }
+                overrides.settle();
                 let mut messages = pubsub.on_message();
                 while let Some(msg) = messages.next().await {
                     let Ok(tenant) = msg.get_payload::<String>() else {
@@ -972,6 +977,8 @@ impl Store for RedisStore {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 result = followed => {
+                    // Calls waiting for the first load go on without it.
+                    overrides.settle();
                     if let Err(e) = result {
                         tracing::warn!(error = %e, "Following plan changes failed; retrying in 1s.");
                     }
