@@ -11,6 +11,7 @@ mod routes;
 pub mod schema;
 mod sections;
 mod telemetry;
+mod upstreams;
 mod webhooks;
 
 use std::collections::BTreeSet;
@@ -156,7 +157,7 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
     };
     let upstreams = f
         .get("upstreams")
-        .map(|n| sections::upstreams(d, n))
+        .map(|n| upstreams::upstreams(d, n))
         .unwrap_or_default();
     let plans = match f.get("plans") {
         Some(n) => plans::plans(d, n, &plan_names),

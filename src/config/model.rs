@@ -124,7 +124,11 @@ pub struct Upstream {
     /// The name routes refer to.
     pub name: String,
     /// Targets, used round-robin.
-    pub targets: Vec<SocketAddr>,
+    pub targets: Vec<Target>,
+    /// TLS to the targets, when `tls: true`.
+    pub tls: Option<UpstreamTls>,
+    /// `host_header`: the `Host` the upstream gets instead of the client's.
+    pub host_header: Option<http::HeaderValue>,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Timeout of each read from the upstream.
@@ -133,6 +137,35 @@ pub struct Upstream {
     pub health: crate::proxy::balance::HealthPolicy,
     /// Round-robin over the targets taking calls (runtime state, shared by every call).
     pub balance: crate::proxy::balance::Balancer,
+}
+
+/// One target of an upstream.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// As written in the config (`10.0.0.11:3000`, `api.internal:3000`): its name in metrics
+    /// and logs.
+    pub name: String,
+    /// Its address: the written one, or the first a host name resolved to when the config was
+    /// loaded.
+    pub addr: SocketAddr,
+    /// The name a TLS target's certificate is checked against (and sent as SNI): the
+    /// upstream's `sni`, else the target's host name, else its IP address. Empty without TLS.
+    pub sni: String,
+}
+
+/// `upstreams.<name>.tls`, `sni`, `ca_file`.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    /// Certificates trusted instead of the system's roots (`ca_file`).
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("ca", &self.ca.as_ref().map(|c| c.len()))
+            .finish()
+    }
 }
 
 /// The tenant id rule: letters, digits, `_`, `-`, `.` and `@`, 1 to 128 of them. Tenant ids go

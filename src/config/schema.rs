@@ -42,11 +42,15 @@ pub fn schema() -> Value {
                 ("on_outage", on_outage()),
             ]),
             "upstreams": named("Named upstream pools.", obj("One upstream pool.", &["targets"], &[
-                ("targets", list("host:port targets, load-balanced round-robin.", string("host:port"))),
+                ("targets", list("IP:PORT or HOST:PORT targets (a host name is looked up when the config loads), load-balanced round-robin.", string("IP:PORT or HOST:PORT"))),
                 ("connect_timeout", duration("Connect timeout per target.")),
                 ("read_timeout", duration("Upstream read timeout.")),
                 ("max_fails", int("Consecutive failed connects that take a target out of rotation for fail_timeout; 0 never does.", 0)),
                 ("fail_timeout", duration("How long a target whose connects failed max_fails times takes no calls.")),
+                ("tls", boolean("Connect to the targets over TLS (HTTPS), checking each one's certificate.")),
+                ("sni", string("tls: the name every target's certificate is checked against (and sent as SNI); default each target's host name, or its IP address.")),
+                ("ca_file", string("tls: PEM CA certificates trusted for the targets instead of the system's roots.")),
+                ("host_header", string("The Host header the upstream gets instead of the client's, e.g. api.example.com.")),
             ])),
             "tenants": named("Static tenants, by id (letters, digits, _-.@).", obj("One tenant.", &["plan"], &[
                 ("plan", string("The tenant's plan.")),

@@ -11,7 +11,6 @@ use http::HeaderName;
 use super::decode::Decoder;
 use super::model::*;
 use super::node::Node;
-use crate::proxy::balance::{Balancer, HealthPolicy};
 
 pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
     let f = d.fields(
@@ -290,88 +289,6 @@ pub(super) fn on_outage(d: &mut Decoder, n: &Node, what: &str) -> Option<OnOutag
             ("fail_closed", OnOutage::FailClosed),
         ],
     )
-}
-
-pub(super) fn upstreams(d: &mut Decoder, n: &Node) -> BTreeMap<String, Arc<Upstream>> {
-    let mut out = BTreeMap::new();
-    for (name, _, v) in d.named(n, "`upstreams`") {
-        let what = format!("upstream `{name}`");
-        let Some(f) = d.fields(
-            v,
-            &what,
-            &[
-                "targets",
-                "connect_timeout",
-                "read_timeout",
-                "max_fails",
-                "fail_timeout",
-            ],
-        ) else {
-            continue;
-        };
-        let targets = d.require(&f, "targets", &what).and_then(|t| {
-            let list = d.list(t, "`targets`")?;
-            if list.is_empty() {
-                d.err(t.pos, format!("{what} needs at least one target"));
-                return None;
-            }
-            let addrs: Vec<_> = list.iter().filter_map(|a| addr(d, a, "a target")).collect();
-            (addrs.len() == list.len()).then_some(addrs)
-        });
-        let connect_timeout = opt_duration(
-            d,
-            f.get("connect_timeout"),
-            "`connect_timeout`",
-            Duration::from_secs(2),
-        );
-        let read_timeout = opt_duration(
-            d,
-            f.get("read_timeout"),
-            "`read_timeout`",
-            Duration::from_secs(30),
-        );
-        let defaults = HealthPolicy::default();
-        let max_fails = match f.get("max_fails") {
-            Some(n) => d.int(n, "`max_fails`", 0, 1_000_000).map(|m| m as u32),
-            None => Some(defaults.max_fails),
-        };
-        let fail_timeout = opt_duration(
-            d,
-            f.get("fail_timeout"),
-            "`fail_timeout`",
-            defaults.fail_timeout,
-        );
-        if let (
-            Some(targets),
-            Some(connect_timeout),
-            Some(read_timeout),
-            Some(max_fails),
-            Some(fail_timeout),
-        ) = (
-            targets,
-            connect_timeout,
-            read_timeout,
-            max_fails,
-            fail_timeout,
-        ) {
-            let health = HealthPolicy {
-                max_fails,
-                fail_timeout,
-            };
-            out.insert(
-                name.clone(),
-                Arc::new(Upstream {
-                    name,
-                    balance: Balancer::new(targets.len(), health),
-                    targets,
-                    connect_timeout,
-                    read_timeout,
-                    health,
-                }),
-            );
-        }
-    }
-    out
 }
 
 pub(super) fn tenants(

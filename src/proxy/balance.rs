@@ -165,10 +165,10 @@ impl Balancer {
 /// Counts a failed connect to target `i` of `up`: in the metrics, and in a log line when it
 /// takes the target out of rotation.
 pub fn connect_failed(metrics: &Metrics, up: &Upstream, i: usize, error: &impl std::fmt::Display) {
-    let Some(target) = up.targets.get(i).map(ToString::to_string) else {
+    let Some(target) = up.targets.get(i).map(|t| &t.name) else {
         return;
     };
-    let labels = [up.name.as_str(), target.as_str()];
+    let labels = [up.name.as_str(), target];
     metrics
         .upstream_connect_errors
         .with_label_values(&labels)
@@ -188,10 +188,10 @@ pub fn connect_failed(metrics: &Metrics, up: &Upstream, i: usize, error: &impl s
 
 /// Says that target `i` of `up`, out of rotation, connected again.
 pub fn back(metrics: &Metrics, up: &Upstream, i: usize) {
-    if let Some(target) = up.targets.get(i).map(ToString::to_string) {
+    if let Some(target) = up.targets.get(i).map(|t| &t.name) {
         metrics
             .upstream_target_up
-            .with_label_values(&[&up.name, &target])
+            .with_label_values(&[&up.name, target])
             .set(1);
         tracing::info!(upstream = %up.name, target = %target, "An upstream target is back in rotation.");
     }
@@ -202,10 +202,10 @@ pub fn back(metrics: &Metrics, up: &Upstream, i: usize) {
 pub fn reset_metrics<'a>(metrics: &Metrics, upstreams: impl IntoIterator<Item = &'a Upstream>) {
     metrics.upstream_target_up.reset();
     for up in upstreams {
-        for addr in &up.targets {
+        for t in &up.targets {
             metrics
                 .upstream_target_up
-                .with_label_values(&[&up.name, &addr.to_string()])
+                .with_label_values(&[&up.name, &t.name])
                 .set(1);
         }
     }

@@ -229,7 +229,11 @@ impl ProxyHttp for Proxy {
             up.balance.next_after(ctx.target)
         };
         ctx.target = i;
-        let mut peer = HttpPeer::new(up.targets[i], false, String::new());
+        let target = &up.targets[i];
+        let mut peer = HttpPeer::new(target.addr, up.tls.is_some(), target.sni.clone());
+        if let Some(tls) = &up.tls {
+            peer.options.ca = tls.ca.clone();
+        }
         peer.options.connection_timeout = Some(up.connect_timeout);
         peer.options.read_timeout = Some(up.read_timeout);
         // pingora's standard request policy, named here because the gateway relies on it: it
@@ -318,6 +322,11 @@ impl ProxyHttp for Proxy {
         if self.append_forwarded_for {
             if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
                 hygiene::append_forwarded_for(up, peer.ip())?;
+            }
+        }
+        if let Some(RouteTarget::Upstream(u)) = ctx.route().map(|r| &r.target) {
+            if let Some(host) = &u.host_header {
+                up.insert_header(http::header::HOST, host.clone())?;
             }
         }
         match ctx.admitted() {

@@ -37,4 +37,5 @@ mod stripe_meter;
 mod telemetry;
 mod telemetry_spool;
 mod upgrade;
+mod upstream_tls;
 mod webhooks;

@@ -26,8 +26,11 @@ pub struct TestCa {
 }
 
 impl TestCa {
-    /// A new CA and server certificate.
+    /// A new CA and server certificate. Also picks the test process's rustls provider, which
+    /// the TLS clients a test makes itself (redis-rs to a TLS Redis) need: rustls is built with
+    /// two (pingora's TLS brings ring), so none is chosen by default.
     pub fn new() -> TestCa {
+        tollgate::install_crypto_provider();
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);

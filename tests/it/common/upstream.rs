@@ -38,6 +38,16 @@ impl Upstream {
 
     /// Binds `addr` (`IP:PORT`) and serves there, as [`Upstream::start`] does.
     pub async fn start_on(addr: &str) -> Upstream {
+        Upstream::serve(addr, None).await
+    }
+
+    /// The same server over TLS (HTTPS), presenting `tls`'s certificate; a connection whose
+    /// handshake fails never counts as a hit.
+    pub async fn start_tls(tls: Arc<tokio_rustls::rustls::ServerConfig>) -> Upstream {
+        Upstream::serve("127.0.0.1:0", Some(tokio_rustls::TlsAcceptor::from(tls))).await
+    }
+
+    async fn serve(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
@@ -45,6 +55,7 @@ impl Upstream {
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let counter = counter.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         counter.fetch_add(1, Ordering::SeqCst);
@@ -52,10 +63,16 @@ impl Upstream {
                     });
                     // Header names go out title-cased (`X-Upstream`), so a test can see
                     // whether the gateway kept their case.
-                    let _ = http1::Builder::new()
-                        .title_case_headers(true)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let http = http1::Builder::new().title_case_headers(true).clone();
+                    let _ = match tls {
+                        None => http.serve_connection(TokioIo::new(stream), service).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => {
+                                http.serve_connection(TokioIo::new(stream), service).await
+                            }
+                            Err(_) => return,
+                        },
+                    };
                 });
             }
         });

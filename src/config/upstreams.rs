@@ -1,0 +1,293 @@
+//! Decoding of `upstreams`: targets (`IP:PORT`, or `HOST:PORT` looked up now), timeouts,
+//! passive health, TLS and the `Host` the upstream gets.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::decode::Decoder;
+use super::model::*;
+use super::node::Node;
+use super::sections::opt_duration;
+use crate::proxy::balance::{Balancer, HealthPolicy};
+
+const KEYS: &[&str] = &[
+    "targets",
+    "connect_timeout",
+    "read_timeout",
+    "max_fails",
+    "fail_timeout",
+    "tls",
+    "sni",
+    "ca_file",
+    "host_header",
+];
+
+pub(super) fn upstreams(d: &mut Decoder, n: &Node) -> BTreeMap<String, Arc<Upstream>> {
+    let mut out = BTreeMap::new();
+    for (name, _, v) in d.named(n, "`upstreams`") {
+        if let Some(up) = upstream(d, name.clone(), v) {
+            out.insert(name, Arc::new(up));
+        }
+    }
+    out
+}
+
+fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
+    let what = format!("upstream `{name}`");
+    let f = d.fields(v, &what, KEYS)?;
+    let targets = d.require(&f, "targets", &what).and_then(|t| {
+        let list = d.list(t, "`targets`")?;
+        if list.is_empty() {
+            d.err(t.pos, format!("{what} needs at least one target"));
+            return None;
+        }
+        let targets: Vec<_> = list.iter().filter_map(|a| target(d, a)).collect();
+        (targets.len() == list.len()).then_some(targets)
+    });
+    let connect_timeout = opt_duration(
+        d,
+        f.get("connect_timeout"),
+        "`connect_timeout`",
+        Duration::from_secs(2),
+    );
+    let read_timeout = opt_duration(
+        d,
+        f.get("read_timeout"),
+        "`read_timeout`",
+        Duration::from_secs(30),
+    );
+    let defaults = HealthPolicy::default();
+    let max_fails = match f.get("max_fails") {
+        Some(n) => d.int(n, "`max_fails`", 0, 1_000_000).map(|m| m as u32),
+        None => Some(defaults.max_fails),
+    };
+    let fail_timeout = opt_duration(
+        d,
+        f.get("fail_timeout"),
+        "`fail_timeout`",
+        defaults.fail_timeout,
+    );
+    let tls = match f.get("tls") {
+        Some(n) => d.bool(n, "`tls`"),
+        None => Some(false),
+    };
+    // Each of these three: None when not written, Some(None) when written wrong.
+    let sni = f.get("sni").map(|n| {
+        let s = d.string(n, "`sni`")?;
+        if !valid_host(&s) && s.parse::<std::net::IpAddr>().is_err() {
+            d.err(
+                n.pos,
+                format!("`sni` must be a host name or an IP address, found \"{s}\""),
+            );
+            return None;
+        }
+        Some(s)
+    });
+    // Read only where it is used: without TLS the one error is that it is there.
+    let ca = f.get("ca_file").filter(|_| tls != Some(false)).map(|n| {
+        let certs = d.ca_file(Some(n), "ca_file", None, "")?;
+        pingora_ca(&certs).map_err(|e| d.err(n.pos, e)).ok()
+    });
+    let host_header = f.get("host_header").map(|n| {
+        let s = d.string(n, "`host_header`")?;
+        match http::HeaderValue::from_str(&s) {
+            Ok(h) if !s.is_empty() && !s.contains(['/', ' ', '@']) => Some(h),
+            _ => {
+                d.err(n.pos, format!("`host_header` must be a host, optionally with a port, such as \"api.example.com\", found \"{s}\""));
+                None
+            }
+        }
+    });
+    if tls == Some(false) {
+        // Settings that mean something only with TLS are mistakes without it.
+        for key in ["sni", "ca_file"] {
+            if let Some(n) = f.get(key) {
+                d.err(n.pos, format!("`{key}` is used only with `tls: true`"));
+            }
+        }
+    }
+    let mut targets = targets?;
+    let health = HealthPolicy {
+        max_fails: max_fails?,
+        fail_timeout: fail_timeout?,
+    };
+    let (sni, ca, host_header) = (written(sni)?, written(ca)?, written(host_header)?);
+    let tls = tls?.then_some(UpstreamTls { ca });
+    for t in &mut targets {
+        match (&tls, &sni) {
+            (None, _) => t.sni.clear(),
+            (Some(_), Some(sni)) => t.sni.clone_from(sni),
+            (Some(_), None) => {}
+        }
+    }
+    Some(Upstream {
+        name,
+        balance: Balancer::new(targets.len(), health),
+        targets,
+        tls,
+        host_header,
+        connect_timeout: connect_timeout?,
+        read_timeout: read_timeout?,
+        health,
+    })
+}
+
+/// An optional setting: `Some(None)` when not written, `None` when written wrong.
+fn written<T>(setting: Option<Option<T>>) -> Option<Option<T>> {
+    match setting {
+        None => Some(None),
+        Some(value) => value.map(Some),
+    }
+}
+
+/// One target: `IP:PORT`, or `HOST:PORT` looked up now (the first address it resolves to). Its
+/// `sni` is the host name, or the IP address, for an upstream with TLS to use.
+fn target(d: &mut Decoder, n: &Node) -> Option<Target> {
+    let s = d.string(n, "a target")?;
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Some(Target {
+            sni: addr.ip().to_string(),
+            name: s,
+            addr,
+        });
+    }
+    let parts = s
+        .rsplit_once(':')
+        .filter(|(host, port)| valid_host(host) && port.parse::<u16>().is_ok_and(|p| p > 0));
+    let Some((host, _)) = parts else {
+        d.err(
+            n.pos,
+            format!("a target must be IP:PORT or HOST:PORT such as \"10.0.0.11:3000\" or \"api.internal:3000\", found \"{s}\""),
+        );
+        return None;
+    };
+    match s.to_socket_addrs().map(|mut a| a.next()) {
+        Ok(Some(addr)) => Some(Target {
+            sni: host.to_string(),
+            name: s,
+            addr,
+        }),
+        Ok(None) => {
+            d.err(
+                n.pos,
+                format!("target \"{s}\": `{host}` resolves to no address"),
+            );
+            None
+        }
+        Err(e) => {
+            d.err(
+                n.pos,
+                format!("target \"{s}\": `{host}` could not be resolved: {e}"),
+            );
+            None
+        }
+    }
+}
+
+/// A DNS host name: labels of letters, digits, `-` and `_`, separated by dots.
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        && host.chars().any(|c| c.is_ascii_alphabetic())
+}
+
+/// The certificates of a `ca_file` as pingora takes them. Each is parsed here, at load, so a
+/// certificate pingora could not parse is an error at its position instead of a failure when
+/// a connect first needs it.
+fn pingora_ca(
+    certs: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<Arc<pingora::protocols::tls::CaType>, String> {
+    use pingora::utils::tls::WrappedX509;
+    if certs.is_empty() {
+        return Err("`ca_file` holds no certificate".into());
+    }
+    certs
+        .iter()
+        .map(|der| {
+            WrappedX509::try_new(der.to_vec(), |raw| {
+                x509_parser::parse_x509_certificate(raw).map(|(_, cert)| cert)
+            })
+            .map_err(|e| format!("`ca_file` holds a certificate that cannot be read: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Arc::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+    use crate::config::load_str;
+
+    fn config(upstream: &str) -> Result<crate::config::Config, String> {
+        let text = format!(
+            "server: {{ listen: \"127.0.0.1:8080\" }}\nstore: {{ kind: embedded, path: ./u.db }}\nupstreams:\n  product: {upstream}\nplans: {{ free: {{}} }}\nroutes: [{{ name: r, match: {{ path: / }}, upstream: product, auth: none }}]\n"
+        );
+        load_str("t.yaml", &text, &|_| None).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn host_name_targets_are_resolved_when_the_config_loads() {
+        let c = config(r#"{ targets: ["localhost:3000", "127.0.0.1:3001"], tls: true }"#).unwrap();
+        let up = &c.upstreams["product"];
+        assert_eq!(up.targets[0].name, "localhost:3000");
+        assert!(up.targets[0].addr.ip().is_loopback(), "{:?}", up.targets[0]);
+        assert_eq!(up.targets[0].addr.port(), 3000);
+        // With TLS, each target's certificate is checked against its host name, or its IP.
+        assert_eq!(up.targets[0].sni, "localhost");
+        assert_eq!(up.targets[1].sni, "127.0.0.1");
+        assert!(up.tls.as_ref().is_some_and(|t| t.ca.is_none()));
+    }
+
+    #[test]
+    fn sni_overrides_the_target_names_and_without_tls_none_is_kept() {
+        let c = config(r#"{ targets: ["localhost:3000", "127.0.0.1:3001"], tls: true, sni: api.example.com, host_header: "api.example.com:8443" }"#).unwrap();
+        let up = &c.upstreams["product"];
+        assert!(up.targets.iter().all(|t| t.sni == "api.example.com"));
+        assert_eq!(up.host_header.as_ref().unwrap(), "api.example.com:8443");
+        let c = config(r#"{ targets: ["localhost:3000"] }"#).unwrap();
+        assert!(c.upstreams["product"].tls.is_none());
+        assert_eq!(c.upstreams["product"].targets[0].sni, "");
+    }
+
+    #[test]
+    fn a_host_name_that_does_not_resolve_is_an_error_at_its_position() {
+        // `.invalid` never resolves (RFC 6761); the rest of the message is the resolver's.
+        let e = config(r#"{ targets: ["api.tollgate.invalid:3000"] }"#).unwrap_err();
+        assert!(
+            e.starts_with("t.yaml:4:24: target \"api.tollgate.invalid:3000\": `api.tollgate.invalid` could not be resolved"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn host_names() {
+        for ok in [
+            "api.internal",
+            "localhost",
+            "my_svc.ns.svc.cluster.local",
+            "a-b.example.com",
+        ] {
+            assert!(valid_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "10.0.0.1",
+            "a..b",
+            "-",
+            "api.example.com/",
+            "a b",
+            "[::1]",
+        ] {
+            assert!(!valid_host(bad), "{bad}");
+        }
+    }
+}

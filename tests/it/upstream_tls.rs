@@ -1,0 +1,137 @@
+//! Upstreams over TLS, named by host name: the certificate is checked against the target's
+//! name (or `sni`) and the `ca_file`, a failed check is a refunded 502, and `host_header`
+//! sets the `Host` the upstream gets.
+
+use crate::common::events::{metric, metrics};
+use crate::common::tls::TestCa;
+use crate::common::{render, Gateway, RedisServer, Stack, Upstream, ACME_KEY};
+
+const YAML: &str = r#"
+server: { listen: "{listen}", threads: 2 }
+admin: { listen: "{admin}" }
+store: { kind: redis, url: "{redis}", timeout: 2s }
+upstreams:
+  secure: { targets: ["{target}"], tls: true, connect_timeout: 2s {extra} }
+tenants:
+  acme: { plan: free, keys: [{ id: acme-1, sha256: "{acme_sha}" }] }
+plans:
+  free: { meters: { requests: { limit: 1000, period: month } } }
+routes:
+  - { name: api, match: { path_prefix: / }, upstream: secure, meter: { requests: 1 } }
+"#;
+
+/// A gateway in front of an HTTPS upstream signed by a fresh private CA; `target` is written
+/// with `{port}` for the upstream's port, `extra` adds settings to the upstream.
+struct TlsStack {
+    stack: Stack,
+    /// Holds the CA file.
+    _dir: tempfile::TempDir,
+}
+
+async fn start(target: &str, extra: &str) -> TlsStack {
+    let ca = TestCa::new();
+    let upstream = Upstream::start_tls(ca.server.clone()).await;
+    let port = upstream.addr().rsplit_once(':').unwrap().1.to_string();
+    let redis = RedisServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = ca.write_ca(dir.path());
+    let yaml = YAML
+        .replace("{target}", &target.replace("{port}", &port))
+        .replace(
+            "{extra}",
+            &extra.replace("{ca}", &ca_path.to_string_lossy()),
+        );
+    let gateway = Gateway::start(&render(&yaml, &redis.url(), &upstream.addr())).await;
+    TlsStack {
+        stack: Stack {
+            gateway,
+            upstream,
+            redis,
+            client: crate::common::client(),
+        },
+        _dir: dir,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_name_target_over_tls_with_a_ca_file_gets_the_call() {
+    let t = start(
+        "localhost:{port}",
+        r#", ca_file: "{ca}", host_header: api.example.com"#,
+    )
+    .await;
+
+    let answer = t.stack.get("/v1/items", Some(ACME_KEY)).await;
+
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let seen = answer.echoed_headers();
+    assert_eq!(seen["host"], ["api.example.com"], "host_header: {seen:?}");
+    assert_eq!(seen["x-tollgate-tenant"], ["acme"], "{seen:?}");
+    assert!(!seen.contains_key("authorization"), "{seen:?}");
+    assert_eq!(t.stack.upstream.hits(), 1);
+    assert_eq!(t.stack.month_counter("acme", "requests").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ip_target_is_checked_against_its_address() {
+    // The test certificate names 127.0.0.1 as well as localhost.
+    let t = start("127.0.0.1:{port}", r#", ca_file: "{ca}""#).await;
+
+    let answer = t.stack.get("/v1/items", Some(ACME_KEY)).await;
+
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    // Without host_header the upstream gets the client's Host.
+    let host = t.stack.gateway.listen_addr().to_string();
+    assert_eq!(answer.echoed_headers()["host"], [host]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_not_signed_by_a_trusted_ca_is_a_refunded_502() {
+    // No ca_file: the system's roots, which do not know the test CA.
+    let t = start("localhost:{port}", "").await;
+
+    let answer = t.stack.get("/v1/items", Some(ACME_KEY)).await;
+
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    let problem = answer.problem(502);
+    assert_eq!(
+        problem["type"], "urn:tollgate:upstream-unavailable",
+        "{problem}"
+    );
+    assert_eq!(
+        t.stack.upstream.hits(),
+        0,
+        "no request went over the failed handshake"
+    );
+    assert_eq!(
+        t.stack.month_counter("acme", "requests").await,
+        0,
+        "refunded"
+    );
+    let text = metrics(&t.stack.gateway).await;
+    let target = format!(
+        "localhost:{}",
+        t.stack.upstream.addr().rsplit_once(':').unwrap().1
+    );
+    let labels = [("upstream", "secure"), ("target", target.as_str())];
+    assert_eq!(
+        metric(&text, "tollgate_upstream_connect_errors_total", &labels),
+        1.0,
+        "a failed handshake counts as a failed connect: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_certificate_for_another_name_is_refused() {
+    let t = start(
+        "localhost:{port}",
+        r#", ca_file: "{ca}", sni: api.example.com"#,
+    )
+    .await;
+
+    let answer = t.stack.get("/v1/items", Some(ACME_KEY)).await;
+
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert_eq!(t.stack.upstream.hits(), 0);
+    assert_eq!(t.stack.month_counter("acme", "requests").await, 0);
+}
