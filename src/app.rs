@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -69,7 +70,20 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
         proxy,
         "tollgate proxy",
     );
-    proxy.add_tcp(&config.server.listen.to_string());
+    let server_cert = match &config.server.tls {
+        Some(tls) => {
+            let cert = Arc::new(crate::tls::ServerCert::new(tls.key.clone()));
+            let mut settings = TlsSettings::with_callbacks(Box::new(NoTlsCallbacks))
+                .context("setting up TLS on the public listener")?;
+            settings.set_cert_resolver(cert.clone());
+            proxy.add_tls_with_settings(&config.server.listen.to_string(), None, settings);
+            Some(cert)
+        }
+        None => {
+            proxy.add_tcp(&config.server.listen.to_string());
+            None
+        }
+    };
     server.add_service(proxy);
 
     let listen = config.server.listen;
@@ -81,13 +95,10 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
     let admin = config.admin.as_ref().map(|a| (a.listen, a.token.clone()));
     let from_file = !config.source.as_os_str().is_empty();
     let reloader = from_file.then(|| {
-        Arc::new(Reloader::new(
-            config,
-            gateway.clone(),
-            store.clone(),
-            clock,
-            metrics,
-        ))
+        Arc::new(
+            Reloader::new(config, gateway.clone(), store.clone(), clock, metrics)
+                .with_server_cert(server_cert),
+        )
     });
     if let Some((admin_listen, token)) = &admin {
         let mut svc = Service::new(
@@ -223,6 +234,13 @@ impl BackgroundService for JwksRefresh {
 }
 
 /// Applies plan overrides set on any instance (see `Store::follow_plans`).
+/// pingora's TLS listener takes callbacks or certificate files; the certificate comes from
+/// [`crate::tls::ServerCert`] instead, and nothing needs calling back.
+struct NoTlsCallbacks;
+
+#[async_trait]
+impl pingora::listeners::TlsAccept for NoTlsCallbacks {}
+
 struct PlanFollower {
     store: StoreHandle,
 }

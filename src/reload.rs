@@ -8,6 +8,9 @@
 //! without restarting (listeners, threads, the store, the admin token, telemetry) are reported instead of
 //! half-applied.
 //!
+//! The public listener's certificate (`server.tls`) is read again and swapped in, so a renewed
+//! certificate takes a reload, not a restart.
+//!
 //! What a reload resets: burst-limit state (each plan's limiter starts full again) and the JWKS
 //! caches (fetched again on the next call). Counters live in the store and are untouched.
 
@@ -50,6 +53,9 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     /// The config running now; also serialises reloads.
     running: Mutex<Config>,
+    /// The public listener's certificate, when `server.tls` is on: a reload swaps in the one
+    /// its files hold now.
+    server_cert: Option<Arc<crate::tls::ServerCert>>,
 }
 
 impl Reloader {
@@ -68,7 +74,14 @@ impl Reloader {
             clock,
             metrics,
             running: Mutex::new(running),
+            server_cert: None,
         }
+    }
+
+    /// Renews `cert` on every reload from the config's `server.tls` files.
+    pub fn with_server_cert(mut self, cert: Option<Arc<crate::tls::ServerCert>>) -> Reloader {
+        self.server_cert = cert;
+        self
     }
 
     /// The file reloads read.
@@ -95,6 +108,10 @@ impl Reloader {
             self.metrics.clone(),
         );
         self.gateway.store(Arc::new(gateway));
+        // A renewed certificate applies without a restart (turning TLS on or off does not).
+        if let (Some(cert), Some(tls)) = (&self.server_cert, &next.server.tls) {
+            cert.replace(tls.key.clone());
+        }
         self.count("ok");
         if needs_restart.is_empty() {
             tracing::info!(trigger = why, "Config reloaded.");

@@ -1,4 +1,5 @@
-//! TLS for the gateway's own clients (JWKS fetches, the `http` and `redis_stream` event sinks):
+//! TLS for the public listener (`server.tls`: [`ServerCert`]) and for the gateway's own clients
+//! (JWKS fetches, the `http` and `redis_stream` event sinks):
 //! rustls on aws-lc-rs, the crypto jsonwebtoken already builds, trusting the webpki roots, and
 //! the certificates of a `ca_file` for a server behind a private CA. (The store's Redis
 //! connection is redis-rs's, on the same rustls and provider.)
@@ -6,8 +7,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
 
 /// A client config trusting the webpki roots and `extra`.
 pub fn client_config(extra: &[CertificateDer<'static>]) -> Result<rustls::ClientConfig, String> {
@@ -84,6 +87,56 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
         })?;
     }
     Ok(certs)
+}
+
+/// The public listener's certificate (`server.tls`): a certificate chain and its private key,
+/// read from PEM files and checked to belong together.
+pub fn read_server_cert(cert_file: &Path, key_file: &Path) -> Result<CertifiedKey, String> {
+    let (cert_shown, key_shown) = (cert_file.display(), key_file.display());
+    let bytes = std::fs::read(cert_file)
+        .map_err(|e| format!("cannot read `cert_file` {cert_shown}: {e}"))?;
+    let chain = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("`cert_file` {cert_shown} is not a PEM certificate chain: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "`cert_file` {cert_shown} holds no certificate (expected PEM `-----BEGIN CERTIFICATE-----` blocks, the server's first)"
+        ));
+    }
+    let bytes =
+        std::fs::read(key_file).map_err(|e| format!("cannot read `key_file` {key_shown}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(&bytes)
+        .map_err(|e| format!("`key_file` {key_shown} holds no PEM private key: {e}"))?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        format!(
+            "`cert_file` {cert_shown} and `key_file` {key_shown} do not make a usable pair: {e}"
+        )
+    })
+}
+
+/// The public listener's certificate, swapped in place when a reload reads new files, so a
+/// renewed certificate needs a reload (`SIGHUP`), not a restart; connections already open
+/// keep the one they started with.
+#[derive(Debug)]
+pub struct ServerCert(ArcSwap<CertifiedKey>);
+
+impl ServerCert {
+    /// Serves `key`.
+    pub fn new(key: Arc<CertifiedKey>) -> ServerCert {
+        ServerCert(ArcSwap::new(key))
+    }
+
+    /// Serves `key` to the next handshakes.
+    pub fn replace(&self, key: Arc<CertifiedKey>) {
+        self.0.store(key);
+    }
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load_full())
+    }
 }
 
 #[cfg(test)]

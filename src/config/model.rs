@@ -59,6 +59,23 @@ pub struct Server {
     /// `x_forwarded_for: append` (true): the caller's address is appended to the upstream
     /// request's `X-Forwarded-For`; `keep` (false): the header passes as the client sent it.
     pub append_forwarded_for: bool,
+    /// `server.tls`: the public listener speaks HTTPS with this certificate.
+    pub tls: Option<ServerTls>,
+}
+
+/// `server.tls`: the public listener's certificate, read when the config loads.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The certificate chain and its key.
+    pub key: Arc<rustls::sign::CertifiedKey>,
+}
+
+/// Only whether TLS is on: a reload compares `server` by its `Debug` to report what needs a
+/// restart, and a renewed certificate does not (the reload swaps it in).
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerTls")
+    }
 }
 
 /// `admin:`

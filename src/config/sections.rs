@@ -25,6 +25,7 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
             "access_log_sample",
             "preserve_header_case",
             "x_forwarded_for",
+            "tls",
         ],
     )?;
     let listen = d
@@ -80,7 +81,12 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
         ),
         None => Some(true),
     };
+    let tls = match f.get("tls") {
+        Some(n) => server_tls(d, n).map(Some),
+        None => Some(None),
+    };
     Some(Server {
+        tls: tls?,
         listen: listen?,
         threads: threads?,
         grace_period: grace_period?,
@@ -278,6 +284,25 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
         timeout,
         on_outage,
     })
+}
+
+/// `server.tls`: `cert_file` and `key_file`, read and checked now.
+fn server_tls(d: &mut Decoder, n: &Node) -> Option<ServerTls> {
+    let f = d.fields(n, "`server.tls`", &["cert_file", "key_file"])?;
+    let cert = d
+        .require(&f, "cert_file", "`server.tls`")
+        .and_then(|c| d.string(c, "`server.tls.cert_file`"));
+    let key = d
+        .require(&f, "key_file", "`server.tls`")
+        .and_then(|k| d.string(k, "`server.tls.key_file`"));
+    let (cert, key) = (cert?, key?);
+    match crate::tls::read_server_cert(&d.relative(&cert), &d.relative(&key)) {
+        Ok(key) => Some(ServerTls { key: Arc::new(key) }),
+        Err(e) => {
+            d.err(n.pos, e);
+            None
+        }
+    }
 }
 
 pub(super) fn on_outage(d: &mut Decoder, n: &Node, what: &str) -> Option<OnOutage> {

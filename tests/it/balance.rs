@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::common::events::{metric, metrics};
-use crate::common::{refused_addr, Stack, Upstream, ACME_KEY};
+use crate::common::{refused_addr, Stack, Upstream, ACME_KEY, ACME_ON_PRODUCT};
 
 /// One upstream of two targets: the echo server, and `{dead}`, where nothing listens.
 const YAML: &str = r#"
@@ -14,16 +14,11 @@ admin: { listen: "{admin}" }
 store: { kind: redis, url: "{redis}", timeout: 2s }
 upstreams:
   product: { targets: ["{upstream}", "{dead}"], connect_timeout: 1s {health} }
-tenants:
-  acme: { plan: free, keys: [{ id: acme-1, sha256: "{acme_sha}" }] }
-plans:
-  free: { meters: { requests: { limit: 1000, period: month } } }
-routes:
-  - { name: api, match: { path_prefix: / }, upstream: product, meter: { requests: 1 } }
 "#;
 
 async fn stack(dead: &str, health: &str) -> Stack {
-    Stack::start(&YAML.replace("{dead}", dead).replace("{health}", health)).await
+    let yaml = format!("{YAML}{ACME_ON_PRODUCT}");
+    Stack::start(&yaml.replace("{dead}", dead).replace("{health}", health)).await
 }
 
 const UPSTREAM: &str = "tollgate_upstream_connect_errors_total";
@@ -112,7 +107,7 @@ async fn max_fails_zero_keeps_trying_the_dead_target() {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_target_down_is_a_refunded_502_and_each_was_tried() {
     let (a, b) = (refused_addr(), refused_addr());
-    let yaml = YAML
+    let yaml = format!("{YAML}{ACME_ON_PRODUCT}")
         .replace("\"{upstream}\", \"{dead}\"", &format!("\"{a}\", \"{b}\""))
         .replace("{health}", "");
     let stack = Stack::start(&yaml).await;

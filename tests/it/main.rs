@@ -32,6 +32,7 @@ mod problems;
 mod refunds;
 mod runtime_keys;
 mod schema;
+mod server_tls;
 mod store_tls;
 mod stripe_meter;
 mod telemetry;

@@ -41,6 +41,18 @@ pub fn render(yaml: &str, redis: &str, upstream: &str) -> String {
         .replace("{delta_sha}", DELTA_SHA)
 }
 
+/// The end of a config with one tenant and one route, for tests about the upstream `product`
+/// they define first: `acme` (key [`ACME_KEY`]) on plan `free` (1,000 requests a month), and
+/// every path proxied to `product`, metered one request a call.
+pub const ACME_ON_PRODUCT: &str = r#"
+tenants:
+  acme: { plan: free, keys: [{ id: acme-1, sha256: "{acme_sha}" }] }
+plans:
+  free: { meters: { requests: { limit: 1000, period: month } } }
+routes:
+  - { name: api, match: { path_prefix: / }, upstream: product, meter: { requests: 1 } }
+"#;
+
 /// The Redis counter of a `month` meter with no billing anchor, for the current UTC month.
 pub fn month_key(tenant: &str, meter: &str) -> String {
     format!("tg:{{{tenant}}}:m:{meter}:{}", clock::month_start())
