@@ -33,6 +33,9 @@ static X_TOLLGATE_TENANT: HeaderName = HeaderName::from_static("x-tollgate-tenan
 /// Tells the upstream the tenant's plan.
 static X_TOLLGATE_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
 
+/// `X-Forwarded-Proto` behind `server.tls`.
+static X_FORWARDED_PROTO_HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
+
 /// The proxy service: reads the current gateway (swapped atomically on reload) per call.
 pub struct Proxy {
     gateway: Arc<ArcSwap<Gateway>>,
@@ -42,6 +45,9 @@ pub struct Proxy {
     preserve_header_case: bool,
     /// `server.x_forwarded_for: append`: the caller's address goes onto `X-Forwarded-For`.
     append_forwarded_for: bool,
+    /// `server.tls`: the gateway ends the caller's TLS, so the upstream gets
+    /// `X-Forwarded-Proto: https`.
+    https: bool,
     /// Usage events, when `telemetry` is configured.
     events: Option<Arc<Emitter>>,
 }
@@ -88,6 +94,7 @@ impl Proxy {
             read_timeout: server.read_timeout,
             preserve_header_case: server.preserve_header_case,
             append_forwarded_for: server.append_forwarded_for,
+            https: server.tls.is_some(),
             events,
         }
     }
@@ -323,6 +330,11 @@ impl ProxyHttp for Proxy {
             if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
                 hygiene::append_forwarded_for(up, peer.ip())?;
             }
+        }
+        // Behind its own TLS listener the gateway knows the caller's scheme, whatever the
+        // client claimed; over plain HTTP a balancer in front may have set it, so it is kept.
+        if self.https {
+            up.insert_header("X-Forwarded-Proto", X_FORWARDED_PROTO_HTTPS.clone())?;
         }
         if let Some(RouteTarget::Upstream(u)) = ctx.route().map(|r| &r.target) {
             if let Some(host) = &u.host_header {

@@ -63,7 +63,12 @@ fn trusting(ca: &TestCa) -> reqwest::Client {
 
 async fn call(client: &reqwest::Client, gw: &Gateway) -> reqwest::Result<crate::common::Answer> {
     let url = format!("https://{}/v1/items", gw.listen_addr());
-    let answer = client.get(url).bearer_auth(ACME_KEY).send().await?;
+    let answer = client
+        .get(url)
+        .bearer_auth(ACME_KEY)
+        .header("x-forwarded-proto", "http")
+        .send()
+        .await?;
     Ok(read(answer).await)
 }
 
@@ -81,6 +86,8 @@ async fn https_callers_are_metered_and_plain_http_gets_no_answer() {
 
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(answer.header("ratelimit").is_some(), "{:?}", answer.headers);
+    // The upstream learns the caller came over HTTPS, whatever the client claimed.
+    assert_eq!(answer.echoed_headers()["x-forwarded-proto"], ["https"]);
     assert_eq!(redis.get_int(&month_key("acme", "requests")).await, 1);
     assert_eq!(upstream.hits(), 1);
     // Plain HTTP to the TLS port is not answered as HTTP, and charges nothing.
