@@ -129,6 +129,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             gateway: gateway.clone(),
         },
     ));
+    server.add_service(background_service(
+        "upstream dns",
+        UpstreamDns {
+            gateway: gateway.clone(),
+        },
+    ));
     server.add_service(background_service("housekeeping", Housekeeping { gateway }));
     if let Some(telemetry) = telemetry {
         server.add_service(background_service("telemetry", telemetry));
@@ -202,6 +208,30 @@ impl BackgroundService for Housekeeping {
                     let tracked = gw.plans.retain_recent();
                     gw.metrics.burst_keys.set(tracked as i64);
                 }
+            }
+        }
+    }
+}
+
+/// Looks host-name targets up again every `resolve_every` (see [`crate::proxy::resolve`]). The
+/// upstreams are taken from the gateway on every tick, so a reload's are followed too.
+struct UpstreamDns {
+    gateway: Arc<ArcSwap<Gateway>>,
+}
+
+#[async_trait]
+impl BackgroundService for UpstreamDns {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let gw = self.gateway.load_full();
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = crate::proxy::resolve::refresh_due(&gw.upstreams) => {}
             }
         }
     }

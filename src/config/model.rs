@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::meter::period::Period;
@@ -152,22 +153,51 @@ pub struct Upstream {
     pub read_timeout: Duration,
     /// Passive health: when a target is taken out of rotation, and for how long.
     pub health: crate::proxy::balance::HealthPolicy,
+    /// How often host-name targets are looked up again.
+    pub resolve_every: Duration,
+    /// When they were last looked up (runtime state).
+    pub resolved_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Round-robin over the targets taking calls (runtime state, shared by every call).
     pub balance: crate::proxy::balance::Balancer,
 }
 
 /// One target of an upstream.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Target {
     /// As written in the config (`10.0.0.11:3000`, `api.internal:3000`): its name in metrics
-    /// and logs.
+    /// and logs, and what is looked up for a host name.
     pub name: String,
-    /// Its address: the written one, or the first a host name resolved to when the config was
-    /// loaded.
-    pub addr: SocketAddr,
+    /// The host name, when the target is written with one.
+    pub host: Option<String>,
+    /// Where it connects: the written address, or the one its host name resolved to (when the
+    /// config loaded, then every `resolve_every`: see `proxy::resolve`).
+    addr: ArcSwap<SocketAddr>,
     /// The name a TLS target's certificate is checked against (and sent as SNI): the
     /// upstream's `sni`, else the target's host name, else its IP address. Empty without TLS.
     pub sni: String,
+}
+
+impl Target {
+    /// A target written as `name`, at `addr`; `host` when `name` holds a host name.
+    pub fn new(name: String, addr: SocketAddr, host: Option<String>) -> Target {
+        let sni = host.clone().unwrap_or_else(|| addr.ip().to_string());
+        Target {
+            name,
+            host,
+            addr: ArcSwap::from_pointee(addr),
+            sni,
+        }
+    }
+
+    /// Where the target connects now.
+    pub fn addr(&self) -> SocketAddr {
+        **self.addr.load()
+    }
+
+    /// Moves the target to `addr` (its host name resolves there now).
+    pub fn set_addr(&self, addr: SocketAddr) {
+        self.addr.store(Arc::new(addr));
+    }
 }
 
 /// `upstreams.<name>.tls`, `sni`, `ca_file`.
@@ -182,6 +212,26 @@ impl std::fmt::Debug for UpstreamTls {
         f.debug_struct("UpstreamTls")
             .field("ca", &self.ca.as_ref().map(|c| c.len()))
             .finish()
+    }
+}
+
+impl Upstream {
+    /// Whether the host-name targets are due to be looked up again at `now`; if so, counts
+    /// them as looked up. Never for an upstream of IP targets only.
+    pub fn resolve_due(&self, now: std::time::Instant) -> bool {
+        if self.targets.iter().all(|t| t.host.is_none()) {
+            return false;
+        }
+        let Ok(mut last) = self.resolved_at.lock() else {
+            return false;
+        };
+        // The config's load looked them up just now.
+        let last = last.get_or_insert(now);
+        if now.duration_since(*last) < self.resolve_every {
+            return false;
+        }
+        *last = now;
+        true
     }
 }
 

@@ -55,6 +55,7 @@ pub fn schema() -> Value {
                 ("sni", string("tls: the name every target's certificate is checked against (and sent as SNI); default each target's host name, or its IP address.")),
                 ("ca_file", string("tls: PEM CA certificates trusted for the targets instead of the system's roots.")),
                 ("host_header", string("The Host header the upstream gets instead of the client's, e.g. api.example.com.")),
+                ("resolve_every", duration("How often host-name targets are looked up again (default 30s, at least 1s).")),
             ])),
             "tenants": named("Static tenants, by id (letters, digits, _-.@).", obj("One tenant.", &["plan"], &[
                 ("plan", string("The tenant's plan.")),

@@ -22,6 +22,7 @@ const KEYS: &[&str] = &[
     "sni",
     "ca_file",
     "host_header",
+    "resolve_every",
 ];
 
 pub(super) fn upstreams(d: &mut Decoder, n: &Node) -> BTreeMap<String, Arc<Upstream>> {
@@ -69,6 +70,21 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
         "`fail_timeout`",
         defaults.fail_timeout,
     );
+    let resolve_every = opt_duration(
+        d,
+        f.get("resolve_every"),
+        "`resolve_every`",
+        Duration::from_secs(30),
+    )
+    .and_then(|r| {
+        if r < Duration::from_secs(1) {
+            if let Some(n) = f.get("resolve_every") {
+                d.err(n.pos, "`resolve_every` must be at least 1s");
+            }
+            return None;
+        }
+        Some(r)
+    });
     let tls = match f.get("tls") {
         Some(n) => d.bool(n, "`tls`"),
         None => Some(false),
@@ -131,6 +147,8 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
         connect_timeout: connect_timeout?,
         read_timeout: read_timeout?,
         health,
+        resolve_every: resolve_every?,
+        resolved_at: Default::default(),
     })
 }
 
@@ -147,11 +165,7 @@ fn written<T>(setting: Option<Option<T>>) -> Option<Option<T>> {
 fn target(d: &mut Decoder, n: &Node) -> Option<Target> {
     let s = d.string(n, "a target")?;
     if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Some(Target {
-            sni: addr.ip().to_string(),
-            name: s,
-            addr,
-        });
+        return Some(Target::new(s, addr, None));
     }
     let parts = s
         .rsplit_once(':')
@@ -164,11 +178,10 @@ fn target(d: &mut Decoder, n: &Node) -> Option<Target> {
         return None;
     };
     match s.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(addr)) => Some(Target {
-            sni: host.to_string(),
-            name: s,
-            addr,
-        }),
+        Ok(Some(addr)) => {
+            let host = host.to_string();
+            Some(Target::new(s, addr, Some(host)))
+        }
         Ok(None) => {
             d.err(
                 n.pos,
@@ -239,8 +252,12 @@ mod tests {
         let c = config(r#"{ targets: ["localhost:3000", "127.0.0.1:3001"], tls: true }"#).unwrap();
         let up = &c.upstreams["product"];
         assert_eq!(up.targets[0].name, "localhost:3000");
-        assert!(up.targets[0].addr.ip().is_loopback(), "{:?}", up.targets[0]);
-        assert_eq!(up.targets[0].addr.port(), 3000);
+        assert!(
+            up.targets[0].addr().ip().is_loopback(),
+            "{:?}",
+            up.targets[0]
+        );
+        assert_eq!(up.targets[0].addr().port(), 3000);
         // With TLS, each target's certificate is checked against its host name, or its IP.
         assert_eq!(up.targets[0].sni, "localhost");
         assert_eq!(up.targets[1].sni, "127.0.0.1");
@@ -256,6 +273,24 @@ mod tests {
         let c = config(r#"{ targets: ["localhost:3000"] }"#).unwrap();
         assert!(c.upstreams["product"].tls.is_none());
         assert_eq!(c.upstreams["product"].targets[0].sni, "");
+    }
+
+    #[test]
+    fn host_names_are_due_for_a_new_look_up_every_resolve_every() {
+        use std::time::{Duration, Instant};
+        let c = config(r#"{ targets: ["localhost:3000"], resolve_every: 2s }"#).unwrap();
+        let up = &c.upstreams["product"];
+        let t0 = Instant::now();
+        assert!(!up.resolve_due(t0), "looked up when the config loaded");
+        assert!(!up.resolve_due(t0 + Duration::from_millis(1_999)));
+        assert!(up.resolve_due(t0 + Duration::from_secs(2)));
+        assert!(!up.resolve_due(t0 + Duration::from_secs(3)));
+        assert!(up.resolve_due(t0 + Duration::from_secs(4)));
+        // IP targets are never looked up.
+        let c = config(r#"{ targets: ["127.0.0.1:3000"], resolve_every: 1s }"#).unwrap();
+        assert!(!c.upstreams["product"].resolve_due(t0 + Duration::from_secs(60)));
+        let e = config(r#"{ targets: ["localhost:3000"], resolve_every: 500ms }"#).unwrap_err();
+        assert!(e.contains("`resolve_every` must be at least 1s"), "{e}");
     }
 
     #[test]

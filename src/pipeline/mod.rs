@@ -42,6 +42,8 @@ pub struct Gateway {
     clock: Arc<dyn Clock>,
     on_outage: OnOutage,
     /// Metrics.
+    /// Every upstream of the config, routed to or not (their host names are kept resolved).
+    pub upstreams: Vec<Arc<crate::config::Upstream>>,
     pub metrics: Arc<Metrics>,
     /// Fraction of calls written to the access log.
     pub access_log_sample: f64,
@@ -149,6 +151,7 @@ impl Gateway {
     ) -> Gateway {
         crate::proxy::balance::reset_metrics(&metrics, config.upstreams.values().map(|u| &**u));
         Gateway {
+            upstreams: config.upstreams.values().cloned().collect(),
             routes: RouteTable::new(config.routes.clone()),
             anonymous: config.auth.anonymous.as_ref().and_then(AnonymousTier::new),
             jwt: jwt::JwtAuth::new(&config.auth.jwt),

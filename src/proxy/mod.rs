@@ -3,6 +3,7 @@
 
 pub mod balance;
 pub mod hygiene;
+pub mod resolve;
 pub mod respond;
 
 use std::sync::Arc;
@@ -237,7 +238,7 @@ impl ProxyHttp for Proxy {
         };
         ctx.target = i;
         let target = &up.targets[i];
-        let mut peer = HttpPeer::new(target.addr, up.tls.is_some(), target.sni.clone());
+        let mut peer = HttpPeer::new(target.addr(), up.tls.is_some(), target.sni.clone());
         if let Some(tls) = &up.tls {
             peer.options.ca = tls.ca.clone();
         }
