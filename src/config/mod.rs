@@ -1,6 +1,7 @@
 //! Configuration: YAML → node tree (`node.rs`) → checked decoding that collects every error
 //! (`decode.rs`, `sections.rs`, `plans.rs`, `routes.rs`) → validated model (`model.rs`).
 
+mod cors;
 pub mod decode;
 mod jwt;
 pub mod model;
@@ -109,6 +110,7 @@ const TOP: &[&str] = &[
     "routes",
     "telemetry",
     "onboarding",
+    "cors",
     "plugins",
 ];
 
@@ -204,7 +206,12 @@ fn decode_root(d: &mut decode::Decoder, root: &node::Node) -> Option<Config> {
         }
         (t, _) => t,
     };
+    let cors = f.get("cors").map(|n| cors::cors(d, n));
     Some(Config {
+        cors: match cors {
+            Some(c) => Some(std::sync::Arc::new(c?)),
+            None => None,
+        },
         source: Default::default(),
         server: server?,
         admin,

@@ -38,6 +38,35 @@ pub struct Config {
     pub telemetry: Option<super::Telemetry>,
     /// Lifecycle milestones, if configured.
     pub onboarding: Option<super::Onboarding>,
+    /// Browser calls from other origins, if configured.
+    pub cors: Option<Arc<Cors>>,
+}
+
+/// `cors:`: the origins whose browser scripts may call the API, and the header values the
+/// gateway answers them with (built once, cloned per call).
+#[derive(Debug)]
+pub struct Cors {
+    /// `"*"` was listed: every origin.
+    pub any_origin: bool,
+    /// The origins listed, exactly as browsers send them.
+    pub origins: Vec<String>,
+    /// `Access-Control-Allow-Methods` of a preflight's answer.
+    pub allow_methods: HeaderValue,
+    /// `Access-Control-Allow-Headers` of a preflight's answer.
+    pub allow_headers: HeaderValue,
+    /// `Access-Control-Expose-Headers`: the gateway's headers and `expose_headers`.
+    pub expose_headers: HeaderValue,
+    /// `Access-Control-Max-Age`, seconds.
+    pub max_age: HeaderValue,
+    /// `Access-Control-Allow-Credentials: true`: cookies and credentials go with the calls.
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    /// Whether `origin` may call.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        self.any_origin || self.origins.iter().any(|o| o.as_bytes() == origin)
+    }
 }
 
 /// `server:`

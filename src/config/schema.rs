@@ -84,6 +84,14 @@ pub fn schema() -> Value {
                 "additionalProperties": {"type": "object"},
             },
             "telemetry": telemetry(),
+            "cors": obj("Browser calls from other origins: the gateway answers preflights itself and lets listed origins read every answer.", &["allow_origins"], &[
+                ("allow_origins", list("Origins allowed to call, exactly as browsers send them (https://app.example.com), or \"*\" for any.", string("An origin, or *."))),
+                ("allow_methods", list("Methods a preflight may ask for (default GET, HEAD, POST, PUT, PATCH, DELETE).", string("A method."))),
+                ("allow_headers", list("Request headers a preflight may ask for (default authorization, x-api-key, content-type, idempotency-key).", string("A header name."))),
+                ("expose_headers", list("Answer headers scripts may read, besides the gateway's own (RateLimit, Tollgate-Upgrade, ...).", string("A header name."))),
+                ("max_age", duration("How long a browser may keep a preflight's answer (default 10m).")),
+                ("allow_credentials", boolean("Cookies and credentials go with the calls (needs the origins listed, not *).")),
+            ]),
             "onboarding": obj("Lifecycle milestones (dev.tollgate.milestone events and the Tollgate-Milestone header) and anonymous-to-identified merges (dev.tollgate.identify). Chosen milestones can also be POSTed to `webhooks`, signed per Standard Webhooks.", &[], &[
                 ("activation", obj("What makes a tenant `activated`: `calls` admitted metered calls within `within` of its first call.", &["calls", "within"], &[
                     ("calls", int("Admitted calls needed.", 1)),

@@ -44,6 +44,8 @@ pub struct Gateway {
     /// Metrics.
     /// Every upstream of the config, routed to or not (their host names are kept resolved).
     pub upstreams: Vec<Arc<crate::config::Upstream>>,
+    /// `cors`: browser calls from other origins.
+    pub cors: Option<Arc<crate::config::Cors>>,
     pub metrics: Arc<Metrics>,
     /// Fraction of calls written to the access log.
     pub access_log_sample: f64,
@@ -152,6 +154,7 @@ impl Gateway {
         crate::proxy::balance::reset_metrics(&metrics, config.upstreams.values().map(|u| &**u));
         Gateway {
             upstreams: config.upstreams.values().cloned().collect(),
+            cors: config.cors.clone(),
             routes: RouteTable::new(config.routes.clone()),
             anonymous: config.auth.anonymous.as_ref().and_then(AnonymousTier::new),
             jwt: jwt::JwtAuth::new(&config.auth.jwt),

@@ -2,6 +2,7 @@
 //! types stop here.
 
 pub mod balance;
+pub mod cors;
 pub mod hygiene;
 pub mod resolve;
 pub mod respond;
@@ -162,6 +163,15 @@ impl ProxyHttp for Proxy {
         session.set_read_timeout(Some(self.read_timeout));
         let gw = self.gateway.load_full();
         ctx.gateway = Some(gw.clone());
+        if let Some(c) = &gw.cors {
+            if cors::is_preflight(session.req_header()) {
+                ctx.outcome = Outcome::Preflight;
+                let answer = cors::preflight(c, session.req_header())?;
+                respond::write_head(session, answer).await?;
+                return Ok(true);
+            }
+            cors::admit(c, session.req_header_mut());
+        }
         let path = session.req_header().uri.path().to_string();
         let peer = session
             .client_addr()
@@ -389,10 +399,11 @@ impl ProxyHttp for Proxy {
         Ok(())
     }
 
-    /// Step 9: usage headers; measuring starts when the call's reservation stands.
+    /// Step 9: usage headers (and CORS ones, see [`cors`]); measuring starts when the call's
+    /// reservation stands.
     async fn response_filter(
         &self,
-        _s: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
@@ -412,7 +423,7 @@ impl ProxyHttp for Proxy {
         for (name, value) in self.usage_headers(ctx) {
             resp.insert_header(name, value)?;
         }
-        Ok(())
+        cors::add_headers(session.req_header(), resp)
     }
 
     /// A client that hangs up mid-call is routine, not an error worth a log line each (under

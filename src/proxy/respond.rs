@@ -272,7 +272,13 @@ pub async fn write_fixed(
     write(session, resp, fixed.body.clone()).await
 }
 
-async fn write(session: &mut Session, resp: ResponseHeader, body: Bytes) -> Result<()> {
+/// Writes an answer without a body (a CORS preflight's `204`).
+pub async fn write_head(session: &mut Session, resp: ResponseHeader) -> Result<()> {
+    session.write_response_header(Box::new(resp), true).await
+}
+
+async fn write(session: &mut Session, mut resp: ResponseHeader, body: Bytes) -> Result<()> {
+    super::cors::add_headers(session.req_header(), &mut resp)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)

@@ -36,6 +36,8 @@ pub enum Outcome {
     PluginDenied,
     /// 500.
     Internal,
+    /// A CORS preflight, answered by the gateway (`cors`).
+    Preflight,
 }
 
 impl Outcome {
@@ -51,6 +53,7 @@ impl Outcome {
             Outcome::UpstreamError => "upstream_error",
             Outcome::Public => "public",
             Outcome::NoRoute => "no_route",
+            Outcome::Preflight => "preflight",
             Outcome::BadRequest => "bad_request",
             Outcome::StoreUnavailable => "store_unavailable",
             Outcome::PluginDenied => "plugin_denied",

@@ -14,6 +14,7 @@ mod anonymous;
 mod balance;
 mod check;
 mod cluster;
+mod cors;
 mod embedded;
 mod harness;
 mod hygiene;

@@ -1,0 +1,188 @@
+//! Decoding of `cors`: which browser origins may call the API, and what they may send and read.
+
+use std::time::Duration;
+
+use http::HeaderValue;
+
+use super::decode::Decoder;
+use super::model::Cors;
+use super::node::{Node, Value};
+use super::sections::opt_duration;
+
+const KEYS: &[&str] = &[
+    "allow_origins",
+    "allow_methods",
+    "allow_headers",
+    "expose_headers",
+    "max_age",
+    "allow_credentials",
+];
+
+/// Methods a preflight may ask for when `allow_methods` is not written.
+const DEFAULT_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+/// Request headers a preflight may ask for when `allow_headers` is not written: the default
+/// credential headers, JSON bodies and retries.
+const DEFAULT_HEADERS: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "content-type",
+    "idempotency-key",
+];
+/// Headers of the gateway's own that a browser script may read.
+const GATEWAY_HEADERS: &[&str] = &[
+    "RateLimit",
+    "RateLimit-Policy",
+    "Retry-After",
+    "Tollgate-Warning",
+    "Tollgate-Upgrade",
+    "Tollgate-Milestone",
+    "Tollgate-Idempotent-Replay",
+];
+
+pub(super) fn cors(d: &mut Decoder, n: &Node) -> Option<Cors> {
+    let f = d.fields(n, "`cors`", KEYS)?;
+    let origins = d.require(&f, "allow_origins", "`cors`").and_then(|o| {
+        let list = d.strings(o, "`cors.allow_origins`")?;
+        if list.is_empty() {
+            d.err(o.pos, "`cors.allow_origins` needs at least one origin, or \"*\"");
+            return None;
+        }
+        let mut ok = true;
+        for (origin, pos) in &list {
+            if origin != "*" && !is_origin(origin) {
+                d.err(*pos, format!("`cors.allow_origins`: \"{origin}\" is not an origin such as \"https://app.example.com\" (scheme, host and optional port; no path), nor \"*\""));
+                ok = false;
+            }
+        }
+        ok.then(|| list.into_iter().map(|(o, _)| o).collect::<Vec<_>>())
+    });
+    let methods = list_value(
+        d,
+        f.get("allow_methods"),
+        "`cors.allow_methods`",
+        DEFAULT_METHODS,
+        |m| http::Method::from_bytes(m.as_bytes()).is_ok(),
+    );
+    let headers = list_value(
+        d,
+        f.get("allow_headers"),
+        "`cors.allow_headers`",
+        DEFAULT_HEADERS,
+        |h| http::HeaderName::from_bytes(h.as_bytes()).is_ok(),
+    );
+    let expose = f.get("expose_headers").map_or(Some(Vec::new()), |n| {
+        let list = d.strings(n, "`cors.expose_headers`")?;
+        Some(list.into_iter().map(|(h, _)| h).collect())
+    });
+    let max_age = opt_duration(
+        d,
+        f.get("max_age"),
+        "`cors.max_age`",
+        Duration::from_secs(600),
+    );
+    let credentials = match f.get("allow_credentials") {
+        Some(n) => d.bool(n, "`cors.allow_credentials`"),
+        None => Some(false),
+    };
+    let star = matches!(
+        f.get("allow_origins").map(|o| &o.value),
+        Some(Value::Seq(list)) if list.iter().any(|o| matches!(&o.value, Value::Str(s) if s == "*"))
+    );
+    if credentials == Some(true) && star {
+        if let Some(n) = f.get("allow_credentials") {
+            d.err(n.pos, "`cors.allow_credentials: true` needs the origins listed: with \"*\" any site could call the API with its visitors' credentials");
+        }
+        return None;
+    }
+    let (origins, credentials) = (origins?, credentials?);
+    let expose = expose?;
+    let exposed: Vec<&str> = GATEWAY_HEADERS
+        .iter()
+        .copied()
+        .chain(expose.iter().map(String::as_str))
+        .collect();
+    let value = |s: String, what: &str, d: &mut Decoder| {
+        HeaderValue::from_str(&s)
+            .map_err(|_| {
+                d.err(
+                    n.pos,
+                    format!("`cors`: {what} cannot be sent as a header: {s}"),
+                )
+            })
+            .ok()
+    };
+    Some(Cors {
+        any_origin: origins.iter().any(|o| o == "*"),
+        origins: origins.into_iter().filter(|o| o != "*").collect(),
+        allow_methods: value(methods?, "allow_methods", d)?,
+        allow_headers: value(headers?, "allow_headers", d)?,
+        expose_headers: value(exposed.join(", "), "expose_headers", d)?,
+        max_age: value(max_age?.as_secs().to_string(), "max_age", d)?,
+        allow_credentials: credentials,
+    })
+}
+
+/// A comma-separated header value of the list at `n` (or of `default`), each item checked.
+fn list_value(
+    d: &mut Decoder,
+    n: Option<&Node>,
+    what: &str,
+    default: &[&str],
+    valid: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let Some(n) = n else {
+        return Some(default.join(", "));
+    };
+    let list = d.strings(n, what)?;
+    let mut ok = true;
+    for (item, pos) in &list {
+        if !valid(item) {
+            d.err(*pos, format!("{what}: \"{item}\" is not a valid name"));
+            ok = false;
+        }
+    }
+    ok.then(|| {
+        list.iter()
+            .map(|(i, _)| i.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
+/// `scheme://host[:port]`, as browsers send `Origin`.
+fn is_origin(s: &str) -> bool {
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return false;
+    };
+    !scheme.is_empty()
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' ', '@'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_origin;
+
+    #[test]
+    fn origins() {
+        for ok in [
+            "https://app.example.com",
+            "http://localhost:3000",
+            "https://[::1]:8443",
+        ] {
+            assert!(is_origin(ok), "{ok}");
+        }
+        for bad in [
+            "app.example.com",
+            "https://app.example.com/",
+            "https://",
+            "https://a b",
+            "null",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
+    }
+}
