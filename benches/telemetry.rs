@@ -128,6 +128,7 @@ fn acme() -> Caller {
 fn encode(c: &mut Criterion) {
     let caller = acme();
     let event = CallEvent {
+        id: None,
         source: "tollgate/bench",
         time: "2026-11-26T12:00:00.123456Z".parse().unwrap(),
         caller: Some(&caller),
@@ -173,6 +174,7 @@ fn bench(c: &mut Criterion) {
     g.bench_function("encode_event", |b| {
         b.iter(|| {
             emitter.emit(&CallEvent {
+                id: None,
                 source: emitter.source(),
                 time: jiff::Timestamp::now(),
                 caller: Some(&caller),

@@ -91,6 +91,9 @@ pub struct Server {
     pub append_forwarded_for: bool,
     /// `server.tls`: the public listener speaks HTTPS with this certificate.
     pub tls: Option<ServerTls>,
+    /// `server.request_id`: every call gets an id, sent as `X-Request-Id` both ways and used as
+    /// its usage event's id.
+    pub request_id: bool,
 }
 
 /// `server.tls`: the public listener's certificate, read when the config loads.

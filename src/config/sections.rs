@@ -26,6 +26,7 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
             "preserve_header_case",
             "x_forwarded_for",
             "tls",
+            "request_id",
         ],
     )?;
     let listen = d
@@ -85,7 +86,12 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
         Some(n) => server_tls(d, n).map(Some),
         None => Some(None),
     };
+    let request_id = match f.get("request_id") {
+        Some(n) => d.bool(n, "`server.request_id`"),
+        None => Some(false),
+    };
     Some(Server {
+        request_id: request_id?,
         tls: tls?,
         listen: listen?,
         threads: threads?,

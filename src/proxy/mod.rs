@@ -35,6 +35,39 @@ static X_TOLLGATE_TENANT: HeaderName = HeaderName::from_static("x-tollgate-tenan
 /// Tells the upstream the tenant's plan.
 static X_TOLLGATE_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
 
+/// The call's id, both ways (`server.request_id`).
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A call's id (`server.request_id`): a UUIDv7, so ids sort by time. The upstream gets it as
+/// `X-Request-Id` (replacing one the client sent: ids the gateway did not make could repeat,
+/// and the event's id must not), every answer carries it, its access log line names it, and
+/// its usage event has it as `id`, so one id ties a caller's report, the upstream's logs and
+/// the billed event together. It rides on the downstream request's extensions to the answers
+/// the gateway writes itself.
+#[derive(Clone)]
+pub struct RequestId {
+    id: uuid::Uuid,
+    header: http::HeaderValue,
+}
+
+impl RequestId {
+    fn new(now: jiff::Timestamp) -> RequestId {
+        let id = crate::telemetry::event::new_id(now);
+        let mut text = uuid::Uuid::encode_buffer();
+        let header = http::HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
+        RequestId { id, header }
+    }
+
+    /// Adds `X-Request-Id` to an answer to `req`, when it has an id.
+    pub fn add_header(req: &RequestHeader, resp: &mut ResponseHeader) -> Result<()> {
+        match req.extensions.get::<RequestId>() {
+            Some(id) => resp.insert_header(X_REQUEST_ID.clone(), id.header.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// `X-Forwarded-Proto` behind `server.tls`.
 static X_FORWARDED_PROTO_HTTPS: http::HeaderValue = http::HeaderValue::from_static("https");
 
@@ -50,6 +83,8 @@ pub struct Proxy {
     /// `server.tls`: the gateway ends the caller's TLS, so the upstream gets
     /// `X-Forwarded-Proto: https`.
     https: bool,
+    /// `server.request_id`: every call gets an id (see [`RequestId`]).
+    request_id: bool,
     /// Usage events, when `telemetry` is configured.
     events: Option<Arc<Emitter>>,
 }
@@ -65,6 +100,8 @@ pub struct Ctx {
     labels: Labels,
     outcome: Outcome,
     upstream_started: Option<Instant>,
+    /// The call's id, when `server.request_id` is on.
+    request_id: Option<RequestId>,
     connect_tries: usize,
     /// The target `upstream_peer` picked last (its index in the upstream's `targets`).
     target: usize,
@@ -97,6 +134,7 @@ impl Proxy {
             preserve_header_case: server.preserve_header_case,
             append_forwarded_for: server.append_forwarded_for,
             https: server.tls.is_some(),
+            request_id: server.request_id,
             events,
         }
     }
@@ -146,6 +184,7 @@ impl ProxyHttp for Proxy {
             labels: Labels::default(),
             outcome: Outcome::NoRoute,
             upstream_started: None,
+            request_id: None,
             connect_tries: 0,
             target: 0,
             refunded: false,
@@ -163,6 +202,11 @@ impl ProxyHttp for Proxy {
         session.set_read_timeout(Some(self.read_timeout));
         let gw = self.gateway.load_full();
         ctx.gateway = Some(gw.clone());
+        if self.request_id {
+            let id = RequestId::new(gw.now());
+            session.req_header_mut().extensions_mut().insert(id.clone());
+            ctx.request_id = Some(id);
+        }
         if let Some(c) = &gw.cors {
             if cors::is_preflight(session.req_header()) {
                 ctx.outcome = Outcome::Preflight;
@@ -342,6 +386,9 @@ impl ProxyHttp for Proxy {
                 hygiene::append_forwarded_for(up, peer.ip())?;
             }
         }
+        if let Some(id) = &ctx.request_id {
+            up.insert_header(X_REQUEST_ID.clone(), id.header.clone())?;
+        }
         // Behind its own TLS listener the gateway knows the caller's scheme, whatever the
         // client claimed; over plain HTTP a balancer in front may have set it, so it is kept.
         if self.https {
@@ -423,6 +470,7 @@ impl ProxyHttp for Proxy {
         for (name, value) in self.usage_headers(ctx) {
             resp.insert_header(name, value)?;
         }
+        RequestId::add_header(session.req_header(), resp)?;
         cors::add_headers(session.req_header(), resp)
     }
 
@@ -568,6 +616,7 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.caller.tenant.name.as_str())
                 .or(ctx.labels.tenant.as_deref()),
             exhausted: ctx.labels.exhausted.as_deref(),
+            request_id: ctx.request_id.as_ref().map(|r| r.id),
         };
         call.record(&gw);
         if let Some(events) = &self.events {
@@ -579,6 +628,7 @@ impl ProxyHttp for Proxy {
             });
             let req = session.req_header();
             events.emit_call(&Call {
+                id: ctx.request_id.as_ref().map(|r| r.id),
                 admission: ctx.admission.as_ref(),
                 refused: ctx.refused.as_deref(),
                 refunded: ctx.refunded,

@@ -273,11 +273,13 @@ pub async fn write_fixed(
 }
 
 /// Writes an answer without a body (a CORS preflight's `204`).
-pub async fn write_head(session: &mut Session, resp: ResponseHeader) -> Result<()> {
+pub async fn write_head(session: &mut Session, mut resp: ResponseHeader) -> Result<()> {
+    super::RequestId::add_header(session.req_header(), &mut resp)?;
     session.write_response_header(Box::new(resp), true).await
 }
 
 async fn write(session: &mut Session, mut resp: ResponseHeader, body: Bytes) -> Result<()> {
+    super::RequestId::add_header(session.req_header(), &mut resp)?;
     super::cors::add_headers(session.req_header(), &mut resp)?;
     let head_only = session.req_header().method == http::Method::HEAD;
     session

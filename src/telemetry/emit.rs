@@ -112,6 +112,8 @@ impl Drop for Emitter {
 
 /// A finished call, as its usage event sees it.
 pub struct Call<'a> {
+    /// The call's id (`server.request_id`), if it has one.
+    pub id: Option<uuid::Uuid>,
     /// What was admitted, if anything.
     pub admission: Option<&'a Admission>,
     /// Why it was refused, if it was.
@@ -181,6 +183,7 @@ impl Emitter {
                 format!("{:04}-{:02}", d.year(), d.month())
             });
         self.emit(&CallEvent {
+            id: call.id,
             source: &self.source,
             time: call.now,
             caller,
@@ -219,6 +222,7 @@ mod tests {
 
     fn event(path: &str) -> CallEvent<'_> {
         CallEvent {
+            id: None,
             source: "tollgate/test",
             time: Timestamp::UNIX_EPOCH,
             caller: None,

@@ -83,6 +83,9 @@ pub const DATA_FIELDS: &[&str] = &[
 
 /// Everything a usage event says about one call; [`CallEvent::encode`] makes the JSON.
 pub struct CallEvent<'a> {
+    /// The call's id when `server.request_id` gave it one (its `X-Request-Id`); else the event
+    /// gets a fresh one.
+    pub id: Option<Uuid>,
     /// `tollgate/<instance>`.
     pub source: &'a str,
     /// When the call finished.
@@ -119,13 +122,13 @@ impl CallEvent<'_> {
     /// the formatted time) cost about a microsecond per call there. The bytes are exactly those
     /// of [`CallEvent::encode_reference`] for the same id; the tests hold the two together.
     pub fn encode(&self) -> Result<Bytes, serde_json::Error> {
-        self.encode_with_id(new_id(self.time))
+        self.encode_with_id(self.id.unwrap_or_else(|| new_id(self.time)))
     }
 
     /// [`CallEvent::encode`], appended to `out` (the telemetry queue's buffer). On an error,
     /// part of the event may have been appended.
     pub fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-        self.write(new_id(self.time), out)
+        self.write(self.id.unwrap_or_else(|| new_id(self.time)), out)
     }
 
     /// [`CallEvent::encode`] with a given id.
@@ -372,7 +375,7 @@ pub fn encode_identify(
 /// A UUIDv7 for an event at `time`: its milliseconds, then 74 random bits from the thread's
 /// user-space generator. (`Uuid::now_v7` asks the kernel for randomness on every call, a
 /// system call per event on the request path.)
-fn new_id(time: Timestamp) -> Uuid {
+pub fn new_id(time: Timestamp) -> Uuid {
     use rand::Rng;
     let random: [u8; 10] = rand::rng().random();
     let millis = u64::try_from(time.as_millisecond()).unwrap_or(0);
@@ -472,6 +475,7 @@ mod tests {
 
     fn event<'a>(caller: Option<&'a Caller>) -> CallEvent<'a> {
         CallEvent {
+            id: None,
             source: "tollgate/gw-1",
             time: "2026-11-26T12:00:00.123456Z".parse().unwrap(),
             caller,
@@ -700,6 +704,7 @@ mod tests {
                 client_anonymous_id: anonymous_id.clone(),
             });
             let e = CallEvent {
+                id: None,
                 source: &i.source,
                 time: Timestamp::new(i.seconds, i.nanos).unwrap(),
                 caller: caller.as_ref(),
@@ -727,6 +732,7 @@ mod tests {
     #[test]
     fn unauthenticated_event_has_no_subject_and_valid_shape() {
         let e = CallEvent {
+            id: None,
             source: "tollgate/gw-1",
             time: "2026-11-26T12:00:00.123456Z".parse().unwrap(),
             caller: None,

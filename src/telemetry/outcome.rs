@@ -135,6 +135,8 @@ pub struct Finished<'a> {
     pub tenant: Option<&'a str>,
     /// The meter whose limit refused the call (402), if one did.
     pub exhausted: Option<&'a str>,
+    /// The call's id (`server.request_id`), if it has one.
+    pub request_id: Option<uuid::Uuid>,
 }
 
 /// Whether this call goes into the access log: all of them at 1, none at 0, else at random
@@ -206,6 +208,7 @@ impl Finished<'_> {
                 outcome = self.outcome.as_str(),
                 status = self.status,
                 latency_ms = self.started.elapsed().as_secs_f64() * 1000.0,
+                request_id = self.request_id.map(tracing::field::display),
                 "Call finished."
             );
         }

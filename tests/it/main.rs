@@ -31,6 +31,7 @@ mod periods;
 mod plugins;
 mod problems;
 mod refunds;
+mod request_id;
 mod runtime_keys;
 mod schema;
 mod server_tls;
