@@ -34,6 +34,10 @@ enum Command {
         /// The config file.
         #[arg(short, long)]
         config: PathBuf,
+        /// Do not look up the host names of upstream targets (for a machine without the DNS
+        /// the gateway will have, such as a CI runner); everything else is checked.
+        #[arg(long)]
+        no_resolve: bool,
     },
     /// Print a JSON Schema of the config file (for editors: see config/tollgate.schema.json).
     Schema,
@@ -77,7 +81,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tollgate::install_crypto_provider();
     match cli.command {
-        Command::Check { config } => match tollgate::config::load(&config) {
+        Command::Check { config, no_resolve } => match if no_resolve {
+            tollgate::config::load_unresolved(&config)
+        } else {
+            tollgate::config::load(&config)
+        } {
             Ok(_) => {
                 println!("ok");
                 ExitCode::SUCCESS

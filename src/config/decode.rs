@@ -11,6 +11,9 @@ pub struct Decoder<'e> {
     env: &'e dyn Fn(&str) -> Option<String>,
     /// Every error found so far, in document order of discovery.
     pub errors: Vec<ConfigError>,
+    /// Whether host names (upstream targets) are looked up; `tollgate check --no-resolve`
+    /// turns it off for a machine without the DNS the gateway will have.
+    pub resolve_hosts: bool,
 }
 
 /// The entries of a mapping whose keys were checked against the allowed set.
@@ -37,6 +40,7 @@ impl<'e> Decoder<'e> {
             file: file.to_string(),
             env,
             errors: Vec::new(),
+            resolve_hosts: true,
         }
     }
 

@@ -53,6 +53,17 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 /// Reads and validates a config file, expanding `${VAR}` from the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file(path, true)
+}
+
+/// [`load`] without looking up the host names of upstream targets (`tollgate check
+/// --no-resolve`): every other check is made. The result is for checking only; its host-name
+/// targets have no address.
+pub fn load_unresolved(path: &Path) -> Result<Config, ConfigErrors> {
+    load_file(path, false)
+}
+
+fn load_file(path: &Path, resolve_hosts: bool) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors(vec![ConfigError {
@@ -62,7 +73,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
         }])
     })?;
     let env = |name: &str| std::env::var(name).ok();
-    let mut config = load_str(&file, &text, &env)?;
+    let mut config = decode_str(&file, &text, &env, resolve_hosts)?;
     config.source = path.to_path_buf();
     Ok(config)
 }
@@ -73,6 +84,15 @@ pub fn load_str(
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
+    decode_str(file, text, env, true)
+}
+
+fn decode_str(
+    file: &str,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    resolve_hosts: bool,
+) -> Result<Config, ConfigErrors> {
     let root = node::parse(text).map_err(|e| {
         ConfigErrors(vec![ConfigError {
             file: file.to_string(),
@@ -81,6 +101,7 @@ pub fn load_str(
         }])
     })?;
     let mut d = decode::Decoder::new(file, env);
+    d.resolve_hosts = resolve_hosts;
     let config = decode_root(&mut d, &root);
     match config {
         Some(c) if d.errors.is_empty() => Ok(c),

@@ -177,6 +177,19 @@ fn target(d: &mut Decoder, n: &Node) -> Option<Target> {
         );
         return None;
     };
+    if !d.resolve_hosts {
+        // Checked without DNS: an address no one connects to.
+        let port = s
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0);
+        let host = host.to_string();
+        return Some(Target::new(
+            s,
+            SocketAddr::from(([0, 0, 0, 0], port)),
+            Some(host),
+        ));
+    }
     match s.to_socket_addrs().map(|mut a| a.next()) {
         Ok(Some(addr)) => {
             let host = host.to_string();

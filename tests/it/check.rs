@@ -86,3 +86,42 @@ fn broken_config_lists_every_error_with_its_position_and_exits_1() {
         upstream.2
     );
 }
+
+#[test]
+fn no_resolve_checks_everything_but_the_host_names_of_targets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tollgate.yaml");
+    // `.invalid` never resolves (RFC 6761); the plan name is wrong on purpose.
+    std::fs::write(
+        &file,
+        "server: { listen: \"127.0.0.1:8080\" }\nstore: { kind: embedded, path: ./u.db }\nupstreams:\n  product: { targets: [\"api.tollgate.invalid:3000\"] }\nplans: { free: {} }\nroutes: [{ name: r, match: { path: / }, upstream: product, auth: none }]\n",
+    )
+    .unwrap();
+    let (code, stdout, _) = run_check(&file);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("`api.tollgate.invalid` could not be resolved"),
+        "{stdout}"
+    );
+
+    let no_resolve = |file: &Path| {
+        let out = std::process::Command::new(crate::common::gateway::BIN)
+            .args(["check", "--no-resolve", "--config"])
+            .arg(file)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(no_resolve(&file), (Some(0), "ok\n".to_string()));
+    // Every other mistake is still found.
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("upstream: product", "upstream: prodcut");
+    std::fs::write(&file, text).unwrap();
+    let (code, stdout) = no_resolve(&file);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("prodcut"), "{stdout}");
+}
