@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -76,10 +77,20 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             let mut settings = TlsSettings::with_callbacks(Box::new(NoTlsCallbacks))
                 .context("setting up TLS on the public listener")?;
             settings.set_cert_resolver(cert.clone());
+            if config.server.http2 {
+                settings.enable_h2();
+            }
             proxy.add_tls_with_settings(&config.server.listen.to_string(), None, settings);
             Some(cert)
         }
         None => {
+            if config.server.http2 {
+                if let Some(app) = proxy.app_logic_mut() {
+                    let mut options = HttpServerOptions::default();
+                    options.h2c = true;
+                    app.server_options = Some(options);
+                }
+            }
             proxy.add_tcp(&config.server.listen.to_string());
             None
         }

@@ -94,6 +94,9 @@ pub struct Server {
     /// `server.request_id`: every call gets an id, sent as `X-Request-Id` both ways and used as
     /// its usage event's id.
     pub request_id: bool,
+    /// `server.http2`: callers may speak HTTP/2 (ALPN `h2` with `tls`, prior-knowledge h2c
+    /// without), besides HTTP/1.1.
+    pub http2: bool,
 }
 
 /// `server.tls`: the public listener's certificate, read when the config loads.

@@ -27,6 +27,7 @@ pub fn schema() -> Value {
                 ("read_timeout", duration("Downstream read timeout (per read).")),
                 ("preserve_header_case", boolean("Answers keep the header name case the upstream wrote (default false: lowercase, as HTTP/2 carries them).")),
                 ("x_forwarded_for", words("append (default): the caller's address is appended to the upstream request's X-Forwarded-For; keep: the header passes as the client sent it.", &["append", "keep"])),
+                ("http2", boolean("Callers may speak HTTP/2 besides HTTP/1.1: negotiated by ALPN with tls, prior-knowledge h2c without (default false).")),
                 ("request_id", boolean("Every call gets an id (UUIDv7), sent to the upstream and back to the client as X-Request-Id and used as its usage event's id (default false).")),
                 ("tls", obj("The public listener speaks HTTPS (HTTP/1.1 over TLS 1.2/1.3) with this certificate; a reload reads the files again.", &["cert_file", "key_file"], &[
                     ("cert_file", string("PEM certificate chain, the server's certificate first.")),

@@ -27,6 +27,7 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
             "x_forwarded_for",
             "tls",
             "request_id",
+            "http2",
         ],
     )?;
     let listen = d
@@ -90,7 +91,12 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
         Some(n) => d.bool(n, "`server.request_id`"),
         None => Some(false),
     };
+    let http2 = match f.get("http2") {
+        Some(n) => d.bool(n, "`server.http2`"),
+        None => Some(false),
+    };
     Some(Server {
+        http2: http2?,
         request_id: request_id?,
         tls: tls?,
         listen: listen?,
