@@ -250,13 +250,15 @@ bench_key() {
 # metered_gateway PORT: the config of a one-core gateway on PORT with the bench tenant (KEY_SHA)
 # on a plan metering `requests` in the Redis on REDIS_PORT, up to `routes:` (the caller adds
 # its routes, and any other section, after it).
+# SERVER_EXTRA (environment): more `server` settings for the gateways, e.g.
+# SERVER_EXTRA="request_id: true", to measure what a setting costs.
 metered_gateway() {
   local store="{ kind: redis, url: \"redis://127.0.0.1:$REDIS_PORT/0\" }"
   if [[ -n ${REDIS_TLS_PORT:-} ]]; then
     store="{ kind: redis, url: \"rediss://127.0.0.1:$REDIS_TLS_PORT/0\", ca_file: \"$TMP/tls/ca.crt\" }"
   fi
   cat <<CONF
-server: { listen: "127.0.0.1:$1", threads: 1, grace_period: 1s }
+server: { listen: "127.0.0.1:$1", threads: 1, grace_period: 1s${SERVER_EXTRA:+, $SERVER_EXTRA} }
 store: $store
 upstreams: { origin: { targets: ["127.0.0.1:$ORIGIN_PORT"] } }
 tenants: { bench: { plan: bench, keys: [{ id: bench-key, sha256: "$KEY_SHA" }] } }
