@@ -186,8 +186,6 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Timeout of each read from the upstream.
     pub read_timeout: Duration,
-    /// Passive health: when a target is taken out of rotation, and for how long.
-    pub health: crate::proxy::balance::HealthPolicy,
     /// How often host-name targets are looked up again.
     pub resolve_every: Duration,
     /// When they were last looked up (runtime state).

@@ -146,7 +146,6 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
         host_header,
         connect_timeout: connect_timeout?,
         read_timeout: read_timeout?,
-        health,
         resolve_every: resolve_every?,
         resolved_at: Default::default(),
     })

@@ -10,8 +10,9 @@
 //! it out again at once. Only connects are judged: an answer, a `5xx` included, is the
 //! application speaking, and a target that answers is up.
 //!
-//! The state is a handful of atomics per target, read with one relaxed load per call while
-//! every target is up; the clock is read only when a target is out.
+//! The state is two atomics per target: while every target is up a call costs the cursor's
+//! increment and two relaxed loads (the picked target's `out_until` in [`Balancer::pick`], its
+//! `fails` in [`Balancer::connected`]); the clock is read only when a target is out.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -43,7 +44,8 @@ impl Default for HealthPolicy {
 pub struct Balancer {
     next: AtomicUsize,
     targets: Box<[TargetState]>,
-    policy: HealthPolicy,
+    /// When a target goes out of rotation, and for how long.
+    pub policy: HealthPolicy,
     /// Origin of the `out_until` times.
     epoch: Instant,
 }
@@ -179,8 +181,8 @@ pub fn connect_failed(metrics: &Metrics, up: &Upstream, i: usize, error: &impl s
             upstream = %up.name,
             target = %target,
             error = %error,
-            max_fails = up.health.max_fails,
-            fail_timeout_ms = up.health.fail_timeout.as_millis() as u64,
+            max_fails = up.balance.policy.max_fails,
+            fail_timeout_ms = up.balance.policy.fail_timeout.as_millis() as u64,
             "An upstream target failed to connect; it takes no calls until fail_timeout has passed."
         );
     }

@@ -42,8 +42,8 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// `X-Request-Id` (replacing one the client sent: ids the gateway did not make could repeat,
 /// and the event's id must not), every answer carries it, its access log line names it, and
 /// its usage event has it as `id`, so one id ties a caller's report, the upstream's logs and
-/// the billed event together. It rides on the downstream request's extensions to the answers
-/// the gateway writes itself.
+/// the billed event together. It rides on the downstream request's extensions, where every
+/// phase and the answers the gateway writes itself find it.
 #[derive(Clone)]
 pub struct RequestId {
     id: uuid::Uuid,
@@ -57,6 +57,11 @@ impl RequestId {
         let header = http::HeaderValue::from_str(id.hyphenated().encode_lower(&mut text))
             .unwrap_or_else(|_| http::HeaderValue::from_static("-"));
         RequestId { id, header }
+    }
+
+    /// The id of the call `req` started, if it has one.
+    fn of(req: &RequestHeader) -> Option<uuid::Uuid> {
+        req.extensions.get::<RequestId>().map(|r| r.id)
     }
 
     /// Adds `X-Request-Id` to an answer to `req`, when it has an id.
@@ -100,8 +105,6 @@ pub struct Ctx {
     labels: Labels,
     outcome: Outcome,
     upstream_started: Option<Instant>,
-    /// The call's id, when `server.request_id` is on.
-    request_id: Option<RequestId>,
     connect_tries: usize,
     /// The target `upstream_peer` picked last (its index in the upstream's `targets`).
     target: usize,
@@ -184,7 +187,6 @@ impl ProxyHttp for Proxy {
             labels: Labels::default(),
             outcome: Outcome::NoRoute,
             upstream_started: None,
-            request_id: None,
             connect_tries: 0,
             target: 0,
             refunded: false,
@@ -204,8 +206,7 @@ impl ProxyHttp for Proxy {
         ctx.gateway = Some(gw.clone());
         if self.request_id {
             let id = RequestId::new(gw.now());
-            session.req_header_mut().extensions_mut().insert(id.clone());
-            ctx.request_id = Some(id);
+            session.req_header_mut().extensions_mut().insert(id);
         }
         if let Some(c) = &gw.cors {
             if cors::is_preflight(session.req_header()) {
@@ -386,7 +387,7 @@ impl ProxyHttp for Proxy {
                 hygiene::append_forwarded_for(up, peer.ip())?;
             }
         }
-        if let Some(id) = &ctx.request_id {
+        if let Some(id) = session.req_header().extensions.get::<RequestId>() {
             up.insert_header(X_REQUEST_ID.clone(), id.header.clone())?;
         }
         // Behind its own TLS listener the gateway knows the caller's scheme, whatever the
@@ -616,7 +617,7 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.caller.tenant.name.as_str())
                 .or(ctx.labels.tenant.as_deref()),
             exhausted: ctx.labels.exhausted.as_deref(),
-            request_id: ctx.request_id.as_ref().map(|r| r.id),
+            request_id: RequestId::of(session.req_header()),
         };
         call.record(&gw);
         if let Some(events) = &self.events {
@@ -628,7 +629,7 @@ impl ProxyHttp for Proxy {
             });
             let req = session.req_header();
             events.emit_call(&Call {
-                id: ctx.request_id.as_ref().map(|r| r.id),
+                id: call.request_id,
                 admission: ctx.admission.as_ref(),
                 refused: ctx.refused.as_deref(),
                 refunded: ctx.refunded,
