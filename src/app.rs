@@ -146,6 +146,12 @@ pub fn serve(config: Config) -> anyhow::Result<()> {
             gateway: gateway.clone(),
         },
     ));
+    server.add_service(background_service(
+        "upstream health",
+        UpstreamHealth {
+            gateway: gateway.clone(),
+        },
+    ));
     server.add_service(background_service("housekeeping", Housekeeping { gateway }));
     if let Some(telemetry) = telemetry {
         server.add_service(background_service("telemetry", telemetry));
@@ -244,6 +250,33 @@ impl BackgroundService for UpstreamDns {
                 _ = shutdown.changed() => return,
                 _ = crate::proxy::resolve::refresh_due(&gw.upstreams) => {}
             }
+        }
+    }
+}
+
+/// Probes the targets of upstreams with a `health_check` (see `proxy::health`). The upstreams
+/// are taken from the gateway on every tick, so a reload's new upstreams are followed (and
+/// start with every target in rotation, as a reload's balancers do).
+struct UpstreamHealth {
+    gateway: Arc<ArcSwap<Gateway>>,
+}
+
+#[async_trait]
+impl BackgroundService for UpstreamHealth {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        // Created here, inside the service's runtime. No probe gives its connection back to
+        // the pool, so each one connects afresh.
+        let connector = Arc::new(pingora::connectors::http::Connector::new(None));
+        // The shortest `interval` allowed.
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => {}
+            }
+            let gw = self.gateway.load();
+            crate::proxy::health::start_due(&gw.upstreams, &connector, &gw.metrics);
         }
     }
 }

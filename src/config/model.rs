@@ -192,6 +192,26 @@ pub struct Upstream {
     pub resolved_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Round-robin over the targets taking calls (runtime state, shared by every call).
     pub balance: crate::proxy::balance::Balancer,
+    /// `health_check`: active probes of every target, when configured.
+    pub health_check: Option<HealthCheck>,
+    /// When the last round of probes started (runtime state).
+    pub probed_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// `upstreams.<name>.health_check`: a `GET` of `path` to every target every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// Path (and query) probed, starting with `/`.
+    pub path: String,
+    /// Time between the starts of two rounds of probes.
+    pub interval: Duration,
+    /// How long a probe may take, from connect to the answer's status line (at most
+    /// `interval`).
+    pub timeout: Duration,
+    /// Failed probes in a row that take a target out of rotation.
+    pub fails: u32,
+    /// Passed probes in a row that bring it back.
+    pub passes: u32,
 }
 
 /// One target of an upstream.
@@ -264,6 +284,22 @@ impl Upstream {
             return false;
         }
         *last = now;
+        true
+    }
+
+    /// Whether a round of health probes is due at `now` (the first at once); if so, counts
+    /// it as started. Never for an upstream without `health_check`.
+    pub fn probe_due(&self, now: std::time::Instant) -> bool {
+        let Some(hc) = &self.health_check else {
+            return false;
+        };
+        let Ok(mut last) = self.probed_at.lock() else {
+            return false;
+        };
+        if last.is_some_and(|l| now.duration_since(l) < hc.interval) {
+            return false;
+        }
+        *last = Some(now);
         true
     }
 }

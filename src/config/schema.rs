@@ -58,6 +58,13 @@ pub fn schema() -> Value {
                 ("ca_file", string("tls: PEM CA certificates trusted for the targets instead of the system's roots.")),
                 ("host_header", string("The Host header the upstream gets instead of the client's, e.g. api.example.com.")),
                 ("resolve_every", duration("How often host-name targets are looked up again (default 30s, at least 1s).")),
+                ("health_check", obj("Active health checks: a GET of path to every target every interval; a 2xx within timeout passes.", &["path"], &[
+                    ("path", string("The path (and query) probed, e.g. /healthz.")),
+                    ("interval", duration("Time between rounds of probes (default 5s, at least 100ms).")),
+                    ("timeout", duration("How long a probe may take, connect to status line (default 1s, or interval when shorter; at most interval).")),
+                    ("fails", int("Failed probes in a row that take a target out of rotation (default 1).", 1)),
+                    ("passes", int("Passed probes in a row that bring it back (default 1).", 1)),
+                ])),
             ])),
             "tenants": named("Static tenants, by id (letters, digits, _-.@).", obj("One tenant.", &["plan"], &[
                 ("plan", string("The tenant's plan.")),

@@ -1,5 +1,5 @@
 //! Decoding of `upstreams`: targets (`IP:PORT`, or `HOST:PORT` looked up now), timeouts,
-//! passive health, TLS and the `Host` the upstream gets.
+//! passive and active health, TLS and the `Host` the upstream gets.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -23,7 +23,10 @@ const KEYS: &[&str] = &[
     "ca_file",
     "host_header",
     "resolve_every",
+    "health_check",
 ];
+
+const HEALTH_CHECK_KEYS: &[&str] = &["path", "interval", "timeout", "fails", "passes"];
 
 pub(super) fn upstreams(d: &mut Decoder, n: &Node) -> BTreeMap<String, Arc<Upstream>> {
     let mut out = BTreeMap::new();
@@ -116,6 +119,7 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
             }
         }
     });
+    let health_check = f.get("health_check").map(|n| health_check(d, n));
     if tls == Some(false) {
         // Settings that mean something only with TLS are mistakes without it.
         for key in ["sni", "ca_file"] {
@@ -130,6 +134,7 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
         fail_timeout: fail_timeout?,
     };
     let (sni, ca, host_header) = (written(sni)?, written(ca)?, written(host_header)?);
+    let health_check = written(health_check)?;
     let tls = tls?.then_some(UpstreamTls { ca });
     for t in &mut targets {
         match (&tls, &sni) {
@@ -148,6 +153,67 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
         read_timeout: read_timeout?,
         resolve_every: resolve_every?,
         resolved_at: Default::default(),
+        health_check,
+        probed_at: Default::default(),
+    })
+}
+
+/// `health_check: { path, interval, timeout, fails, passes }`.
+fn health_check(d: &mut Decoder, n: &Node) -> Option<HealthCheck> {
+    let what = "`health_check`";
+    let f = d.fields(n, what, HEALTH_CHECK_KEYS)?;
+    let path = d.require(&f, "path", what).and_then(|p| {
+        let s = d.string(p, "`path`")?;
+        match s.parse::<http::uri::PathAndQuery>() {
+            Ok(_) if s.starts_with('/') => Some(s),
+            _ => {
+                d.err(
+                    p.pos,
+                    format!("`path` must be a path such as \"/healthz\", found \"{s}\""),
+                );
+                None
+            }
+        }
+    });
+    let interval = opt_duration(d, f.get("interval"), "`interval`", Duration::from_secs(5))
+        .and_then(|i| {
+            if i < Duration::from_millis(100) {
+                if let Some(n) = f.get("interval") {
+                    d.err(n.pos, "`interval` must be at least 100ms");
+                }
+                return None;
+            }
+            Some(i)
+        });
+    let timeout = match (f.get("timeout"), interval) {
+        (Some(n), interval) => d.duration(n, "`timeout`").and_then(|t| {
+            if t.is_zero() {
+                d.err(n.pos, "`timeout` must be longer than 0s");
+                return None;
+            }
+            match interval {
+                Some(i) if t > i => {
+                    d.err(n.pos, format!("`timeout` ({t:?}) must not be longer than `interval` ({i:?}): a probe must end before the next one starts"));
+                    None
+                }
+                _ => Some(t),
+            }
+        }),
+        // One second, or the interval when it is shorter.
+        (None, Some(i)) => Some(i.min(Duration::from_secs(1))),
+        (None, None) => None,
+    };
+    let mut count = |key: &str| match f.get(key) {
+        Some(n) => d.int(n, &format!("`{key}`"), 1, 1_000).map(|c| c as u32),
+        None => Some(1),
+    };
+    let (fails, passes) = (count("fails"), count("passes"));
+    Some(HealthCheck {
+        path: path?,
+        interval: interval?,
+        timeout: timeout?,
+        fails: fails?,
+        passes: passes?,
     })
 }
 

@@ -10,11 +10,17 @@
 //! it out again at once. Only connects are judged: an answer, a `5xx` included, is the
 //! application speaking, and a target that answers is up.
 //!
-//! The state is two atomics per target: while every target is up a call costs the cursor's
-//! increment and two relaxed loads (the picked target's `out_until` in [`Balancer::pick`], its
-//! `fails` in [`Balancer::connected`]); the clock is read only when a target is out.
+//! With `health_check` configured, active probes (see [`super::health`]) judge each target
+//! too: `fails` failed probes in a row take it out until `passes` pass in a row, whatever its
+//! connects do meanwhile. A probe that passes also counts as a connect that succeeded, so a
+//! target taken out by failed connects comes back with it, before `fail_timeout`.
+//!
+//! The state is a few atomics per target: while every target is up a call costs the cursor's
+//! increment and three relaxed loads (the picked target's `probe_down` and `out_until` in
+//! [`Balancer::pick`], its `fails` in [`Balancer::connected`]); the clock is read only when a
+//! target is out.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use crate::config::Upstream;
@@ -56,6 +62,12 @@ struct TargetState {
     fails: AtomicU32,
     /// Milliseconds after `epoch` until which the target takes no calls; 0 while it does.
     out_until: AtomicU64,
+    /// Taken out by failed health probes, until enough pass.
+    probe_down: AtomicBool,
+    /// Failed probes since the last one that passed.
+    probe_fails: AtomicU32,
+    /// Passed probes since the last one that failed.
+    probe_passes: AtomicU32,
 }
 
 /// What a failed connect did to its target.
@@ -135,6 +147,9 @@ impl Balancer {
         let until = now.saturating_add(self.policy.fail_timeout.as_millis() as u64);
         // Never 0, which means "takes calls".
         t.out_until.store(until.max(1), Relaxed);
+        if t.probe_down.load(Relaxed) {
+            return Failed::AlreadyOut;
+        }
         Failed::TakenOut
     }
 
@@ -149,12 +164,50 @@ impl Balancer {
             return false;
         }
         t.fails.store(0, Relaxed);
-        t.out_until.swap(0, Relaxed) != 0
+        t.out_until.swap(0, Relaxed) != 0 && !t.probe_down.load(Relaxed)
+    }
+
+    /// Counts a health probe of target `i` that failed; true when this one took the target
+    /// out of rotation (the `fails`-th in a row).
+    pub fn probe_failed(&self, i: usize, fails: u32) -> bool {
+        let Some(t) = self.targets.get(i) else {
+            return false;
+        };
+        t.probe_passes.store(0, Relaxed);
+        let failed = t.probe_fails.fetch_add(1, Relaxed).saturating_add(1);
+        if failed < fails || t.probe_down.load(Relaxed) {
+            return false;
+        }
+        t.probe_down.store(true, Relaxed);
+        // Out already for its connects: not newly out.
+        t.out_until.load(Relaxed) <= self.now_ms()
+    }
+
+    /// Counts a health probe of target `i` that passed; true when the target takes calls
+    /// again and did not before (the `passes`-th in a row after it went out, or a target out
+    /// for its connects, which this probe's connect clears).
+    pub fn probe_passed(&self, i: usize, passes: u32) -> bool {
+        let Some(t) = self.targets.get(i) else {
+            return false;
+        };
+        t.probe_fails.store(0, Relaxed);
+        let passed = t.probe_passes.fetch_add(1, Relaxed).saturating_add(1);
+        let was_up = self.takes_calls(i, None);
+        if t.probe_down.load(Relaxed) && passed >= passes {
+            t.probe_down.store(false, Relaxed);
+        }
+        t.fails.store(0, Relaxed);
+        t.out_until.store(0, Relaxed);
+        !was_up && self.takes_calls(i, None)
     }
 
     /// Whether target `i` takes calls now (`now` read on demand).
     fn takes_calls(&self, i: usize, now: Option<u64>) -> bool {
-        let until = self.targets[i].out_until.load(Relaxed);
+        let t = &self.targets[i];
+        if t.probe_down.load(Relaxed) {
+            return false;
+        }
+        let until = t.out_until.load(Relaxed);
         until == 0 || until <= now.unwrap_or_else(|| self.now_ms())
     }
 
@@ -289,6 +342,36 @@ mod tests {
         assert_eq!(b.next_after(3), 0);
         let one = Balancer::new(1, policy(1, 60_000));
         assert_eq!(one.next_after(0), 0);
+    }
+
+    #[test]
+    fn failed_probes_take_a_target_out_until_enough_pass() {
+        let b = Balancer::new(2, policy(1, 60_000));
+        assert!(!b.probe_failed(1, 2), "one failure of two");
+        assert!(b.probe_failed(1, 2), "the second in a row takes it out");
+        assert!(!b.probe_failed(1, 2), "out already");
+        assert_eq!((0..4).map(|_| b.pick()).collect::<Vec<_>>(), [0, 0, 0, 0]);
+        // A connect that succeeds (a call when every target is out) does not bring it back.
+        assert!(!b.connected(1));
+        assert!(!b.probe_passed(1, 2), "one pass of two");
+        assert!(!b.probe_failed(1, 2), "a failure starts the passes again");
+        assert!(!b.probe_passed(1, 2));
+        assert!(b.probe_passed(1, 2), "two passes in a row bring it back");
+        assert!(!b.probe_passed(1, 2), "reported back once");
+        let picks: Vec<_> = (0..4).map(|_| b.pick()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 2, "{picks:?}");
+    }
+
+    #[test]
+    fn a_passed_probe_brings_back_a_target_out_for_its_connects() {
+        let b = Balancer::new(2, policy(1, 60_000));
+        assert_eq!(b.connect_failed(0), Failed::TakenOut);
+        assert!(b.probe_passed(0, 3), "a probe's connect succeeded");
+        assert!(b.takes_calls(0, None));
+        // Out for its probes, a failed connect does not take it out a second time.
+        assert!(b.probe_failed(0, 1));
+        assert_eq!(b.connect_failed(0), Failed::AlreadyOut);
+        assert!(!b.probe_failed(0, 1));
     }
 
     #[test]

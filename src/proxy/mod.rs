@@ -3,6 +3,7 @@
 
 pub mod balance;
 pub mod cors;
+pub mod health;
 pub mod hygiene;
 pub mod resolve;
 pub mod respond;
@@ -292,13 +293,7 @@ impl ProxyHttp for Proxy {
             up.balance.next_after(ctx.target)
         };
         ctx.target = i;
-        let target = &up.targets[i];
-        let mut peer = HttpPeer::new(target.addr(), up.tls.is_some(), target.sni.clone());
-        if let Some(tls) = &up.tls {
-            peer.options.ca = tls.ca.clone();
-        }
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
+        let mut peer = target_peer(up, &up.targets[i]);
         // pingora's standard request policy, named here because the gateway relies on it: it
         // strips the client's hop-by-hop headers and those its `Connection` nominates (and
         // refuses a request nominating `Host` or `X-Forwarded-*`) before
@@ -759,6 +754,19 @@ fn header_value(value: Option<&http::HeaderValue>) -> Result<http::HeaderValue> 
     value
         .cloned()
         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "invalid value while insert"))
+}
+
+/// How the gateway reaches `target` of `up`: its address now, TLS with the certificate checked
+/// against its name (or `sni`), and the upstream's timeouts. Calls and health probes (see
+/// [`health`]) connect alike.
+pub fn target_peer(up: &crate::config::Upstream, target: &crate::config::Target) -> HttpPeer {
+    let mut peer = HttpPeer::new(target.addr(), up.tls.is_some(), target.sni.clone());
+    if let Some(tls) = &up.tls {
+        peer.options.ca = tls.ca.clone();
+    }
+    peer.options.connection_timeout = Some(up.connect_timeout);
+    peer.options.read_timeout = Some(up.read_timeout);
+    peer
 }
 
 fn target_count(route: &crate::config::Route) -> usize {

@@ -14,8 +14,11 @@ pub const UPSTREAM_DURATION: &str = "tollgate_upstream_duration_seconds";
 /// `tollgate_upstream_connect_errors_total{upstream,target}`: failed connects to a target.
 pub const UPSTREAM_CONNECT_ERRORS: &str = "tollgate_upstream_connect_errors_total";
 /// `tollgate_upstream_target_up{upstream,target}`: 1 while a target takes calls, 0 once failed
-/// connects took it out of rotation, until one succeeds again.
+/// connects or failed health probes took it out of rotation, until it is back.
 pub const UPSTREAM_TARGET_UP: &str = "tollgate_upstream_target_up";
+/// `tollgate_upstream_health_checks_total{upstream,target,result}`: active health probes,
+/// `result` `pass` or `fail`.
+pub const UPSTREAM_HEALTH_CHECKS: &str = "tollgate_upstream_health_checks_total";
 /// `tollgate_store_duration_seconds{op}`
 pub const STORE_DURATION: &str = "tollgate_store_duration_seconds";
 /// `tollgate_store_errors_total{kind}`
@@ -72,6 +75,8 @@ pub struct Metrics {
     pub upstream_connect_errors: IntCounterVec,
     /// Whether each target takes calls.
     pub upstream_target_up: IntGaugeVec,
+    /// Active health probes by upstream, target and result.
+    pub upstream_health_checks: IntCounterVec,
     /// Store call latency by operation.
     pub store_duration: HistogramVec,
     /// Store failures by kind.
@@ -136,9 +141,16 @@ impl Metrics {
             upstream_target_up: IntGaugeVec::new(
                 Opts::new(
                     UPSTREAM_TARGET_UP,
-                    "1 while an upstream target takes calls; 0 once failed connects took it out of rotation, until a connect succeeds.",
+                    "1 while an upstream target takes calls; 0 once failed connects or failed health probes took it out of rotation, until it is back.",
                 ),
                 &["upstream", "target"],
+            )?,
+            upstream_health_checks: IntCounterVec::new(
+                Opts::new(
+                    UPSTREAM_HEALTH_CHECKS,
+                    "Active health probes of upstream targets, by result (pass, fail).",
+                ),
+                &["upstream", "target", "result"],
             )?,
             store_duration: HistogramVec::new(
                 HistogramOpts::new(STORE_DURATION, "Store call latency by operation.")
@@ -215,6 +227,7 @@ impl Metrics {
         registry.register(Box::new(m.upstream_duration.clone()))?;
         registry.register(Box::new(m.upstream_connect_errors.clone()))?;
         registry.register(Box::new(m.upstream_target_up.clone()))?;
+        registry.register(Box::new(m.upstream_health_checks.clone()))?;
         registry.register(Box::new(m.store_duration.clone()))?;
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.meter_units.clone()))?;

@@ -17,6 +17,7 @@ mod cluster;
 mod cors;
 mod embedded;
 mod harness;
+mod health_check;
 mod http2;
 mod hygiene;
 mod idempotency;

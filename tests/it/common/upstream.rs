@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -22,10 +22,25 @@ use tokio::task::JoinHandle;
 /// request: `{"method", "path", "headers": {name: [values]}}`. Every answer also carries the
 /// hop-by-hop headers `Connection: x-hop`, `X-Hop: 1` and `Keep-Alive: timeout=5`, which the
 /// gateway must not pass down to its client.
+///
+/// `/_health` is the gateway's health probes' path: it answers the status [`Upstream::set_health`]
+/// set (200 at first) and is counted in [`Upstream::probes`], not in [`Upstream::hits`].
 pub struct Upstream {
     addr: SocketAddr,
     hits: Arc<AtomicUsize>,
+    health: Arc<Mutex<Health>>,
     task: JoinHandle<()>,
+}
+
+/// What `/_health` answers, and what it was asked.
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// The status it answers.
+    pub status: u16,
+    /// Probes answered.
+    pub probes: usize,
+    /// The `Host` and `User-Agent` of the last probe.
+    pub last: Option<(String, String)>,
 }
 
 // === impl Upstream ===
@@ -51,15 +66,26 @@ impl Upstream {
         let listener = TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
+        let health = Arc::new(Mutex::new(Health {
+            status: 200,
+            probes: 0,
+            last: None,
+        }));
+        let (counter, probed) = (hits.clone(), health.clone());
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let counter = counter.clone();
+                let (counter, probed) = (counter.clone(), probed.clone());
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
-                        counter.fetch_add(1, Ordering::SeqCst);
-                        answer(req)
+                        let (counter, probed) = (counter.clone(), probed.clone());
+                        async move {
+                            if req.uri().path() == "/_health" {
+                                return Ok(health_answer(&probed, &req));
+                            }
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            answer(req).await
+                        }
                     });
                     // Header names go out title-cased (`X-Upstream`), so a test can see
                     // whether the gateway kept their case.
@@ -76,7 +102,22 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, task }
+        Upstream {
+            addr,
+            hits,
+            health,
+            task,
+        }
+    }
+
+    /// Makes `/_health` answer `status` from now on.
+    pub fn set_health(&self, status: u16) {
+        self.health.lock().unwrap().status = status;
+    }
+
+    /// What `/_health` answers and was asked so far.
+    pub fn health(&self) -> Health {
+        self.health.lock().unwrap().clone()
     }
 
     /// `127.0.0.1:<port>`, as written in `upstreams.*.targets`.
@@ -99,6 +140,24 @@ impl Drop for Upstream {
 /// A `127.0.0.1` address where nothing listens: bound once, then released.
 pub fn refused_addr() -> String {
     super::gateway::free_addr()
+}
+
+/// A health probe's answer: the status set, empty.
+fn health_answer(health: &Mutex<Health>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let header = |name| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut h = health.lock().unwrap();
+    h.probes += 1;
+    h.last = Some((header(http::header::HOST), header(http::header::USER_AGENT)));
+    Response::builder()
+        .status(h.status)
+        .body(Full::new(Bytes::new()))
+        .unwrap()
 }
 
 async fn answer(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
