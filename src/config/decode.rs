@@ -266,6 +266,24 @@ impl<'e> Decoder<'e> {
         }
     }
 
+    /// A size in bytes: an integer, or a string such as `512kb`, `10mb`, `1gb` (units of 1024).
+    pub fn size(&mut self, n: &Node, what: &str) -> Option<u64> {
+        if let Value::Int(_) = n.value {
+            return self.int(n, what, 0, i64::MAX).map(|i| i as u64);
+        }
+        let s = self.string(n, what)?;
+        match parse_size(&s) {
+            Some(size) => Some(size),
+            None => {
+                self.err(
+                    n.pos,
+                    format!("{what} must be a size like 512kb, 10mb or 1gb (or a number of bytes), found \"{s}\""),
+                );
+                None
+            }
+        }
+    }
+
     /// One of a fixed set of words.
     pub fn word<T: Copy>(&mut self, n: &Node, what: &str, words: &[(&str, T)]) -> Option<T> {
         let s = self.string(n, what)?;
@@ -361,9 +379,37 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     n.checked_mul(secs).map(Duration::from_secs)
 }
 
+/// `512kb`, `10mb`, `1gb` (units of 1024), `100b` or `100`: bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim().to_ascii_lowercase();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let scale: u64 = match unit {
+        "" | "b" => 1,
+        "kb" => 1 << 10,
+        "mb" => 1 << 20,
+        "gb" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100"), Some(100));
+        assert_eq!(parse_size("100b"), Some(100));
+        assert_eq!(parse_size("512kb"), Some(512 * 1024));
+        assert_eq!(parse_size("10MB"), Some(10 * 1024 * 1024));
+        assert_eq!(parse_size("1gb"), Some(1 << 30));
+        for bad in ["", "mb", "10 mb", "1.5mb", "10m", "-1", "99999999999999gb"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -97,6 +97,9 @@ pub struct Server {
     /// `server.http2`: callers may speak HTTP/2 (ALPN `h2` with `tls`, prior-knowledge h2c
     /// without), besides HTTP/1.1.
     pub http2: bool,
+    /// `server.max_request_body`: the largest request body a route takes unless it sets its
+    /// own; none when unset.
+    pub max_request_body: Option<u64>,
 }
 
 /// `server.tls`: the public listener's certificate, read when the config loads.
@@ -511,6 +514,9 @@ pub struct Route {
     pub refund_on: RefundOn,
     /// `plugins: [name, …]`: the plugins called on this route, in this order.
     pub plugins: Vec<crate::plugins::RoutePlugin>,
+    /// `max_request_body`: the largest request body this route takes, instead of
+    /// `server.max_request_body`.
+    pub max_request_body: Option<u64>,
 }
 
 /// One meter a route charges: `requests: 1`, or

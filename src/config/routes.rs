@@ -116,6 +116,7 @@ const ROUTE_KEYS: &[&str] = &[
     "feature",
     "refund_on",
     "plugins",
+    "max_request_body",
 ];
 
 fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route> {
@@ -207,6 +208,10 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         Some(r) => refund_on(d, r)?,
         None => RefundOn::default(),
     };
+    let max_request_body = match f.get("max_request_body") {
+        Some(n) => Some(d.size(n, "`max_request_body`")?),
+        None => None,
+    };
     Some(Route {
         name: name?,
         matcher: matcher?,
@@ -216,6 +221,7 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         feature,
         refund_on,
         plugins,
+        max_request_body,
     })
 }
 

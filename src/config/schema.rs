@@ -27,6 +27,7 @@ pub fn schema() -> Value {
                 ("read_timeout", duration("Downstream read timeout (per read).")),
                 ("preserve_header_case", boolean("Answers keep the header name case the upstream wrote (default false: lowercase, as HTTP/2 carries them).")),
                 ("x_forwarded_for", words("append (default): the caller's address is appended to the upstream request's X-Forwarded-For; keep: the header passes as the client sent it.", &["append", "keep"])),
+                ("max_request_body", size("The largest request body a route takes unless it sets its own (default: no limit); over it: 413, nothing charged.")),
                 ("http2", boolean("Callers may speak HTTP/2 besides HTTP/1.1: negotiated by ALPN with tls, prior-knowledge h2c without (default false).")),
                 ("request_id", boolean("Every call gets an id (UUIDv7), sent to the upstream and back to the client as X-Request-Id and used as its usage event's id (default false).")),
                 ("tls", obj("The public listener speaks HTTPS (HTTP/1.1 over TLS 1.2/1.3) with this certificate; a reload reads the files again.", &["cert_file", "key_file"], &[
@@ -163,6 +164,16 @@ fn duration(description: &str) -> Value {
         "description": format!("{description} A duration: 50ms, 2s, 1m, 1h, 1d."),
         "type": "string",
         "pattern": "^(\\$\\{.*\\}|[0-9]+(ms|s|m|h|d))$",
+    })
+}
+
+fn size(description: &str) -> Value {
+    json!({
+        "description": format!("{description} A size: a number of bytes, or 512kb, 10mb, 1gb (units of 1024)."),
+        "anyOf": [
+            {"type": "integer", "minimum": 0},
+            {"type": "string", "pattern": "^(\\$\\{.*\\}|[0-9]+([kKmMgG]?[bB])?)$"},
+        ],
     })
 }
 
@@ -355,6 +366,7 @@ fn route() -> Value {
                 }),
             ),
             ("feature", string("A feature the plan must include.")),
+            ("max_request_body", size("The largest request body this route takes (default server.max_request_body); over it: 413, nothing charged.")),
         ("plugins", list("Plugins run on this route, in order (each set up under the top-level plugins).", string("A plugin name."))),
             (
                 "refund_on",

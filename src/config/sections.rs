@@ -28,6 +28,7 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
             "tls",
             "request_id",
             "http2",
+            "max_request_body",
         ],
     )?;
     let listen = d
@@ -95,7 +96,12 @@ pub(super) fn server(d: &mut Decoder, n: &Node) -> Option<Server> {
         Some(n) => d.bool(n, "`server.http2`"),
         None => Some(false),
     };
+    let max_request_body = match f.get("max_request_body") {
+        Some(n) => d.size(n, "`server.max_request_body`").map(Some),
+        None => Some(None),
+    };
     Some(Server {
+        max_request_body: max_request_body?,
         http2: http2?,
         request_id: request_id?,
         tls: tls?,

@@ -55,6 +55,8 @@ pub struct Gateway {
     activation: Option<crate::config::Activation>,
     /// Where a visitor's client-side anonymous id comes from, when onboarding is configured.
     anonymous_id_header: Option<http::HeaderName>,
+    /// `server.max_request_body`, for routes without their own.
+    max_request_body: Option<u64>,
 }
 
 /// Why a call is refused before it reaches the upstream. `proxy::respond` turns each into its
@@ -79,6 +81,13 @@ pub enum Rejection {
     StoreUnavailable,
     /// A state the config should have ruled out.
     Internal(&'static str),
+    /// The request's `Content-Length` is over the route's `max_request_body`.
+    TooLarge {
+        /// The route's limit, in bytes.
+        limit: u64,
+        /// The request's `Content-Length`.
+        length: u64,
+    },
 }
 
 /// A call allowed through to its route's target.
@@ -143,6 +152,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>, Rejection> {
     Ok(Some(key))
 }
 
+/// The request's `Content-Length`, when it has one (pingora refuses a malformed one).
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 impl Gateway {
     /// Builds the request path from a validated config.
     pub fn new(
@@ -178,7 +198,13 @@ impl Gateway {
                 .onboarding
                 .as_ref()
                 .map(|o| o.anonymous_id_header.clone()),
+            max_request_body: config.server.max_request_body,
         }
+    }
+
+    /// The largest request body `route` takes: its own `max_request_body`, else the server's.
+    pub fn body_limit(&self, route: &Route) -> Option<u64> {
+        route.max_request_body.or(self.max_request_body)
     }
 
     /// Decides whether a call may go through, reserving its usage if so (SPEC §3, steps 1–6).
@@ -216,6 +242,13 @@ impl Gateway {
         });
         let route = step!(self.routes.pick(method, path).ok_or(Rejection::NoRoute)).clone(); // 1. where
         refused.route = Some(route.clone());
+        // A body announced too large is refused before anything is charged or identified; one
+        // that arrives too large without a length is cut off in `proxy::request_body_filter`.
+        if let Some(limit) = self.body_limit(&route) {
+            if let Some(length) = content_length(headers).filter(|&l| l > limit) {
+                step!(Err(Rejection::TooLarge { limit, length }));
+            }
+        }
         if route.auth == RouteAuth::None {
             return Ok(Admission::Public(route));
         }

@@ -122,6 +122,10 @@ pub struct Ctx {
     plugin_stop: Option<Stop>,
     /// The reservation stands once the answer starts, so plugin-measured meters settle.
     settle_plugins: bool,
+    /// Request body bytes read so far, counted against the route's `max_request_body`.
+    body_read: u64,
+    /// The `max_request_body` a streamed body went past; `fail_to_proxy` answers 413.
+    too_large: Option<u64>,
 }
 
 impl Proxy {
@@ -197,6 +201,8 @@ impl ProxyHttp for Proxy {
             plugin_headers: Vec::new(),
             plugin_stop: None,
             settle_plugins: false,
+            body_read: 0,
+            too_large: None,
         }
     }
 
@@ -266,6 +272,38 @@ impl ProxyHttp for Proxy {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    /// A body without a `Content-Length` (chunked, or HTTP/2 without one) is counted as it
+    /// arrives and cut off when it passes the route's `max_request_body`: the call then ends in
+    /// `fail_to_proxy` with a 413, refunded. (An announced length is checked in `admit`.)
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(chunk), Some(route), Some(gw)) = (body.as_ref(), ctx.route(), &ctx.gateway)
+        else {
+            return Ok(());
+        };
+        let Some(limit) = gw.body_limit(route) else {
+            return Ok(());
+        };
+        // After `101 Switching Protocols` the bytes are a WebSocket's, not a request body.
+        if session.was_upgraded() {
+            return Ok(());
+        }
+        ctx.body_read += chunk.len() as u64;
+        if ctx.body_read > limit {
+            ctx.too_large = Some(limit);
+            return Err(Error::explain(
+                ErrorType::Custom("request body too large"),
+                "the request body passed max_request_body",
+            ));
+        }
+        Ok(())
     }
 
     /// Step 7: the next target of the route's upstream, round-robin over those taking calls
@@ -516,6 +554,22 @@ impl ProxyHttp for Proxy {
         {
             return FailToProxy {
                 error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        if let Some(limit) = ctx.too_large {
+            ctx.outcome = Outcome::TooLarge;
+            ctx.refund().await;
+            let path = session.req_header().uri.path().to_string();
+            let code = http::StatusCode::PAYLOAD_TOO_LARGE.as_u16();
+            if session.response_written().is_none() {
+                let problem = respond::too_large(limit, None, &path);
+                if let Err(err) = respond::write_problem(session, problem).await {
+                    tracing::debug!(error = %err, "Could not send the 413 to the client.");
+                }
+            }
+            return FailToProxy {
+                error_code: code,
                 can_reuse_downstream: false,
             };
         }

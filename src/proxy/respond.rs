@@ -191,7 +191,25 @@ pub fn rejection(refused: &Refused, path: &str, method: &str, now: jiff::Timesta
                 path,
             )
         }
+        Rejection::TooLarge { limit, length } => too_large(*limit, Some(*length), path),
     }
+}
+
+/// 413: the request body is over the route's `max_request_body` (`length` when the request
+/// announced it; a streamed body is cut off when it passes the limit).
+pub fn too_large(limit: u64, length: Option<u64>, path: &str) -> Problem {
+    let detail = match length {
+        Some(length) => format!("The request body is {length} bytes; this route takes at most {limit}. Nothing was charged."),
+        None => format!("The request body passed {limit} bytes, the most this route takes. Nothing was charged."),
+    };
+    Problem::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "urn:tollgate:request-too-large",
+        "Content too large",
+        detail,
+        path,
+    )
+    .with("max_request_body", json!(limit))
 }
 
 /// 502/504 when the upstream failed.

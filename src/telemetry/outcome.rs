@@ -38,6 +38,8 @@ pub enum Outcome {
     Internal,
     /// A CORS preflight, answered by the gateway (`cors`).
     Preflight,
+    /// 413: the request body is over the route's `max_request_body`.
+    TooLarge,
 }
 
 impl Outcome {
@@ -58,6 +60,7 @@ impl Outcome {
             Outcome::StoreUnavailable => "store_unavailable",
             Outcome::PluginDenied => "plugin_denied",
             Outcome::Internal => "internal_error",
+            Outcome::TooLarge => "too_large",
         }
     }
 
@@ -83,6 +86,7 @@ impl Outcome {
             Rejection::QuotaExceeded(_) => Outcome::QuotaExceeded,
             Rejection::StoreUnavailable => Outcome::StoreUnavailable,
             Rejection::Internal(_) => Outcome::Internal,
+            Rejection::TooLarge { .. } => Outcome::TooLarge,
         }
     }
 }

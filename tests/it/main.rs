@@ -12,6 +12,7 @@ mod common;
 mod admin;
 mod anonymous;
 mod balance;
+mod body_limit;
 mod check;
 mod cluster;
 mod cors;
