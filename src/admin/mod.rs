@@ -192,6 +192,7 @@ impl AdminApp {
         match parts.as_slice() {
             ["reload"] if m == Method::POST => self.reload(call.path),
             ["tenants", t, "usage"] if m == Method::GET => self.usage(t, call.path).await,
+            ["tenants", t, "usage"] if m == Method::POST => self.adjust(t, call).await,
             ["tenants", t, "plan"] if m == Method::PUT => self.set_plan(t, call).await,
             ["tenants", t, "keys"] if m == Method::POST => self.create_key(t, call).await,
             ["tenants", t, "keys", id] if m == Method::DELETE => {
@@ -267,20 +268,11 @@ impl AdminApp {
         let Some(plan) = gw.plans.get(&plan_name) else {
             return unknown_tenant(tenant, path);
         };
-        let anchor = gw.tenant(tenant).and_then(|t| t.billing_anchor);
-        let now = gw.now();
         let mut windows = Vec::new();
         for (meter, policy) in &plan.meters {
-            match Window::containing(policy.period, anchor, now) {
+            match current_window(&gw, tenant, policy.period, path) {
                 Ok(w) => windows.push((meter, policy, w)),
-                Err(e) => {
-                    return Answer::problem(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "internal",
-                        e.to_string(),
-                        path,
-                    )
-                }
+                Err(answer) => return answer,
             }
         }
         let counter_keys: Vec<String> = windows
@@ -289,14 +281,7 @@ impl AdminApp {
             .collect();
         let used = match gw.store.get(&counter_keys).await {
             Ok(u) => u,
-            Err(e) => {
-                return Answer::problem(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store-unavailable",
-                    format!("The store did not answer: {e}"),
-                    path,
-                )
-            }
+            Err(e) => return store_unavailable(&e, path),
         };
         let mut meters = serde_json::Map::new();
         for ((meter, policy, w), used) in windows.iter().zip(used) {
@@ -509,6 +494,155 @@ impl AdminApp {
             ),
         }
     }
+}
+
+/// The most units one correction may add or take back.
+const MAX_ADJUSTMENT: i64 = 1_000_000_000_000;
+
+/// A correction's `reason`: at most this many characters.
+const MAX_REASON: usize = 500;
+
+impl AdminApp {
+    /// `POST /admin/v1/tenants/{t}/usage` `{"meter": "requests", "delta": -100, "reason": "…"}`:
+    /// corrects the tenant's counter of `meter` for the current period, for support's use (a
+    /// failed refund, a goodwill credit, a manual charge). A negative `delta` is a credit; the
+    /// counter never goes below zero, so a credit larger than the usage resets it. The change
+    /// counts at once on every instance (it is the counter they all read), and, with
+    /// `telemetry`, goes to the sinks as a `dev.tollgate.adjustment` event carrying the units
+    /// actually applied, so a billing system summing events agrees with the counter.
+    async fn adjust(&self, tenant: &str, call: &Call<'_>) -> Answer {
+        let path = call.path;
+        let gw = self.gateway.load_full();
+        let Some(plan_name) = self.plan_of(&gw, tenant) else {
+            return unknown_tenant(tenant, path);
+        };
+        let Some(plan) = gw.plans.get(&plan_name) else {
+            return unknown_tenant(tenant, path);
+        };
+        let usage = r#"Send a JSON body: {"meter": "<meter>", "delta": <units, negative for a credit>, "reason": "<optional note>"}."#;
+        let Ok(body) = serde_json::from_slice::<Value>(call.body) else {
+            return Answer::problem(StatusCode::BAD_REQUEST, "bad-request", usage, path);
+        };
+        let Some(meter) = body.get("meter").and_then(Value::as_str) else {
+            return Answer::problem(StatusCode::BAD_REQUEST, "bad-request", usage, path);
+        };
+        let Some(policy) = plan.meters.get(meter) else {
+            let names: Vec<&str> = plan.meters.keys().map(String::as_str).collect();
+            return Answer::problem(
+                StatusCode::BAD_REQUEST,
+                "unknown-meter",
+                format!(
+                    "Plan {plan_name} has no meter {meter}; its meters: {}.",
+                    if names.is_empty() {
+                        "(none)".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                ),
+                path,
+            );
+        };
+        let delta = match body.get("delta").and_then(Value::as_i64) {
+            Some(d) if d != 0 && d.abs() <= MAX_ADJUSTMENT => d,
+            _ => {
+                return Answer::problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    format!("`delta` must be a whole number of units other than 0, at most {MAX_ADJUSTMENT} either way; negative is a credit."),
+                    path,
+                )
+            }
+        };
+        let reason = match body.get("reason") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(r)) if r.chars().count() <= MAX_REASON => Some(r.as_str()),
+            Some(_) => {
+                return Answer::problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad-request",
+                    format!("`reason` must be a string of at most {MAX_REASON} characters."),
+                    path,
+                )
+            }
+        };
+        let window = match current_window(&gw, tenant, policy.period, path) {
+            Ok(w) => w,
+            Err(answer) => return answer,
+        };
+        let key = keys::counter(tenant, meter, window.start_date);
+        let expire_at = window.end.as_second() + crate::pipeline::meter::EXPIRY_GRACE_SECS;
+        let (applied, used) = match gw.store.adjust(&key, delta, expire_at).await {
+            Ok(r) => r,
+            Err(e) => return store_unavailable(&e, path),
+        };
+        let now = gw.now();
+        let period = crate::telemetry::event::period_label(policy.period, &window);
+        tracing::info!(
+            tenant,
+            meter,
+            delta,
+            applied,
+            used,
+            reason,
+            "Usage corrected through the admin API."
+        );
+        if let (Some(events), true) = (&self.events, applied != 0) {
+            events.emit_adjustment(
+                now,
+                &crate::telemetry::event::Adjustment {
+                    tenant,
+                    plan: &plan_name,
+                    meter,
+                    units: applied,
+                    period: &period,
+                    reason,
+                },
+            );
+        }
+        let limit = policy.limit.get();
+        Answer::json(
+            StatusCode::OK,
+            &json!({
+                "tenant": tenant,
+                "plan": plan_name,
+                "meter": meter,
+                "delta": delta,
+                "applied": applied,
+                "used": used,
+                "limit": limit,
+                "remaining": limit.saturating_sub(used),
+                "period": period,
+                "resets_at": window.end.to_string(),
+            }),
+        )
+    }
+}
+
+/// The billing period of `tenant` that `now` is in, for a meter counted per `period`.
+fn current_window(
+    gw: &Gateway,
+    tenant: &str,
+    period: crate::meter::period::Period,
+    path: &str,
+) -> Result<Window, Answer> {
+    let anchor = gw.tenant(tenant).and_then(|t| t.billing_anchor);
+    Window::containing(period, anchor, gw.now()).map_err(|e| {
+        Answer::problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+            path,
+        )
+    })
+}
+
+fn store_unavailable(e: &crate::store::StoreError, path: &str) -> Answer {
+    Answer::problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store-unavailable",
+        format!("The store did not answer: {e}"),
+        path,
+    )
 }
 
 fn unknown_tenant(tenant: &str, path: &str) -> Answer {

@@ -224,6 +224,24 @@ impl Store for EmbeddedStore {
         })
     }
 
+    async fn adjust(
+        &self,
+        key: &str,
+        delta: i64,
+        expire_at: i64,
+    ) -> Result<(i64, u64), StoreError> {
+        let now = unix_now();
+        self.with_state(|s| {
+            let before = s.value(key, now);
+            if before == 0 && delta <= 0 {
+                return Ok((0, 0));
+            }
+            let value = (before as i64).saturating_add(delta).max(0) as u64;
+            s.write(&[(key, Entry { value, expire_at })])?;
+            Ok((value as i64 - before as i64, value))
+        })
+    }
+
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
         let now = unix_now();
         self.with_state(|s| Ok(keys.iter().map(|k| s.value(k, now)).collect()))

@@ -139,6 +139,11 @@ pub trait Store: Send + Sync + 'static {
     async fn settle(&self, adjustments: &[Adjustment]) -> Result<(), StoreError>;
     /// Reads counters (0 when absent).
     async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError>;
+    /// An operator's correction of counter `key`: adds `delta` (negative: a credit), never
+    /// below zero, keeping the counter until `expire_at` (Unix seconds); a credit to an absent
+    /// counter creates nothing. Returns the units actually added and the new value.
+    async fn adjust(&self, key: &str, delta: i64, expire_at: i64)
+        -> Result<(i64, u64), StoreError>;
     /// Sets `key` to `value` if it is absent, atomically across every instance sharing the
     /// store: `None` when this call set it, else the value already there. `expire_at` (Unix
     /// seconds) bounds its life; `None` keeps it.
@@ -400,6 +405,17 @@ impl StoreHandle {
     /// See [`Store::get`].
     pub async fn get(&self, keys: &[String]) -> Result<Vec<u64>, StoreError> {
         self.bounded(&self.ops.get, self.inner.get(keys)).await
+    }
+
+    /// See [`Store::adjust`].
+    pub async fn adjust(
+        &self,
+        key: &str,
+        delta: i64,
+        expire_at: i64,
+    ) -> Result<(i64, u64), StoreError> {
+        self.bounded(&self.ops.refund, self.inner.adjust(key, delta, expire_at))
+            .await
     }
 
     /// See [`Store::lookup_key`].

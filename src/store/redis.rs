@@ -56,6 +56,7 @@ struct Shared {
     refund: Script,
     lookup: Script,
     settle: Script,
+    adjust: Script,
 }
 
 impl RedisStore {
@@ -146,6 +147,7 @@ impl RedisStore {
             refund: Script::new(include_str!("refund.lua")),
             lookup: Script::new(include_str!("lookup_key.lua")),
             settle: Script::new(include_str!("settle.lua")),
+            adjust: Script::new(include_str!("adjust.lua")),
         };
         RedisStore {
             shared: Arc::new(shared),
@@ -730,6 +732,25 @@ impl Store for RedisStore {
             .into_iter()
             .map(|v| v.unwrap_or(0).max(0) as u64)
             .collect())
+    }
+
+    async fn adjust(
+        &self,
+        key: &str,
+        delta: i64,
+        expire_at: i64,
+    ) -> Result<(i64, u64), StoreError> {
+        let mut conn = self.shared.conn().await?;
+        let (applied, value): (i64, i64) = self
+            .shared
+            .adjust
+            .key(key)
+            .arg(delta)
+            .arg(expire_at)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok((applied, value.max(0) as u64))
     }
 
     async fn lookup_key(&self, sha256_hex: &str) -> Result<Option<KeyRecord>, StoreError> {

@@ -68,6 +68,15 @@ impl Emitter {
         self.queue_encoded(super::event::encode_identify(&self.source, time, identify));
     }
 
+    /// Queues an operator's usage correction's event (`dev.tollgate.adjustment`); never blocks.
+    pub fn emit_adjustment(&self, time: Timestamp, adjustment: &super::event::Adjustment<'_>) {
+        self.queue_encoded(super::event::encode_adjustment(
+            &self.source,
+            time,
+            adjustment,
+        ));
+    }
+
     fn queue_encoded(&self, encoded: Result<Bytes, serde_json::Error>) {
         let queued = self.queue.push(|buf| {
             buf.extend_from_slice(&encoded?);

@@ -26,6 +26,9 @@ pub const MILESTONE_TYPE: &str = "dev.tollgate.milestone";
 /// The CloudEvents `type` of an anonymous → identified merge.
 pub const IDENTIFY_TYPE: &str = "dev.tollgate.identify";
 
+/// The CloudEvents `type` of an operator's usage correction.
+pub const ADJUSTMENT_TYPE: &str = "dev.tollgate.adjustment";
+
 /// A CloudEvents 1.0 envelope.
 #[derive(Serialize)]
 struct Envelope<'a, D> {
@@ -368,6 +371,44 @@ pub fn encode_identify(
             tenant: &i.tenant,
             user: i.user.as_deref(),
         },
+    };
+    serde_json::to_vec(&envelope).map(Bytes::from)
+}
+
+/// An operator's correction of a tenant's usage (`POST /admin/v1/tenants/{t}/usage`).
+#[derive(Debug, Serialize)]
+pub struct Adjustment<'a> {
+    /// Whose usage.
+    pub tenant: &'a str,
+    /// The tenant's plan when it was made.
+    pub plan: &'a str,
+    /// Which meter.
+    pub meter: &'a str,
+    /// Units added: negative for a credit; what was applied, after the floor at zero.
+    pub units: i64,
+    /// The billing period corrected (`2026-11`, or `2026-11-26` for a daily meter).
+    pub period: &'a str,
+    /// The operator's note, if any.
+    pub reason: Option<&'a str>,
+}
+
+/// An adjustment's event (`dev.tollgate.adjustment`), as one line of compact JSON: `data`
+/// holds the [`Adjustment`]'s fields, `units` signed, so a billing system adds it to the
+/// period's sum of `dev.tollgate.request` meters.
+pub fn encode_adjustment(
+    source: &str,
+    time: Timestamp,
+    a: &Adjustment<'_>,
+) -> Result<Bytes, serde_json::Error> {
+    let envelope = Envelope {
+        specversion: "1.0",
+        id: new_id(time).hyphenated().to_string(),
+        source,
+        kind: ADJUSTMENT_TYPE,
+        subject: Some(a.tenant),
+        time: format!("{time:.3}"),
+        datacontenttype: "application/json",
+        data: a,
     };
     serde_json::to_vec(&envelope).map(Bytes::from)
 }

@@ -214,6 +214,19 @@ async fn refunds_and_a_flushed_script_cache_keep_the_count_exact() {
         3,
         "three calls went through; the three refused by the upstream were refunded"
     );
+
+    // An operator's correction runs its script on the tenant's node.
+    let credit = s
+        .admin(
+            &gw,
+            "POST",
+            "/admin/v1/tenants/gamma/usage",
+            json!({"meter": "requests", "delta": -2}),
+        )
+        .await;
+    assert_eq!(credit.status, 200, "{}", credit.body);
+    assert_eq!(credit.json()["used"], 1);
+    assert_eq!(s.counter("gamma").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,6 +9,7 @@
 
 mod common;
 
+mod adjustments;
 mod admin;
 mod anonymous;
 mod balance;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::common::http::admin;
 use crate::common::{render, Answer, Gateway, RedisServer, Upstream, ACME_KEY};
 
 const TOKEN: &str = "an-admin-token-for-the-tests";
@@ -70,24 +71,6 @@ impl Fleet {
             client: crate::common::client(),
         }
     }
-}
-
-async fn admin(
-    client: &reqwest::Client,
-    gw: &Gateway,
-    method: reqwest::Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> Answer {
-    let mut req = client.request(method, gw.admin_url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
-    crate::common::http::read(req.send().await.unwrap()).await
 }
 
 async fn call(client: &reqwest::Client, gw: &Gateway, key: &str) -> Answer {

@@ -93,6 +93,25 @@ pub async fn send(client: &Client, method: Method, url: &str, key: Option<&str>)
     .await
 }
 
+/// A call to `gw`'s admin listener with `token` (when given) and a JSON `body` (when given).
+pub async fn admin(
+    client: &Client,
+    gw: &super::Gateway,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Answer {
+    let mut req = client.request(method, gw.admin_url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    read(req.send().await.unwrap()).await
+}
+
 /// `GET` with an optional bearer key.
 pub async fn get(client: &Client, url: &str, key: Option<&str>) -> Answer {
     send(client, Method::GET, url, key).await
