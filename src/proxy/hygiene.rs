@@ -156,6 +156,15 @@ pub fn forget_header_case(resp: &mut ResponseHeader) -> pingora::Result<()> {
     Ok(())
 }
 
+/// The host a client called: its `Host` header, or over HTTP/2 the request's `:authority`.
+pub fn client_host(req: &RequestHeader) -> Option<http::HeaderValue> {
+    if let Some(host) = req.headers.get(http::header::HOST) {
+        return Some(host.clone());
+    }
+    let authority = req.uri.authority()?;
+    http::HeaderValue::from_str(authority.as_str()).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

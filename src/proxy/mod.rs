@@ -36,6 +36,9 @@ static X_TOLLGATE_TENANT: HeaderName = HeaderName::from_static("x-tollgate-tenan
 /// Tells the upstream the tenant's plan.
 static X_TOLLGATE_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
 
+/// The host the client called, for an upstream given another one (`host_header`).
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
 /// The call's id, both ways (`server.request_id`).
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -430,7 +433,16 @@ impl ProxyHttp for Proxy {
         }
         if let Some(RouteTarget::Upstream(u)) = ctx.route().map(|r| &r.target) {
             if let Some(host) = &u.host_header {
+                // The upstream no longer sees the name the client called; it learns it from
+                // `X-Forwarded-Host` (replacing a copy the client sent), to build links with.
+                let client_host = hygiene::client_host(session.req_header());
                 up.insert_header(http::header::HOST, host.clone())?;
+                match client_host {
+                    Some(h) => up.insert_header("X-Forwarded-Host", h)?,
+                    None => {
+                        up.remove_header(&X_FORWARDED_HOST);
+                    }
+                }
             }
         }
         match ctx.admitted() {

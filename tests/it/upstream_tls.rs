@@ -66,6 +66,9 @@ async fn a_host_name_target_over_tls_with_a_ca_file_gets_the_call() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     let seen = answer.echoed_headers();
     assert_eq!(seen["host"], ["api.example.com"], "host_header: {seen:?}");
+    // The name the client called travels on in X-Forwarded-Host.
+    let called = t.stack.gateway.listen_addr().to_string();
+    assert_eq!(seen["x-forwarded-host"], [called], "{seen:?}");
     assert_eq!(seen["x-tollgate-tenant"], ["acme"], "{seen:?}");
     assert!(!seen.contains_key("authorization"), "{seen:?}");
     assert_eq!(t.stack.upstream.hits(), 1);
@@ -80,9 +83,11 @@ async fn an_ip_target_is_checked_against_its_address() {
     let answer = t.stack.get("/v1/items", Some(ACME_KEY)).await;
 
     assert_eq!(answer.status, 200, "{}", answer.body);
-    // Without host_header the upstream gets the client's Host.
+    // Without host_header the upstream gets the client's Host, and no X-Forwarded-Host.
     let host = t.stack.gateway.listen_addr().to_string();
-    assert_eq!(answer.echoed_headers()["host"], [host]);
+    let seen = answer.echoed_headers();
+    assert_eq!(seen["host"], [host]);
+    assert!(!seen.contains_key("x-forwarded-host"), "{seen:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
