@@ -195,6 +195,7 @@ impl AdminApp {
             ["tenants", t, "usage"] if m == Method::POST => self.adjust(t, call).await,
             ["tenants", t, "plan"] if m == Method::PUT => self.set_plan(t, call).await,
             ["tenants", t, "keys"] if m == Method::POST => self.create_key(t, call).await,
+            ["tenants", t, "keys"] if m == Method::GET => self.list_keys(t, call.path).await,
             ["tenants", t, "keys", id] if m == Method::DELETE => {
                 self.revoke_key(t, id, call.path).await
             }
@@ -362,6 +363,27 @@ impl AdminApp {
             StatusCode::OK,
             &json!({"tenant": tenant, "plan": effective, "override": plan}),
         )
+    }
+
+    /// `GET /admin/v1/tenants/{t}/keys`: the ids of the tenant's keys, those in the config
+    /// (`source: config`) and those created through this API (`source: store`). Never a key or
+    /// its hash.
+    async fn list_keys(&self, tenant: &str, path: &str) -> Answer {
+        let gw = self.gateway.load_full();
+        if self.plan_of(&gw, tenant).is_none() {
+            return unknown_tenant(tenant, path);
+        }
+        let mut stored = match gw.store.key_ids(tenant).await {
+            Ok(ids) => ids,
+            Err(e) => return store_unavailable(&e, path),
+        };
+        stored.sort();
+        let configured = gw.tenant(tenant).into_iter().flat_map(|t| &t.keys);
+        let keys: Vec<Value> = configured
+            .map(|k| json!({"id": k.id, "source": "config"}))
+            .chain(stored.iter().map(|id| json!({"id": id, "source": "store"})))
+            .collect();
+        Answer::json(StatusCode::OK, &json!({"tenant": tenant, "keys": keys}))
     }
 
     async fn create_key(&self, tenant: &str, call: &Call<'_>) -> Answer {

@@ -288,6 +288,11 @@ impl Store for EmbeddedStore {
         Ok(None)
     }
 
+    async fn key_ids(&self, _tenant: &str) -> Result<Vec<String>, StoreError> {
+        // Runtime keys need a shared store; this one keeps none.
+        Ok(Vec::new())
+    }
+
     async fn set_plan(&self, _tenant: &str, _plan: Option<&str>) -> Result<(), StoreError> {
         Err(StoreError::Backend(
             "the embedded store keeps no plan overrides; change the plan in the config and reload, or use store kind redis".into(),

@@ -163,6 +163,8 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_key(&self, sha256_hex: &str) -> Result<bool, StoreError>;
     /// The SHA-256 (hex) of `tenant`'s runtime key with id `id`, if any.
     async fn key_by_id(&self, tenant: &str, id: &str) -> Result<Option<String>, StoreError>;
+    /// The ids of `tenant`'s runtime keys, in no particular order.
+    async fn key_ids(&self, tenant: &str) -> Result<Vec<String>, StoreError>;
     /// Sets (or, with `None`, clears) a tenant's plan override and tells every instance.
     async fn set_plan(&self, tenant: &str, plan: Option<&str>) -> Result<(), StoreError>;
     /// Every tenant's plan override.
@@ -399,6 +401,12 @@ impl StoreHandle {
             return Ok(());
         }
         self.bounded(&self.ops.refund, self.inner.settle(adjustments))
+            .await
+    }
+
+    /// See [`Store::key_ids`].
+    pub async fn key_ids(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        self.bounded(&self.ops.get, self.inner.key_ids(tenant))
             .await
     }
 

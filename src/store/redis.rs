@@ -876,6 +876,15 @@ impl Store for RedisStore {
             .map_err(backend)
     }
 
+    async fn key_ids(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.shared.control().await?;
+        redis::cmd("HKEYS")
+            .arg(keys::tenant_keys(tenant))
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)
+    }
+
     async fn set_plan(&self, tenant: &str, plan: Option<&str>) -> Result<(), StoreError> {
         let mut conn = self.shared.control().await?;
         let mut change = match plan {

@@ -200,6 +200,18 @@ async fn a_key_created_on_one_instance_works_on_both_and_once_revoked_fails_on_b
         )
         .await;
     assert_eq!(dup.status, 409, "one id, one key");
+    let listed = f
+        .admin(&f.b, "GET", "/admin/v1/tenants/acme/keys", None)
+        .await;
+    assert_eq!(
+        listed.json(),
+        json!({"tenant": "acme", "keys": [
+            {"id": "acme-1", "source": "config"},
+            {"id": "ci", "source": "store"},
+        ]}),
+        "{}",
+        listed.body
+    );
 
     let revoked = f
         .admin(&f.b, "DELETE", "/admin/v1/tenants/acme/keys/ci", None)
@@ -216,6 +228,17 @@ async fn a_key_created_on_one_instance_works_on_both_and_once_revoked_fails_on_b
         .admin(&f.a, "DELETE", "/admin/v1/tenants/acme/keys/ci", None)
         .await;
     assert_eq!(again.status, 404);
+    let listed = f
+        .admin(&f.a, "GET", "/admin/v1/tenants/acme/keys", None)
+        .await;
+    assert_eq!(
+        listed.json()["keys"],
+        json!([{"id": "acme-1", "source": "config"}])
+    );
+    let unknown = f
+        .admin(&f.a, "GET", "/admin/v1/tenants/nobody/keys", None)
+        .await;
+    assert_eq!(unknown.status, 404);
     let static_key = f
         .admin(&f.a, "DELETE", "/admin/v1/tenants/acme/keys/acme-1", None)
         .await;
@@ -260,7 +283,13 @@ async fn admin_routes_refuse_a_missing_or_wrong_token_and_change_nothing() {
                 Some(json!({"plan": "pro"})),
             ),
             (reqwest::Method::POST, "/admin/v1/tenants/acme/keys", None),
+            (reqwest::Method::GET, "/admin/v1/tenants/acme/keys", None),
             (reqwest::Method::GET, "/admin/v1/tenants/acme/usage", None),
+            (
+                reqwest::Method::POST,
+                "/admin/v1/tenants/acme/usage",
+                Some(json!({"meter": "requests", "delta": 5})),
+            ),
             (
                 reqwest::Method::DELETE,
                 "/admin/v1/tenants/acme/keys/acme-1",
