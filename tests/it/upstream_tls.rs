@@ -1,6 +1,6 @@
 //! Upstreams over TLS, named by host name: the certificate is checked against the target's
-//! name (or `sni`) and the `ca_file`, a failed check is a refunded 502, and `host_header`
-//! sets the `Host` the upstream gets.
+//! name (or `sni`) and the `ca_file`, a failed check is a refunded 502, `host_header` sets the
+//! `Host` the upstream gets, and health probes connect as calls do.
 
 use crate::common::events::{metric, metrics};
 use crate::common::tls::TestCa;
@@ -139,4 +139,60 @@ async fn a_certificate_for_another_name_is_refused() {
     assert_eq!(answer.status, 502, "{}", answer.body);
     assert_eq!(t.stack.upstream.hits(), 0);
     assert_eq!(t.stack.month_counter("acme", "requests").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_probes_check_the_certificate_as_calls_do() {
+    let probes = ", health_check: { path: /_health, interval: 200ms, timeout: 200ms }";
+    let trusted = start(
+        "localhost:{port}",
+        &format!(r#", ca_file: "{{ca}}", host_header: api.example.com{probes}"#),
+    )
+    .await;
+    let untrusted = start("localhost:{port}", probes).await;
+
+    crate::common::events::wait_for(
+        "probes of both",
+        std::time::Duration::from_secs(10),
+        || async {
+            trusted.stack.upstream.health().probes >= 1 && probe_failures(&untrusted).await >= 1.0
+        },
+    )
+    .await;
+
+    // Over TLS with the upstream's CA, and with its host_header as Host.
+    let health = trusted.stack.upstream.health();
+    assert_eq!(
+        health.last.map(|(host, _)| host),
+        Some("api.example.com".to_string())
+    );
+    let text = metrics(&trusted.stack.gateway).await;
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_upstream_target_up",
+            &[("upstream", "secure")]
+        ),
+        1.0,
+        "{text}"
+    );
+    // Without it the handshake fails: no probe reaches the server, and the target is out.
+    assert_eq!(untrusted.stack.upstream.health().probes, 0);
+    let text = metrics(&untrusted.stack.gateway).await;
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_upstream_target_up",
+            &[("upstream", "secure")]
+        ),
+        0.0,
+        "{text}"
+    );
+}
+
+/// Failed health probes of the TLS stack's one target.
+async fn probe_failures(t: &TlsStack) -> f64 {
+    let text = metrics(&t.stack.gateway).await;
+    let labels = [("upstream", "secure"), ("result", "fail")];
+    metric(&text, "tollgate_upstream_health_checks_total", &labels)
 }
