@@ -307,6 +307,7 @@ impl Marked {
 struct OpMetrics {
     reserve: Histogram,
     refund: Histogram,
+    adjust: Histogram,
     get: Histogram,
     ping: Histogram,
     errors: IntCounterVec,
@@ -319,6 +320,7 @@ impl OpMetrics {
         OpMetrics {
             reserve: op("reserve"),
             refund: op("refund"),
+            adjust: op("adjust"),
             get: op("get"),
             ping: op("ping"),
             errors: m.store_errors.clone(),
@@ -422,7 +424,7 @@ impl StoreHandle {
         delta: i64,
         expire_at: i64,
     ) -> Result<(i64, u64), StoreError> {
-        self.bounded(&self.ops.refund, self.inner.adjust(key, delta, expire_at))
+        self.bounded(&self.ops.adjust, self.inner.adjust(key, delta, expire_at))
             .await
     }
 

@@ -112,6 +112,16 @@ async fn a_credit_on_one_instance_lets_calls_through_on_the_other_at_once() {
     let ttl = redis.ttl(&tokens_key).await;
     assert!(ttl > 86_400 && ttl <= 2 * 86_400, "{ttl}");
     assert!(a.stderr().contains("Usage corrected through the admin API"));
+    let text = crate::common::events::metrics(&a).await;
+    let timed = crate::common::events::metric(
+        &text,
+        "tollgate_store_duration_seconds_count",
+        &[("op", "adjust")],
+    );
+    assert_eq!(
+        timed, 3.0,
+        "each correction on a is timed as op=adjust: {text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
