@@ -191,6 +191,7 @@ impl AdminApp {
         let m = call.method;
         match parts.as_slice() {
             ["reload"] if m == Method::POST => self.reload(call.path),
+            ["tenants"] if m == Method::GET => self.list_tenants(),
             ["tenants", t, "usage"] if m == Method::GET => self.usage(t, call.path).await,
             ["tenants", t, "usage"] if m == Method::POST => self.adjust(t, call).await,
             ["tenants", t, "plan"] if m == Method::PUT => self.set_plan(t, call).await,
@@ -363,6 +364,29 @@ impl AdminApp {
             StatusCode::OK,
             &json!({"tenant": tenant, "plan": effective, "override": plan}),
         )
+    }
+
+    /// `GET /admin/v1/tenants`: every tenant this instance knows, those of the config and
+    /// those only the store knows (given a plan through the API), with the plan its calls are
+    /// billed on now. From memory: the overrides are what this instance follows.
+    fn list_tenants(&self) -> Answer {
+        let gw = self.gateway.load_full();
+        let overrides = gw.store.plan_overrides();
+        let mut names: std::collections::BTreeSet<&str> =
+            gw.tenants().map(|t| t.name.as_str()).collect();
+        names.extend(overrides.keys().map(String::as_str));
+        let tenants: Vec<Value> = names
+            .into_iter()
+            .map(|name| {
+                json!({
+                    "tenant": name,
+                    "plan": self.plan_of(&gw, name),
+                    "override": overrides.get(name),
+                    "in_config": gw.tenant(name).is_some(),
+                })
+            })
+            .collect();
+        Answer::json(StatusCode::OK, &json!({ "tenants": tenants }))
     }
 
     /// `GET /admin/v1/tenants/{t}/keys`: the ids of the tenant's keys, those in the config

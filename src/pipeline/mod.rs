@@ -510,6 +510,11 @@ impl Gateway {
         self.tenants.get(name)
     }
 
+    /// The config's tenants, by id.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
+    }
+
     /// The JWKS-backed key sets of `auth.jwt`, for the background refresher.
     pub fn jwks(&self) -> Vec<Arc<jwt::Jwks>> {
         self.jwt.key_sets()

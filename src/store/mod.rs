@@ -248,6 +248,11 @@ impl PlanOverrides {
         });
     }
 
+    /// Every override, as this instance knows them now.
+    pub fn all(&self) -> Arc<HashMap<String, String>> {
+        self.map.load_full()
+    }
+
     /// Replaces every override (after a full reload from the store).
     pub fn replace(&self, all: HashMap<String, String>) {
         self.map.store(Arc::new(all));
@@ -479,6 +484,11 @@ impl StoreHandle {
     /// The plan override of `tenant` as this instance knows it (no store call).
     pub fn plan_override(&self, tenant: &str) -> Option<String> {
         self.overrides.get(tenant)
+    }
+
+    /// Every tenant's plan override, as this instance follows them (see [`PlanOverrides`]).
+    pub fn plan_overrides(&self) -> Arc<HashMap<String, String>> {
+        self.overrides.all()
     }
 
     /// Makes calls wait, each at most `store.timeout`, until [`StoreHandle::follow_plans`] has

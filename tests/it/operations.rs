@@ -132,6 +132,33 @@ async fn a_plan_change_through_one_instance_applies_on_the_other_within_a_second
         "the override is in the store (SPEC §9)"
     );
 
+    // The tenant list shows it on the other instance, beside a tenant only the store knows.
+    let zeta = f
+        .admin(
+            &f.a,
+            "PUT",
+            "/admin/v1/tenants/zeta/plan",
+            Some(json!({"plan": "free"})),
+        )
+        .await;
+    assert_eq!(zeta.status, 200, "{}", zeta.body);
+    let listed = within(Duration::from_secs(1), || async {
+        let list = f.admin(&f.b, "GET", "/admin/v1/tenants", None).await;
+        list.json()["tenants"].as_array().map_or(0, Vec::len) == 2
+    })
+    .await;
+    assert!(listed.is_some(), "zeta reached b's tenant list within 1 s");
+    let list = f.admin(&f.b, "GET", "/admin/v1/tenants", None).await;
+    assert_eq!(
+        list.json(),
+        json!({"tenants": [
+            {"tenant": "acme", "plan": "pro", "override": "pro", "in_config": true},
+            {"tenant": "zeta", "plan": "free", "override": "free", "in_config": false},
+        ]}),
+        "{}",
+        list.body
+    );
+
     // The usage route shows the new plan's meters, on either instance.
     let usage = f
         .admin(&f.b, "GET", "/admin/v1/tenants/acme/usage", None)
@@ -284,6 +311,7 @@ async fn admin_routes_refuse_a_missing_or_wrong_token_and_change_nothing() {
             ),
             (reqwest::Method::POST, "/admin/v1/tenants/acme/keys", None),
             (reqwest::Method::GET, "/admin/v1/tenants/acme/keys", None),
+            (reqwest::Method::GET, "/admin/v1/tenants", None),
             (reqwest::Method::GET, "/admin/v1/tenants/acme/usage", None),
             (
                 reqwest::Method::POST,
