@@ -517,6 +517,9 @@ pub struct Route {
     /// `max_request_body`: the largest request body this route takes, instead of
     /// `server.max_request_body`.
     pub max_request_body: Option<u64>,
+    /// `read_timeout`: how long this route's calls wait on each read from the upstream, instead
+    /// of the upstream's `read_timeout`.
+    pub read_timeout: Option<std::time::Duration>,
 }
 
 /// One meter a route charges: `requests: 1`, or

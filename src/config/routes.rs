@@ -117,6 +117,7 @@ const ROUTE_KEYS: &[&str] = &[
     "refund_on",
     "plugins",
     "max_request_body",
+    "read_timeout",
 ];
 
 fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route> {
@@ -212,6 +213,22 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         Some(n) => Some(d.size(n, "`max_request_body`")?),
         None => None,
     };
+    let read_timeout = match f.get("read_timeout") {
+        Some(n) => {
+            let t = d.duration(n, "`read_timeout`")?;
+            if t.is_zero() {
+                d.err(n.pos, "`read_timeout` must be longer than 0s");
+            }
+            if f.get("respond").is_some() {
+                d.err(
+                    n.pos,
+                    format!("{what} answers by itself (`respond`); `read_timeout` is for routes with an `upstream`"),
+                );
+            }
+            Some(t)
+        }
+        None => None,
+    };
     Some(Route {
         name: name?,
         matcher: matcher?,
@@ -222,6 +239,7 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         refund_on,
         plugins,
         max_request_body,
+        read_timeout,
     })
 }
 

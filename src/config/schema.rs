@@ -367,6 +367,7 @@ fn route() -> Value {
             ),
             ("feature", string("A feature the plan must include.")),
             ("max_request_body", size("The largest request body this route takes (default server.max_request_body); over it: 413, nothing charged.")),
+            ("read_timeout", duration("How long this route's calls wait on each read from the upstream (default: the upstream's read_timeout).")),
         ("plugins", list("Plugins run on this route, in order (each set up under the top-level plugins).", string("A plugin name."))),
             (
                 "refund_on",

@@ -335,6 +335,9 @@ impl ProxyHttp for Proxy {
         };
         ctx.target = i;
         let mut peer = target_peer(up, &up.targets[i]);
+        if let Some(t) = route.read_timeout {
+            peer.options.read_timeout = Some(t);
+        }
         // pingora's standard request policy, named here because the gateway relies on it: it
         // strips the client's hop-by-hop headers and those its `Connection` nominates (and
         // refuses a request nominating `Host` or `X-Forwarded-*`) before

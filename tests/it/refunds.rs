@@ -153,3 +153,35 @@ async fn refund_rules_are_per_route() {
         "refund_on: [] keeps the charge"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_read_timeout_answers_504_and_refunds_while_other_routes_wait() {
+    // `/quick/...` waits 300 ms for the upstream; the rest keep the upstream's 30 s.
+    let yaml = YAML
+        .replace(
+            "routes:\n",
+            "routes:\n  - name: quick\n    match: { path_prefix: /quick }\n    upstream: product\n    meter: { requests: 1 }\n    read_timeout: 300ms\n",
+        )
+        .replace("{dead}", &refused_addr());
+    let stack = Stack::start(&yaml).await;
+
+    let started = std::time::Instant::now();
+    let late = stack.get("/quick/slow/1500", Some(ACME_KEY)).await;
+    let waited = started.elapsed();
+
+    let problem = late.problem(504);
+    assert_eq!(problem["type"], "urn:tollgate:upstream-unavailable");
+    assert_eq!(
+        problem["detail"],
+        "The upstream did not answer in time. The call was not charged."
+    );
+    assert!(
+        waited < std::time::Duration::from_millis(1_200),
+        "answered after the route's 300 ms, not the upstream's answer: {waited:?}"
+    );
+    assert_eq!(stack.month_counter("acme", "requests").await, 0, "refunded");
+
+    let patient = stack.get("/v1/slow/500", Some(ACME_KEY)).await;
+    assert_eq!(patient.status, 200, "{}", patient.body);
+    assert_eq!(stack.month_counter("acme", "requests").await, 1);
+}
