@@ -216,17 +216,12 @@ struct Housekeeping {
 #[async_trait]
 impl BackgroundService for Housekeeping {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {
-                    let gw = self.gateway.load();
-                    let tracked = gw.plans.retain_recent();
-                    gw.metrics.burst_keys.set(tracked as i64);
-                }
-            }
-        }
+        every(Duration::from_secs(30), &mut shutdown, || async {
+            let gw = self.gateway.load();
+            let tracked = gw.plans.retain_recent();
+            gw.metrics.burst_keys.set(tracked as i64);
+        })
+        .await;
     }
 }
 
@@ -239,18 +234,11 @@ struct UpstreamDns {
 #[async_trait]
 impl BackgroundService for UpstreamDns {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
+        every(Duration::from_secs(1), &mut shutdown, || async {
             let gw = self.gateway.load_full();
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = crate::proxy::resolve::refresh_due(&gw.upstreams) => {}
-            }
-        }
+            crate::proxy::resolve::refresh_due(&gw.upstreams).await;
+        })
+        .await;
     }
 }
 
@@ -268,16 +256,11 @@ impl BackgroundService for UpstreamHealth {
         // the pool, so each one connects afresh.
         let connector = Arc::new(pingora::connectors::http::Connector::new(None));
         // The shortest `interval` allowed.
-        let mut tick = tokio::time::interval(Duration::from_millis(100));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
+        every(Duration::from_millis(100), &mut shutdown, || async {
             let gw = self.gateway.load();
             crate::proxy::health::start_due(&gw.upstreams, &connector, &gw.metrics);
-        }
+        })
+        .await;
     }
 }
 
@@ -291,18 +274,35 @@ struct JwksRefresh {
 #[async_trait]
 impl BackgroundService for JwksRefresh {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tick.tick() => {}
-            }
+        every(Duration::from_millis(250), &mut shutdown, || async {
             let sets = self.gateway.load().jwks();
             let mut due = tokio::task::JoinSet::new();
             for set in sets.into_iter().filter(|s| s.is_due()) {
                 due.spawn(async move { set.refresh_if_due().await });
             }
             while due.join_next().await.is_some() {}
+        })
+        .await;
+    }
+}
+
+/// Runs `round` every `period` until `shutdown` fires, which also ends a round in progress. A
+/// round longer than `period` delays the next tick rather than making ticks bunch up after it.
+async fn every<F, Fut>(period: Duration, shutdown: &mut ShutdownWatch, mut round: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = round() => {}
         }
     }
 }
