@@ -462,7 +462,7 @@ pub struct Plan {
     pub on_outage: Option<OnOutage>,
 }
 
-/// `rate_limit: { requests, per, burst }`
+/// `rate_limit: { requests, per, burst, shared }`
 #[derive(Debug, Clone, Copy)]
 pub struct RateLimit {
     /// Sustained requests per `per`.
@@ -471,6 +471,9 @@ pub struct RateLimit {
     pub per: Duration,
     /// How many calls may arrive at once.
     pub burst: NonZeroU32,
+    /// Counted in the store, one allowance for every instance, rather than in each instance's
+    /// memory (see `pipeline::burst`).
+    pub shared: bool,
 }
 
 /// `meters.<meter>: { limit, period, warn_at, overage }`

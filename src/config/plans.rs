@@ -111,7 +111,7 @@ fn plan(d: &mut Decoder, name: String, n: &Node, names: &BTreeSet<String>) -> Op
 
 fn rate_limit(d: &mut Decoder, n: &Node, what: &str) -> Option<RateLimit> {
     let what = format!("`rate_limit` of {what}");
-    let f = d.fields(n, &what, &["requests", "per", "burst"])?;
+    let f = d.fields(n, &what, &["requests", "per", "burst", "shared"])?;
     let requests = d
         .require(&f, "requests", &what)
         .and_then(|r| d.int(r, "`requests`", 1, u32::MAX as i64));
@@ -127,10 +127,15 @@ fn rate_limit(d: &mut Decoder, n: &Node, what: &str) -> Option<RateLimit> {
         Some(b) => d.int(b, "`burst`", 1, u32::MAX as i64),
         None => requests,
     };
+    let shared = match f.get("shared") {
+        Some(s) => d.bool(s, "`shared`"),
+        None => Some(false),
+    };
     Some(RateLimit {
         requests: NonZeroU32::new(u32::try_from(requests?).ok()?)?,
         per: per?,
         burst: NonZeroU32::new(u32::try_from(burst?).ok()?)?,
+        shared: shared?,
     })
 }
 

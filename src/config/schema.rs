@@ -247,7 +247,7 @@ fn plan() -> Value {
             (
                 "rate_limit",
                 obj(
-                    "Burst limit per tenant, per instance.",
+                    "Burst limit per tenant: per instance, or shared by every instance.",
                     &["requests", "per"],
                     &[
                         ("requests", int("Calls allowed per `per`.", 1)),
@@ -255,6 +255,10 @@ fn plan() -> Value {
                         (
                             "burst",
                             int("Calls allowed at once (default: requests).", 1),
+                        ),
+                        (
+                            "shared",
+                            boolean("Count the limit in the Redis store, one allowance for every instance (default: false, each instance's own)."),
                         ),
                     ],
                 ),

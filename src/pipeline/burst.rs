@@ -1,7 +1,11 @@
-//! Step 5: the plan's burst limit, per tenant, per gateway instance (GCRA via governor).
+//! Step 5: the plan's burst limit, per tenant (GCRA): per gateway instance via governor, or
+//! shared by every instance through the store (`rate_limit.shared`).
 //!
-//! Burst limits protect the upstream from spikes; they are deliberately local to each instance
-//! (no store round trip), unlike meters, which are exact across instances.
+//! Burst limits protect the upstream from spikes. By default each instance keeps its own (no
+//! store round trip), so N instances let a tenant through up to N times the limit. A shared
+//! limit is counted by Redis in the same script as the call's meters, so it costs no extra
+//! round trip on a metered route (one on a route without meters); when the store is down and
+//! the plan fails open, each instance falls back to its own limiter.
 
 use std::num::NonZeroU32;
 use std::time::Duration;
@@ -12,6 +16,7 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 
 use crate::config::RateLimit;
+use crate::store::{keys, BurstCheck};
 
 type Keyed<C> = RateLimiter<String, DefaultKeyedStateStore<String>, C, StateInformationMiddleware>;
 
@@ -23,6 +28,64 @@ pub struct BurstLimiter<C: Clock = DefaultClock> {
     pub burst: NonZeroU32,
     /// The `w` of the policy: the plan's `per`, in whole seconds (at least 1), as SPEC §4 shows.
     pub window_secs: u64,
+}
+
+/// A plan's burst limit counted by the store, shared by every instance (`rate_limit.shared`).
+/// The same GCRA as governor's, so a shared limit admits what one instance's would.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedBurst {
+    interval_us: u64,
+    size: u32,
+    window_secs: u64,
+}
+
+impl SharedBurst {
+    /// The store-side form of `limit`.
+    pub fn new(limit: &RateLimit) -> SharedBurst {
+        let per_call = limit.per / limit.requests.get();
+        SharedBurst {
+            interval_us: (per_call.as_micros() as u64).max(1),
+            size: limit.burst.get(),
+            window_secs: window_secs(limit),
+        }
+    }
+
+    /// The check a reservation for `tenant` carries.
+    pub fn check(&self, tenant: &str) -> BurstCheck {
+        BurstCheck {
+            key: keys::burst(tenant),
+            interval_us: self.interval_us,
+            size: self.size,
+        }
+    }
+
+    /// The state to report after the store admitted a call, `left` calls remaining.
+    pub fn admitted(&self, left: u64) -> BurstState {
+        BurstState {
+            quota: self.size,
+            remaining: left.min(u64::from(self.size)) as u32,
+            window_secs: self.window_secs,
+        }
+    }
+
+    /// The refusal of a call the store found over the limit.
+    pub fn exceeded(&self, retry_after: Duration) -> BurstExceeded {
+        BurstExceeded {
+            retry_after: retry_secs(retry_after),
+            quota: self.size,
+            window_secs: self.window_secs,
+        }
+    }
+}
+
+/// The `w` of the policy: `per` in whole seconds, at least 1, as SPEC §4 shows.
+fn window_secs(limit: &RateLimit) -> u64 {
+    limit.per.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// Whole seconds (at least 1) for `Retry-After`.
+fn retry_secs(wait: Duration) -> u64 {
+    wait.as_secs_f64().ceil().max(1.0) as u64
 }
 
 /// What the limiter said about an admitted call.
@@ -70,7 +133,7 @@ impl<C: Clock + Clone> BurstLimiter<C> {
             .with_middleware::<StateInformationMiddleware>(),
             clock,
             burst: limit.burst,
-            window_secs: limit.per.as_secs_f64().ceil().max(1.0) as u64,
+            window_secs: window_secs(limit),
         }
     }
 
@@ -85,7 +148,7 @@ impl<C: Clock + Clone> BurstLimiter<C> {
             Err(not_until) => {
                 let wait = not_until.wait_time_from(self.clock.now());
                 Err(BurstExceeded {
-                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+                    retry_after: retry_secs(wait),
                     quota: self.burst.get(),
                     window_secs: self.window_secs,
                 })
@@ -110,6 +173,7 @@ mod tests {
             requests: NonZeroU32::new(requests).unwrap(),
             per,
             burst: NonZeroU32::new(burst).unwrap(),
+            shared: false,
         }
     }
 

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
+use super::burst::BurstState;
 use super::identity::Caller;
 use super::plan::PlanState;
 use super::Rejection;
-use crate::config::{OnOutage, Plan, Route, RouteMeter};
+use crate::config::{OnOutage, Route, RouteMeter};
 use crate::meter::period::{Period, Window};
 use crate::store::{keys, Charge, ReplayMarker, Reservation, Reserved, StoreError, StoreHandle};
 use crate::telemetry::metrics::MeterSeries;
@@ -74,6 +75,9 @@ pub struct Usage {
     /// The tenant's admitted calls since its first, after this one, when the reservation
     /// counted it for `onboarding.activation` (see `milestone::activation_charge`).
     pub activation: Option<u64>,
+    /// The burst allowance after this call, when the plan's limit is shared and was checked
+    /// here (by the store, or by this instance's limiter while the store was down).
+    pub burst: Option<BurstState>,
 }
 
 /// A call that would pass a blocking meter's limit.
@@ -91,6 +95,8 @@ pub struct QuotaExceeded {
     pub retry_after: u64,
     /// Every meter the call would have charged, as they stand (for the RateLimit headers).
     pub meters: Vec<MeterUse>,
+    /// The shared burst allowance after this call (which it used, though it was refused).
+    pub burst: Option<BurstState>,
 }
 
 /// What a reservation carries besides the route's meters.
@@ -155,7 +161,10 @@ pub async fn reserve(
             series: plan_state.series.get(name).cloned(),
         });
     }
-    if charges.is_empty() {
+    // A shared burst limit is checked by the same script, first, so it costs no round trip of
+    // its own on a metered route.
+    let shared_burst = plan_state.shared_burst.as_ref();
+    if charges.is_empty() && shared_burst.is_none() {
         return Ok(Usage {
             meters,
             metered: true,
@@ -164,15 +173,28 @@ pub async fn reserve(
     }
     // The activation counter rides in the same script as the meters, after them, so counting
     // calls costs no round trip; it never blocks (no limit), so it cannot deny a call.
-    let counts_activation = activation.is_some();
-    charges.extend(activation);
+    let counts_activation = activation.is_some() && !charges.is_empty();
+    if counts_activation {
+        charges.extend(activation);
+    }
     let replay = idempotency_key.map(|k| ReplayMarker {
         key: keys::replay(&caller.tenant.name, &crate::keys::sha256_hex(k)),
         expire_at: now.as_second() + REPLAY_WINDOW_SECS,
     });
-    let reservation = Arc::new(Reservation { charges, replay });
+    let reservation = Arc::new(Reservation {
+        charges,
+        replay,
+        burst: shared_burst.map(|b| b.check(&caller.tenant.name)),
+    });
+    // The burst allowance left comes after the counters' values (see `Reserved`).
+    let burst_left = |values: &mut Vec<u64>| {
+        shared_burst
+            .zip(reservation.burst.as_ref().and_then(|_| values.pop()))
+            .map(|(b, left)| b.admitted(left))
+    };
     match store.reserve(&reservation).await {
-        Ok(Reserved::Admitted(after)) => {
+        Ok(Reserved::Admitted(mut after)) => {
+            let burst = burst_left(&mut after);
             let activation = counts_activation
                 .then(|| after.get(meters.len()).copied())
                 .flatten();
@@ -185,9 +207,11 @@ pub async fn reserve(
                 metered: true,
                 replayed: false,
                 activation,
+                burst,
             })
         }
-        Ok(Reserved::Replayed(used)) => {
+        Ok(Reserved::Replayed(mut used)) => {
+            let burst = burst_left(&mut used);
             for (m, u) in meters.iter_mut().zip(used) {
                 m.used = u;
             }
@@ -196,14 +220,20 @@ pub async fn reserve(
                 meters,
                 metered: true,
                 replayed: true,
+                burst,
                 ..Usage::default()
             })
         }
-        Ok(Reserved::Denied { index, used }) => {
+        Ok(Reserved::Denied { index, mut used }) => {
+            let burst = burst_left(&mut used);
             for (m, u) in meters.iter_mut().zip(&used) {
                 m.used = *u;
             }
-            let m = &meters[index.min(meters.len() - 1)];
+            let Some(m) = meters.get(index) else {
+                return Err(Rejection::Internal(
+                    "the store denied a charge the call did not make",
+                ));
+            };
             Err(Rejection::QuotaExceeded(Box::new(QuotaExceeded {
                 meter: m.name.clone(),
                 limit: m.limit,
@@ -211,24 +241,42 @@ pub async fn reserve(
                 resets_at: m.window.end,
                 retry_after: m.window.seconds_to_reset(now),
                 meters,
+                burst,
             })))
         }
-        Err(e) => outage(e, caller, plan, route, default_outage),
+        Ok(Reserved::RateLimited { retry_after }) => match shared_burst {
+            Some(b) => Err(Rejection::RateLimited(b.exceeded(retry_after))),
+            None => Err(Rejection::Internal(
+                "the store rate-limited a call without a burst limit",
+            )),
+        },
+        Err(e) => outage(e, caller, plan_state, route, default_outage),
     }
 }
 
 fn outage(
     e: StoreError,
     caller: &Caller,
-    plan: &Plan,
+    plan_state: &PlanState,
     route: &Route,
     default: OnOutage,
 ) -> Result<Usage, Rejection> {
+    let plan = &*plan_state.plan;
     match plan.on_outage.unwrap_or(default) {
         OnOutage::FailOpen => {
+            // A shared burst limit the store cannot count is kept by this instance meanwhile.
+            let burst = match (&plan_state.shared_burst, &plan_state.burst) {
+                (Some(_), Some(local)) => Some(
+                    local
+                        .check(&caller.tenant.name)
+                        .map_err(Rejection::RateLimited)?,
+                ),
+                _ => None,
+            };
             tracing::warn!(tenant = %caller.tenant.name, route = %route.name, error = %e, "Store unavailable; admitting the call unmetered (fail_open).");
             Ok(Usage {
                 metered: false,
+                burst,
                 ..Usage::default()
             })
         }

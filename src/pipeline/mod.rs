@@ -1,6 +1,6 @@
 //! The request path, in the order it happens (SPEC §3). One file per step:
-//! `route` → `identity` → `plan` (plan and feature) → `burst` → `meter`; `headers` builds the
-//! usage headers of the answer.
+//! `route` → `identity` → `plan` (plan and feature) → `burst` → `meter` (a shared burst limit is
+//! checked with the reservation); `headers` builds the usage headers of the answer.
 
 pub mod burst;
 pub mod client_ip;
@@ -183,7 +183,11 @@ impl Gateway {
                 config.auth.api_key_headers.clone(),
                 identity::static_index(config.tenants.values()),
             ),
-            plans: Plans::new(config.plans.values(), &metrics),
+            plans: Plans::new(
+                config.plans.values(),
+                &metrics,
+                !matches!(config.store.kind, crate::config::StoreKind::Embedded { .. }),
+            ),
             store,
             clock,
             on_outage: config.store.on_outage,
@@ -278,11 +282,13 @@ impl Gateway {
             );
         }
         step!(featured); // 4. may they
-        let burst = match &plan.burst {
-            Some(b) => Some(step!(b
+                         // 5. not too fast: here when each instance keeps the limit, with the reservation when
+                         // the store keeps it for all of them.
+        let burst = match (&plan.burst, &plan.shared_burst) {
+            (Some(b), None) => Some(step!(b
                 .check(&caller.tenant.name)
-                .map_err(Rejection::RateLimited))), // 5. not too fast
-            None => None,
+                .map_err(Rejection::RateLimited))),
+            _ => None,
         };
         refused.burst = burst;
         let now = self.clock.now();
@@ -305,6 +311,9 @@ impl Gateway {
             },
         )
         .await;
+        if let Err(Rejection::QuotaExceeded(q)) = &reserved {
+            refused.burst = refused.burst.or(q.burst);
+        }
         if let (true, Err(Rejection::QuotaExceeded(q))) = (self.milestones, &reserved) {
             refused.milestones.extend(
                 milestone::on_quota_exceeded(&self.store, &caller, &plan.plan, &q.meter, &q.meters)
@@ -335,7 +344,7 @@ impl Gateway {
             route,
             caller,
             plan: plan.plan.clone(),
-            burst,
+            burst: burst.or(usage.burst),
             usage,
             milestones,
             identify: refused.identify.take(),

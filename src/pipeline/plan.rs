@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use super::burst::BurstLimiter;
+use super::burst::{BurstLimiter, SharedBurst};
 use super::identity::Caller;
 use super::Rejection;
 use crate::config::{Plan, Route, Upgrade};
@@ -13,8 +13,13 @@ use crate::telemetry::metrics::{MeterSeries, Metrics};
 pub struct PlanState {
     /// The plan as configured.
     pub plan: Arc<Plan>,
-    /// Its burst limiter, if it has a rate limit.
+    /// Its burst limiter, if it has a rate limit: the limit itself when it is kept per
+    /// instance, the fallback while the store is down when it is shared.
     pub burst: Option<BurstLimiter>,
+    /// Its burst limit as the store counts it, when `rate_limit.shared` and the store is
+    /// shared by instances (Redis; the embedded store serves one instance, whose own limiter is
+    /// the same thing).
+    pub shared_burst: Option<SharedBurst>,
     /// Each meter's metric series.
     pub series: BTreeMap<String, Arc<MeterSeries>>,
 }
@@ -34,11 +39,21 @@ pub struct FeatureDenied {
 }
 
 impl Plans {
-    /// Runtime state for the configured plans.
-    pub fn new<'a>(plans: impl Iterator<Item = &'a Arc<Plan>>, metrics: &Metrics) -> Plans {
+    /// Runtime state for the configured plans; `shared_store` when the store is shared by
+    /// instances.
+    pub fn new<'a>(
+        plans: impl Iterator<Item = &'a Arc<Plan>>,
+        metrics: &Metrics,
+        shared_store: bool,
+    ) -> Plans {
         let plans = plans
             .map(|p| {
                 let burst = p.rate_limit.as_ref().map(BurstLimiter::new);
+                let shared_burst = p
+                    .rate_limit
+                    .as_ref()
+                    .filter(|r| r.shared && shared_store)
+                    .map(SharedBurst::new);
                 let series = p
                     .meters
                     .keys()
@@ -49,6 +64,7 @@ impl Plans {
                     PlanState {
                         plan: p.clone(),
                         burst,
+                        shared_burst,
                         series,
                     },
                 )
@@ -142,7 +158,7 @@ mod tests {
             routes: [{ name: e, match: { path: /e }, respond: { body: x }, feature: export }]\n";
         let config = crate::config::load_str("t.yaml", text, &|_| None).unwrap();
         let metrics = Metrics::unregistered().unwrap();
-        let plans = Plans::new(config.plans.values(), &metrics);
+        let plans = Plans::new(config.plans.values(), &metrics, false);
         let route = &config.routes[0];
         let Err(Rejection::FeatureNotInPlan(denied)) =
             plans.check_feature(&config.plans["free"], route)
@@ -166,7 +182,7 @@ mod tests {
         let config = crate::config::load_str("t.yaml", text, &|_| None).unwrap();
         let registry = prometheus::Registry::new();
         let metrics = Metrics::new(&registry).unwrap();
-        let plans = Plans::new(config.plans.values(), &metrics);
+        let plans = Plans::new(config.plans.values(), &metrics, false);
         let text = prometheus::TextEncoder::new()
             .encode_to_string(&registry.gather())
             .unwrap();

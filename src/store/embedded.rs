@@ -122,6 +122,8 @@ impl State {
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    /// A reservation's [`BurstCheck`](super::BurstCheck) is not looked at: the gateway never
+    /// sends one here, since with one instance its own burst limiter is the shared one.
     async fn reserve(
         self: Arc<Self>,
         reservation: Arc<Reservation>,
@@ -360,6 +362,7 @@ mod tests {
             let both = Arc::new(Reservation {
                 charges: vec![charge("a", 1, Some(2)), charge("b", 5, Some(5))],
                 replay: None,
+                burst: None,
             });
             assert_eq!(
                 s.clone().reserve(both.clone()).await.unwrap(),
@@ -375,6 +378,7 @@ mod tests {
             s.refund(&Reservation {
                 charges: vec![charge("b", 2, None)],
                 replay: None,
+                burst: None,
             })
             .await
             .unwrap();
@@ -417,6 +421,7 @@ mod tests {
         let one = |c| Reservation {
             charges: vec![c],
             replay: None,
+            burst: None,
         };
         s.clone()
             .reserve(Arc::new(one(charge("a", 1, None))))
@@ -425,6 +430,7 @@ mod tests {
         let two = Reservation {
             charges: vec![charge("a", 5, None), charge("gone", 1, None)],
             replay: None,
+            burst: None,
         };
         s.refund(&two).await.unwrap();
         assert_eq!(
@@ -444,6 +450,7 @@ mod tests {
         let r = Arc::new(Reservation {
             charges: vec![charge("a", 1, Some(5))],
             replay: Some(marker),
+            burst: None,
         });
         assert_eq!(
             s.clone().reserve(r.clone()).await.unwrap(),

@@ -48,6 +48,12 @@ pub fn replay(tenant: &str, key_sha256_hex: &str) -> String {
     format!("tg:{{{tenant}}}:idem:{key_sha256_hex}")
 }
 
+/// `tg:{<tenant>}:burst` — a shared burst limit's state: the theoretical arrival time of the
+/// tenant's next call, in microseconds of the store's clock (GCRA).
+pub fn burst(tenant: &str) -> String {
+    format!("tg:{{{tenant}}}:burst")
+}
+
 /// `tg:{<tenant>}:keys` — a tenant's runtime keys: key id → SHA-256 hex (hash), so a key can be
 /// revoked by its id.
 pub fn tenant_keys(tenant: &str) -> String {

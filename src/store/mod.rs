@@ -47,24 +47,41 @@ pub struct Adjustment {
     pub delta: i64,
 }
 
-/// One call's reservation: its charges, and its idempotency marker if the call carried an
-/// `Idempotency-Key`.
+/// One call's reservation: its charges, its idempotency marker if the call carried an
+/// `Idempotency-Key`, and its plan's burst limit when that is shared by every instance.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Reservation {
     /// The charges, all-or-nothing.
     pub charges: Vec<Charge>,
     /// Set when the call is admitted; a later call finding it is a charge-free replay.
     pub replay: Option<ReplayMarker>,
+    /// Checked before anything else: a call over it is refused with nothing charged.
+    pub burst: Option<BurstCheck>,
 }
 
 impl Reservation {
     /// One of the call's keys; they all carry the tenant's hash tag, so they share a slot.
     pub fn first_key(&self) -> Option<&str> {
-        self.replay
+        self.burst
             .as_ref()
-            .map(|m| m.key.as_str())
+            .map(|b| b.key.as_str())
+            .or_else(|| self.replay.as_ref().map(|m| m.key.as_str()))
             .or_else(|| self.charges.first().map(|c| c.key.as_str()))
     }
+}
+
+/// A burst limit counted in the store (`rate_limit.shared: true`), so that every instance
+/// draws on one allowance: GCRA, as `governor` does in memory, on the store's clock (Redis
+/// `TIME`), so instances whose clocks differ still agree. The key holds the theoretical
+/// arrival time in microseconds and expires once the allowance is full again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BurstCheck {
+    /// `tg:{<tenant>}:burst` (see [`keys::burst`]).
+    pub key: String,
+    /// Microseconds between calls at the sustained rate: `per` / `requests`, at least 1.
+    pub interval_us: u64,
+    /// Calls allowed at once.
+    pub size: u32,
 }
 
 /// `tg:{<tenant>}:idem:<sha256 of the Idempotency-Key>`, kept for 24 hours.
@@ -77,6 +94,10 @@ pub struct ReplayMarker {
 }
 
 /// The answer to an atomic check-and-reserve of several charges.
+///
+/// When the reservation carried a [`BurstCheck`] that admitted the call, the values of
+/// `Admitted`, `Replayed` and `Denied` end with one more: the calls left in the burst
+/// allowance after this one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reserved {
     /// Every charge fitted and was added; counter values after the reservation, in order.
@@ -90,6 +111,11 @@ pub enum Reserved {
         index: usize,
         /// Counter values, unchanged, in order.
         used: Vec<u64>,
+    },
+    /// The reservation's shared burst limit refused the call: nothing was added or checked.
+    RateLimited {
+        /// How long until a call would be admitted.
+        retry_after: Duration,
     },
 }
 
@@ -382,7 +408,11 @@ impl StoreHandle {
                                 tracing::warn!(error = %e, charges = ?owned, "A late reservation could not be refunded.");
                             }
                         }
-                        Ok(Reserved::Denied { .. } | Reserved::Replayed(_)) => {}
+                        Ok(
+                            Reserved::Denied { .. }
+                            | Reserved::Replayed(_)
+                            | Reserved::RateLimited { .. },
+                        ) => {}
                         Err(e) => {
                             late.with_label_values(&["unknown"]).inc();
                             tracing::warn!(error = %e, charges = ?owned, "A timed-out reservation's outcome is unknown.");

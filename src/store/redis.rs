@@ -373,6 +373,9 @@ fn evalsha_args<'a>(
     let mut calls = 0usize;
     for r in batch.clone() {
         calls += 1;
+        if let Some(burst) = &r.burst {
+            out.bytes(burst.key.as_bytes());
+        }
         if let Some(marker) = &r.replay {
             out.bytes(marker.key.as_bytes());
         }
@@ -384,6 +387,13 @@ fn evalsha_args<'a>(
     for r in batch {
         out.int(r.charges.len());
         out.int(r.replay.as_ref().map_or(0, |m| m.expire_at));
+        match &r.burst {
+            Some(b) => {
+                out.int(b.interval_us.max(1));
+                out.int(b.size);
+            }
+            None => out.int(0u64),
+        }
         for c in &r.charges {
             out.int(c.units);
             out.int(c.limit.map_or(-1i64, |l| l.min(i64::MAX as u64) as i64));
@@ -399,24 +409,29 @@ struct EvalshaSize {
     keys: usize,
     key_bytes: usize,
     /// Arguments: the command, the hash, the key count, the keys, the call count, and per call
-    /// its charge count and marker expiry, per charge units, limit and expiry.
+    /// its charge count, marker expiry, burst interval (and size, when it has one), per charge
+    /// units, limit and expiry.
     args: usize,
 }
 
 impl EvalshaSize {
     fn of<'a>(batch: impl Iterator<Item = &'a Reservation>) -> EvalshaSize {
         let (mut keys, mut key_bytes, mut calls, mut charges) = (0, 0, 0, 0);
+        let mut bursts = 0;
         for r in batch {
             calls += 1;
             charges += r.charges.len();
+            bursts += usize::from(r.burst.is_some());
             keys += r.charges.len() + usize::from(r.replay.is_some());
             key_bytes += r.charges.iter().map(|c| c.key.len()).sum::<usize>()
-                + r.replay.as_ref().map_or(0, |m| m.key.len());
+                + r.replay.as_ref().map_or(0, |m| m.key.len())
+                + r.burst.as_ref().map_or(0, |b| b.key.len());
         }
+        keys += bursts;
         EvalshaSize {
             keys,
             key_bytes,
-            args: 4 + keys + 2 * calls + 3 * charges,
+            args: 4 + keys + 3 * calls + bursts + 3 * charges,
         }
     }
 }
@@ -452,9 +467,10 @@ impl Args for Resp<'_> {
 }
 
 /// Splits the reserve script's reply into one answer per reservation. The reply is words
-/// separated by single spaces: per call, a status word only when it was not admitted (`r`
-/// replay, `dI` denied by counter I, `e` a counter holds no integer), then one value per
-/// counter (see `reserve.lua`).
+/// separated by single spaces: per call, a status word only when it was not admitted (`bU`
+/// refused by its burst limit for U microseconds, and nothing more; `r` replay, `dI` denied by
+/// counter I, `e` a counter holds no integer), then one value per counter and, with a burst
+/// limit, the calls left in it (see `reserve.lua`).
 fn parse_batch(
     reply: &[u8],
     batch: &[Arc<Reservation>],
@@ -464,6 +480,7 @@ fn parse_batch(
         Replayed,
         Denied(usize),
         NotAnInteger,
+        RateLimited(u64),
     }
     let malformed = || {
         StoreError::Backend(format!(
@@ -483,6 +500,11 @@ fn parse_batch(
             None => Status::Admitted,
             Some(b"r") => Status::Replayed,
             Some(b"e") => Status::NotAnInteger,
+            Some([b'b', wait @ ..]) => std::str::from_utf8(wait)
+                .ok()
+                .and_then(|w| w.parse::<u64>().ok())
+                .map(Status::RateLimited)
+                .ok_or_else(malformed)?,
             Some([b'd', index @ ..]) => std::str::from_utf8(index)
                 .ok()
                 .and_then(|i| i.parse::<usize>().ok())
@@ -490,6 +512,12 @@ fn parse_batch(
                 .map(|i| Status::Denied(i - 1))
                 .ok_or_else(malformed)?,
             Some(_) => return Err(malformed()),
+        };
+        // The counters' values, then the burst allowance left when the call has a burst limit;
+        // nothing for a call its burst limit refused.
+        let n = match status {
+            Status::RateLimited(_) => 0,
+            _ => n + usize::from(r.burst.is_some()),
         };
         let mut used = Vec::with_capacity(n);
         for _ in 0..n {
@@ -504,6 +532,9 @@ fn parse_batch(
             Status::Admitted => Ok(Reserved::Admitted(used)),
             Status::Replayed => Ok(Reserved::Replayed(used)),
             Status::Denied(index) => Ok(Reserved::Denied { index, used }),
+            Status::RateLimited(wait) => Ok(Reserved::RateLimited {
+                retry_after: Duration::from_micros(wait),
+            }),
             Status::NotAnInteger => Err(StoreError::Backend(
                 "a usage counter in Redis does not hold an integer; nothing was reserved".into(),
             )),
@@ -1059,8 +1090,9 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::{evalsha, pack_evalsha, parse_batch, parse_primaries, per_slot, slot, StoreError};
-    use crate::store::{Charge, ReplayMarker, Reservation, Reserved};
+    use crate::store::{BurstCheck, Charge, ReplayMarker, Reservation, Reserved};
     use std::sync::Arc;
+    use std::time::Duration;
 
     /// The reservation connection's own encoding is byte for byte what redis-rs sends for the
     /// same batch: markers and counters, an overage meter (no limit), a limit past `i64::MAX`.
@@ -1076,6 +1108,7 @@ mod tests {
             Reservation {
                 charges: vec![charge("tg:{acme}:m:requests:2026-12", 1, Some(1000))],
                 replay: None,
+                burst: None,
             },
             Reservation {
                 charges: vec![
@@ -1085,6 +1118,11 @@ mod tests {
                 replay: Some(ReplayMarker {
                     key: "tg:{beta}:idem:9f86d081".into(),
                     expire_at: 1_764_979_200,
+                }),
+                burst: Some(BurstCheck {
+                    key: "tg:{beta}:burst".into(),
+                    interval_us: 100_000,
+                    size: 20,
                 }),
             },
         ];
@@ -1096,7 +1134,7 @@ mod tests {
             String::from_utf8_lossy(&packed["leading bytes stay".len()..]),
             String::from_utf8_lossy(&expected)
         );
-        assert!(packed.starts_with(b"leading bytes stay*21\r\n$7\r\nEVALSHA\r\n"));
+        assert!(packed.starts_with(b"leading bytes stay*25\r\n$7\r\nEVALSHA\r\n"));
     }
 
     /// Calls of three tenants, interleaved: each slot's part runs once, in the batch's order,
@@ -1195,6 +1233,7 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
                         })
                         .collect(),
                     replay: None,
+                    burst: None,
                 })
             })
             .collect()
@@ -1239,6 +1278,45 @@ e7d1 127.0.0.1:30001@31001 myself,master - 0 0 1 connected 0-5460
         assert_eq!(
             answers(b"9007199254740992", &[1]),
             Some(vec![Ok(Reserved::Admitted(vec![9_007_199_254_740_992]))])
+        );
+    }
+
+    #[test]
+    fn a_burst_limit_adds_the_allowance_left_or_refuses_alone() {
+        let mut batch = calls(&[2, 1, 0, 3, 1]);
+        for r in &mut batch[..4] {
+            if let Some(r) = Arc::get_mut(r) {
+                r.burst = Some(BurstCheck {
+                    key: "tg:{t}:burst".into(),
+                    interval_us: 1000,
+                    size: 5,
+                });
+            }
+        }
+        let got: Vec<Result<Reserved, String>> =
+            parse_batch(b"3 4 2 b250000 1 d1 5 1 0 0 7", &batch)
+                .expect("a well-formed reply")
+                .into_iter()
+                .map(|a| a.map_err(|e| e.to_string()))
+                .collect();
+        assert_eq!(
+            got,
+            vec![
+                Ok(Reserved::Admitted(vec![3, 4, 2])),
+                Ok(Reserved::RateLimited {
+                    retry_after: Duration::from_millis(250)
+                }),
+                Ok(Reserved::Admitted(vec![1])),
+                Ok(Reserved::Denied {
+                    index: 0,
+                    used: vec![5, 1, 0, 0]
+                }),
+                Ok(Reserved::Admitted(vec![7])),
+            ]
+        );
+        assert!(
+            parse_batch(b"3 4", &batch[..1]).is_err(),
+            "the allowance left is missing"
         );
     }
 

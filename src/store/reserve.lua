@@ -5,14 +5,22 @@
 -- A call may carry an idempotency marker: if the marker exists, the call repeats one already
 -- admitted and is a replay, charged nothing; if it is admitted, the marker is set.
 --
--- KEYS: per call, its marker (only if it has one), then its counters.
+-- A call may also carry a shared burst limit (`rate_limit.shared`), checked first: GCRA on
+-- the server's clock, its state the theoretical arrival time (TAT) of the tenant's next call
+-- in microseconds. A call over it is refused before anything else is looked at.
+--
+-- KEYS: per call, its burst key (only if it has a burst limit), its marker (only if it has
+--       one), then its counters.
 -- ARGV: number of calls, then per call: its number of counters n, its marker's expire-at
---       (unix seconds; 0: no marker), then per counter: units, limit (-1: never blocks),
---       expire-at (unix seconds).
+--       (unix seconds; 0: no marker), its burst interval in microseconds (0: no burst limit)
+--       followed, when not 0, by the burst size; then per counter: units, limit (-1: never
+--       blocks), expire-at (unix seconds).
 -- Returns one string of space-separated words. Per call: a status word only when the call was
--- not admitted (`r` a replay, `dI` denied because counter I, 1-based, did not fit, `e` a
+-- not admitted (`bU` refused by the burst limit, retry after U microseconds, and nothing else
+-- for that call; `r` a replay, `dI` denied because counter I, 1-based, did not fit, `e` a
 -- counter does not hold an integer), then its n counter values (after the reservation when
--- admitted, unchanged otherwise). An admitted call, the common case, is just its values.
+-- admitted, unchanged otherwise), then, when it has a burst limit, the calls left in it. An
+-- admitted call, the common case, is just its values.
 --
 -- What this script costs Redis is what each batch waits for, so the common case is kept to
 -- one INCRBY per counter and little else:
@@ -32,6 +40,7 @@
 local out = {}
 local k = 0 -- KEYS consumed
 local a = 2 -- next ARGV
+local now = nil -- the server's clock in microseconds, read once, when a call needs it
 
 -- The value of counter `key`, read: 0 when absent, nil when it does not hold an integer.
 local function read(key)
@@ -43,17 +52,47 @@ local function read(key)
   return v
 end
 
+-- Takes one call from the allowance at `key` (GCRA: each call moves the TAT on by `interval`;
+-- a call is admitted while the TAT stays within `size` intervals of now). Returns the calls
+-- left after it, or nil and the microseconds until one would be admitted.
+local function take_burst(key, interval, size)
+  if now == nil then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  end
+  local raw = redis.pcall('GET', key)
+  local tat = type(raw) == 'string' and tonumber(raw) or now
+  if tat < now then tat = now end
+  local next_tat = tat + interval
+  local allowed_at = next_tat - size * interval
+  if now < allowed_at then
+    return nil, allowed_at - now
+  end
+  redis.call('SET', key, string.format('%d', next_tat), 'PX',
+    string.format('%d', math.ceil((next_tat - now) / 1000)))
+  return math.floor((now - allowed_at) / interval), 0
+end
+
 for _ = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[a])
   local marker_exp = ARGV[a + 1]
-  a = a + 2
+  local interval = ARGV[a + 2]
+  a = a + 3
+  local left, wait = nil, 0
+  if interval ~= '0' then
+    k = k + 1
+    left, wait = take_burst(KEYS[k], tonumber(interval), tonumber(ARGV[a]))
+    a = a + 1
+  end
   local marker = nil
   if marker_exp ~= '0' then
     k = k + 1
     marker = KEYS[k]
   end
   local used, status, denied = {}, 1, 0
-  if marker and redis.call('EXISTS', marker) == 1 then
+  if wait > 0 then
+    status = 3
+  elseif marker and redis.call('EXISTS', marker) == 1 then
     -- A replay is charged nothing: report the counters as they are.
     status = 2
     for i = 1, n do
@@ -103,14 +142,16 @@ for _ = 1, tonumber(ARGV[1]) do
       end
     end
   end
-  if status == 2 then
+  if status == 3 then
+    out[#out + 1] = 'b' .. string.format('%d', wait)
+  elseif status == 2 then
     out[#out + 1] = 'r'
   elseif status == 0 then
     out[#out + 1] = 'd' .. denied
   elseif status == -1 then
     out[#out + 1] = 'e'
   end
-  for i = 1, n do
+  for i = 1, (status == 3 and 0 or n) do
     -- table.concat writes a number with %.14g: exact below 1e14, in exponent form above.
     local v = used[i]
     if v < 1e14 and v > -1e14 then
@@ -119,6 +160,7 @@ for _ = 1, tonumber(ARGV[1]) do
       out[#out + 1] = string.format('%d', v)
     end
   end
+  if left ~= nil then out[#out + 1] = left end
   k = k + n
   a = a + 3 * n
 end

@@ -195,6 +195,47 @@ async fn concurrent_calls_of_tenants_on_three_nodes_through_two_gateways_never_o
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_burst_limit_holds_across_gateways_beside_other_nodes_tenants() {
+    let mut s = Setup::start().await;
+    s.yaml = s.yaml.replace(
+        "  fifty:\n    meters:",
+        "  fifty:\n    rate_limit: { requests: 1, per: 1h, burst: 30, shared: true }\n    meters:",
+    );
+    let a = s.gateway().await;
+    let b = s.gateway().await;
+
+    // 100 calls of `delta` (a burst of 30, on one node) and 100 of `acme` (no burst limit, on
+    // another), at once, interleaved across the two gateways: batches mix the two slots.
+    let mut tasks = Vec::new();
+    for i in 0..200usize {
+        let (tenant, key) = [("delta", DELTA_KEY), ("acme", ACME_KEY)][i % 2];
+        let url = [&a, &b][(i / 2) % 2].url("/v1/items");
+        let client = s.client.clone();
+        tasks.push(tokio::spawn(async move {
+            (tenant, get(&client, &url, Some(key)).await.status)
+        }));
+    }
+    let mut statuses: BTreeMap<(&str, u16), usize> = BTreeMap::new();
+    for task in tasks {
+        let (tenant, status) = task.await.unwrap();
+        *statuses.entry((tenant, status)).or_insert(0) += 1;
+    }
+
+    assert_eq!(
+        statuses,
+        BTreeMap::from([
+            (("acme", 200), 100),
+            (("delta", 200), 30),
+            (("delta", 429), 70)
+        ]),
+        "{}",
+        a.stderr()
+    );
+    assert_eq!(s.counter("delta").await, 30, "a 429 charges nothing");
+    assert_eq!(s.counter("acme").await, 100);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn refunds_and_a_flushed_script_cache_keep_the_count_exact() {
     let s = Setup::start().await;

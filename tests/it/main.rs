@@ -39,6 +39,7 @@ mod request_id;
 mod runtime_keys;
 mod schema;
 mod server_tls;
+mod shared_burst;
 mod store_tls;
 mod stripe_meter;
 mod telemetry;

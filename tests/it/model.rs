@@ -64,7 +64,11 @@ fn reservation(
         key: format!("tg:{{t{tenant}}}:idem:k{r}"),
         expire_at,
     });
-    Reservation { charges, replay }
+    Reservation {
+        charges,
+        replay,
+        burst: None,
+    }
 }
 
 /// Runs `ops` on `store` and on the model; panics on the first difference.
@@ -250,6 +254,7 @@ async fn a_refused_reservation_leaves_redis_exactly_as_it_was() {
     let admitted = Reservation {
         charges: vec![charge("full", 3, Some(3)), charge("kept", 2, Some(10))],
         replay: None,
+        burst: None,
     };
     let got = store.clone().reserve(Arc::new(admitted)).await.unwrap();
     assert_eq!(got, Reserved::Admitted(vec![3, 2]));
@@ -275,6 +280,7 @@ async fn a_refused_reservation_leaves_redis_exactly_as_it_was() {
                 key: "tg:{t}:idem:x".into(),
                 expire_at,
             }),
+            burst: None,
         };
         let got = store.clone().reserve(Arc::new(r)).await.unwrap();
         let Reserved::Denied { used, .. } = got else {
