@@ -307,7 +307,6 @@ where
     }
 }
 
-/// Applies plan overrides set on any instance (see `Store::follow_plans`).
 /// pingora's TLS listener takes callbacks or certificate files; the certificate comes from
 /// [`crate::tls::ServerCert`] instead, and nothing needs calling back.
 struct NoTlsCallbacks;
@@ -315,6 +314,7 @@ struct NoTlsCallbacks;
 #[async_trait]
 impl pingora::listeners::TlsAccept for NoTlsCallbacks {}
 
+/// Applies plan overrides set on any instance (see `Store::follow_plans`).
 struct PlanFollower {
     store: StoreHandle,
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use http::HeaderValue;
 
 use super::decode::Decoder;
-use super::model::Cors;
+use super::model::{Cors, OriginPattern};
 use super::node::{Node, Value};
 use super::sections::opt_duration;
 
@@ -49,8 +49,13 @@ pub(super) fn cors(d: &mut Decoder, n: &Node) -> Option<Cors> {
         }
         let mut ok = true;
         for (origin, pos) in &list {
-            if origin != "*" && !is_origin(origin) {
-                d.err(*pos, format!("`cors.allow_origins`: \"{origin}\" is not an origin such as \"https://app.example.com\" (scheme, host and optional port; no path), nor \"*\""));
+            if origin.contains('*') && origin != "*" {
+                if let Err(why) = origin_pattern(origin) {
+                    d.err(*pos, format!("`cors.allow_origins`: \"{origin}\" {why}"));
+                    ok = false;
+                }
+            } else if origin != "*" && !is_origin(origin) {
+                d.err(*pos, format!("`cors.allow_origins`: \"{origin}\" is not an origin such as \"https://app.example.com\" (scheme, host and optional port; no path), a pattern such as \"https://*.example.com\", nor \"*\""));
                 ok = false;
             }
         }
@@ -113,7 +118,11 @@ pub(super) fn cors(d: &mut Decoder, n: &Node) -> Option<Cors> {
     };
     Some(Cors {
         any_origin: origins.iter().any(|o| o == "*"),
-        origins: origins.into_iter().filter(|o| o != "*").collect(),
+        origin_patterns: origins
+            .iter()
+            .filter_map(|o| origin_pattern(o).ok())
+            .collect(),
+        origins: origins.into_iter().filter(|o| !o.contains('*')).collect(),
         allow_methods: value(methods?, "allow_methods", d)?,
         allow_headers: value(headers?, "allow_headers", d)?,
         expose_headers: value(exposed.join(", "), "expose_headers", d)?,
@@ -150,6 +159,25 @@ fn list_value(
 }
 
 /// `scheme://host[:port]`, as browsers send `Origin`.
+/// `scheme://*.domain[:port]`, the wildcard standing for one or more labels; the domain needs
+/// a dot, so that a pattern cannot allow a whole top-level domain (`https://*.com`).
+fn origin_pattern(s: &str) -> Result<OriginPattern, &'static str> {
+    const SHAPE: &str = "is not a pattern such as \"https://*.example.com\": the wildcard stands for the first labels of the host only";
+    let (scheme, rest) = s.split_once("://").ok_or(SHAPE)?;
+    let domain = rest.strip_prefix("*.").ok_or(SHAPE)?;
+    if domain.contains('*') || !is_origin(&format!("{scheme}://{domain}")) {
+        return Err(SHAPE);
+    }
+    let host = domain.rsplit_once(':').map_or(domain, |(h, _)| h);
+    if !host.contains('.') {
+        return Err("would allow every site under a top-level domain; name the domain (\"https://*.example.com\")");
+    }
+    Ok(OriginPattern {
+        prefix: format!("{scheme}://"),
+        suffix: format!(".{domain}"),
+    })
+}
+
 fn is_origin(s: &str) -> bool {
     let Some((scheme, rest)) = s.split_once("://") else {
         return false;
@@ -164,7 +192,44 @@ fn is_origin(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_origin;
+    use super::{is_origin, origin_pattern};
+
+    #[test]
+    fn wildcard_origins_match_subdomains_of_their_domain_only() {
+        let p = origin_pattern("https://*.example.com").unwrap();
+        for ok in [
+            "https://app.example.com",
+            "https://pr-12.preview.example.com",
+        ] {
+            assert!(p.matches(ok.as_bytes()), "{ok}");
+        }
+        for no in [
+            "https://example.com",
+            "https://.example.com",
+            "https://evil-example.com",
+            "https://evil.com.example.co",
+            "http://app.example.com",
+            "https://app.example.com:8443",
+            "https://a..example.com",
+            "https://user@app.example.com",
+            "https://App.example.com",
+        ] {
+            assert!(!p.matches(no.as_bytes()), "{no}");
+        }
+        let with_port = origin_pattern("http://*.localhost.test:3000").unwrap();
+        assert!(with_port.matches(b"http://a.localhost.test:3000"));
+        assert!(!with_port.matches(b"http://a.localhost.test"));
+        for bad in [
+            "https://*.com",
+            "https://app.*.example.com",
+            "https://*example.com",
+            "*.example.com",
+            "https://*.example.com/path",
+            "https://*.*.example.com",
+        ] {
+            assert!(origin_pattern(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn origins() {

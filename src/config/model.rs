@@ -50,6 +50,8 @@ pub struct Cors {
     pub any_origin: bool,
     /// The origins listed, exactly as browsers send them.
     pub origins: Vec<String>,
+    /// The origins listed with a wildcard first label (`https://*.example.com`).
+    pub origin_patterns: Vec<OriginPattern>,
     /// `Access-Control-Allow-Methods` of a preflight's answer.
     pub allow_methods: HeaderValue,
     /// `Access-Control-Allow-Headers` of a preflight's answer.
@@ -65,7 +67,41 @@ pub struct Cors {
 impl Cors {
     /// Whether `origin` may call.
     pub fn allows(&self, origin: &[u8]) -> bool {
-        self.any_origin || self.origins.iter().any(|o| o.as_bytes() == origin)
+        self.any_origin
+            || self.origins.iter().any(|o| o.as_bytes() == origin)
+            || self.origin_patterns.iter().any(|p| p.matches(origin))
+    }
+}
+
+/// An allowed origin whose host starts with a wildcard, `https://*.example.com[:port]`: the
+/// scheme and port must be the pattern's and the host one or more labels under the domain
+/// (`https://pr-12.preview.example.com`), never the domain itself nor another domain ending
+/// the same way (`https://evil-example.com`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginPattern {
+    /// `https://`
+    pub prefix: String,
+    /// `.example.com`, with the port when the pattern has one.
+    pub suffix: String,
+}
+
+impl OriginPattern {
+    /// Whether `origin` is one of the pattern's.
+    pub fn matches(&self, origin: &[u8]) -> bool {
+        let Some(labels) = origin
+            .strip_prefix(self.prefix.as_bytes())
+            .and_then(|rest| rest.strip_suffix(self.suffix.as_bytes()))
+        else {
+            return false;
+        };
+        // Host name labels as browsers send them (lowercase); no port, path or user part can
+        // hide in them, and no empty label.
+        !labels.is_empty()
+            && labels.split(|b| *b == b'.').all(|l| {
+                !l.is_empty()
+                    && l.iter()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+            })
     }
 }
 

@@ -95,7 +95,7 @@ pub fn schema() -> Value {
             },
             "telemetry": telemetry(),
             "cors": obj("Browser calls from other origins: the gateway answers preflights itself and lets listed origins read every answer.", &["allow_origins"], &[
-                ("allow_origins", list("Origins allowed to call, exactly as browsers send them (https://app.example.com), or \"*\" for any.", string("An origin, or *."))),
+                ("allow_origins", list("Origins allowed to call, exactly as browsers send them (https://app.example.com), patterns for every subdomain of a domain (https://*.example.com), or \"*\" for any.", string("An origin, a pattern, or *."))),
                 ("allow_methods", list("Methods a preflight may ask for (default GET, HEAD, POST, PUT, PATCH, DELETE).", string("A method."))),
                 ("allow_headers", list("Request headers a preflight may ask for (default authorization, x-api-key, content-type, idempotency-key).", string("A header name."))),
                 ("expose_headers", list("Answer headers scripts may read, besides the gateway's own (RateLimit, Tollgate-Upgrade, ...).", string("A header name."))),

@@ -96,6 +96,40 @@ async fn an_origin_not_listed_gets_no_permission() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_wildcard_origin_allows_its_subdomains_and_nothing_else() {
+    let yaml = YAML.replace(
+        r#"allow_origins: ["https://app.example.com"]"#,
+        r#"allow_origins: ["https://*.preview.example.com"]"#,
+    );
+    let stack = Stack::start(&yaml).await;
+    let preview = "https://pr-7.preview.example.com";
+
+    let preflight = send(&stack, Method::OPTIONS, preview, None).await;
+    let call = send(&stack, Method::GET, preview, Some(ACME_KEY)).await;
+
+    assert_eq!(preflight.status, 204);
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some(preview),
+        "the caller's own origin, echoed"
+    );
+    assert_eq!(call.status, 200, "{}", call.body);
+    assert_eq!(call.header("access-control-allow-origin"), Some(preview));
+    for other in [
+        "https://preview.example.com",
+        "https://evil-preview.example.com",
+        "http://pr-7.preview.example.com",
+    ] {
+        let preflight = send(&stack, Method::OPTIONS, other, None).await;
+        assert_eq!(
+            preflight.header("access-control-allow-origin"),
+            None,
+            "{other}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_listed_origin_can_read_the_usage_headers_and_the_402() {
     let stack = Stack::start(YAML).await;
 
