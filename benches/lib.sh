@@ -251,7 +251,8 @@ bench_key() {
 # on a plan metering `requests` in the Redis on REDIS_PORT, up to `routes:` (the caller adds
 # its routes, and any other section, after it).
 # SERVER_EXTRA (environment): more `server` settings for the gateways, e.g.
-# SERVER_EXTRA="request_id: true", to measure what a setting costs.
+# SERVER_EXTRA="request_id: true", to measure what a setting costs; PLAN_EXTRA likewise for
+# the bench plan, e.g. PLAN_EXTRA="rate_limit: { requests: 1000000000, per: 1s, shared: true }".
 metered_gateway() {
   local store="{ kind: redis, url: \"redis://127.0.0.1:$REDIS_PORT/0\" }"
   if [[ -n ${REDIS_TLS_PORT:-} ]]; then
@@ -262,7 +263,7 @@ server: { listen: "127.0.0.1:$1", threads: 1, grace_period: 1s${SERVER_EXTRA:+, 
 store: $store
 upstreams: { origin: { targets: ["127.0.0.1:$ORIGIN_PORT"] } }
 tenants: { bench: { plan: bench, keys: [{ id: bench-key, sha256: "$KEY_SHA" }] } }
-plans: { bench: { meters: { requests: { limit: 1000000000, period: month } } } }
+plans: { bench: { meters: { requests: { limit: 1000000000, period: month } }${PLAN_EXTRA:+, $PLAN_EXTRA} } }
 CONF
 }
 
