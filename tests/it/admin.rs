@@ -233,3 +233,70 @@ fn the_grafana_dashboard_only_uses_exported_metric_names() {
         );
     }
 }
+
+/// Every rule of `config/prometheus-alerts.yaml` names metrics tollgate exports, matches label
+/// values the source emits, and carries a severity and a summary. (`promtool check rules`
+/// validates the PromQL itself.)
+#[test]
+fn the_alert_rules_only_use_exported_metrics_and_label_values() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(root.join("config/prometheus-alerts.yaml")).unwrap();
+    let rules: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    let metrics = std::fs::read_to_string(root.join("src/telemetry/metrics.rs")).unwrap();
+    let mut source = String::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    let mut count = 0;
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            count += 1;
+            let name = rule["alert"].as_str().unwrap();
+            let expr = rule["expr"].as_str().unwrap();
+            assert!(
+                ["critical", "warning"]
+                    .contains(&rule["labels"]["severity"].as_str().unwrap_or("")),
+                "{name}: no severity"
+            );
+            assert!(
+                rule["annotations"]["summary"].is_string(),
+                "{name}: no summary"
+            );
+            let mut metric_names = 0;
+            for (at, _) in expr.match_indices("tollgate_") {
+                let word: String = expr[at..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                let base = word.strip_suffix("_bucket").unwrap_or(&word);
+                assert!(
+                    metrics.contains(&format!("\"{base}\"")),
+                    "{name} uses {word}, which src/telemetry/metrics.rs does not export"
+                );
+                metric_names += 1;
+                // Label matchers right after the name: each value must be one the code emits.
+                let rest = &expr[at + word.len()..];
+                if let Some(matchers) = rest.strip_prefix('{').and_then(|r| r.split_once('}')) {
+                    for matcher in matchers.0.split(',') {
+                        let (label, value) = matcher.split_once('=').unwrap();
+                        let value = value.trim().trim_matches('"');
+                        assert!(
+                            source.contains(&format!("\"{value}\"")),
+                            "{name}: {word}{{{label}=\"{value}\"}} matches a value the source never emits"
+                        );
+                    }
+                }
+            }
+            assert!(metric_names > 0, "{name} names no tollgate metric");
+        }
+    }
+    assert!(count >= 10, "{count} rules");
+}
