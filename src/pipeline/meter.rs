@@ -177,10 +177,13 @@ pub async fn reserve(
     if counts_activation {
         charges.extend(activation);
     }
-    let replay = idempotency_key.map(|k| ReplayMarker {
-        key: keys::replay(&caller.tenant.name, &crate::keys::sha256_hex(k)),
-        expire_at: now.as_second() + REPLAY_WINDOW_SECS,
-    });
+    // A call that charges nothing (only a shared burst limit to check) has nothing to replay.
+    let replay = idempotency_key
+        .filter(|_| !charges.is_empty())
+        .map(|k| ReplayMarker {
+            key: keys::replay(&caller.tenant.name, &crate::keys::sha256_hex(k)),
+            expire_at: now.as_second() + REPLAY_WINDOW_SECS,
+        });
     let reservation = Arc::new(Reservation {
         charges,
         replay,

@@ -282,8 +282,9 @@ impl Gateway {
             );
         }
         step!(featured); // 4. may they
-                         // 5. not too fast: here when each instance keeps the limit, with the reservation when
-                         // the store keeps it for all of them.
+
+        // 5. not too fast: here when each instance keeps the limit; with the reservation when
+        // the store keeps it for all of them.
         let burst = match (&plan.burst, &plan.shared_burst) {
             (Some(b), None) => Some(step!(b
                 .check(&caller.tenant.name)
