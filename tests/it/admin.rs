@@ -211,7 +211,7 @@ async fn metrics_parse_as_prometheus_text_and_the_spec_names_move_with_calls() {
 #[test]
 fn the_grafana_dashboard_only_uses_exported_metric_names() {
     let dashboard = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/grafana-dashboard.json"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring/grafana-dashboard.json"),
     )
     .unwrap();
     let source = std::fs::read_to_string(
@@ -234,13 +234,13 @@ fn the_grafana_dashboard_only_uses_exported_metric_names() {
     }
 }
 
-/// Every rule of `config/prometheus-alerts.yaml` names metrics tollgate exports, matches label
+/// Every rule of `monitoring/prometheus-alerts.yaml` names metrics tollgate exports, matches label
 /// values the source emits, and carries a severity and a summary. (`promtool check rules`
 /// validates the PromQL itself.)
 #[test]
 fn the_alert_rules_only_use_exported_metrics_and_label_values() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(root.join("config/prometheus-alerts.yaml")).unwrap();
+    let text = std::fs::read_to_string(root.join("monitoring/prometheus-alerts.yaml")).unwrap();
     let rules: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
     let metrics = std::fs::read_to_string(root.join("src/telemetry/metrics.rs")).unwrap();
     let mut source = String::new();
