@@ -1,6 +1,7 @@
 //! The Redis backend: one Lua script per reservation, over one multiplexed connection.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,8 +51,8 @@ pub struct RedisStore {
 /// What the batching task and direct calls both use.
 struct Shared {
     backend: Backend,
-    conn: OnceCell<Conn>,
-    control: OnceCell<Conn>,
+    conn: Slot,
+    control: Slot,
     reserve: Script,
     refund: Script,
     lookup: Script,
@@ -141,8 +142,8 @@ impl RedisStore {
     fn with_backend(backend: Backend, pipe: Option<pipe::Pipe>) -> RedisStore {
         let shared = Shared {
             backend,
-            conn: OnceCell::new(),
-            control: OnceCell::new(),
+            conn: Slot::default(),
+            control: Slot::default(),
             reserve: Script::new(include_str!("reserve.lua")),
             refund: Script::new(include_str!("refund.lua")),
             lookup: Script::new(include_str!("lookup_key.lua")),
@@ -174,10 +175,36 @@ enum Backend {
 }
 
 /// A connection to either backend; cheap to clone, like the connections it wraps.
+///
+/// A server that answers `READONLY` was demoted to a replica by a failover, and redis-rs keeps
+/// the connection (it reconnects only when the socket fails). A managed Redis moves its
+/// endpoint's name to the new primary, so the connection is marked stale and the next
+/// [`Slot::get`] connects afresh. (A cluster follows its primaries itself.)
 #[derive(Clone)]
-enum Conn {
+struct Conn {
+    kind: ConnKind,
+    stale: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+enum ConnKind {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+}
+
+/// The message of a connection given up because the server became a replica.
+pub(crate) const REPLICA: &str =
+    "Redis answered READONLY: the server is a replica now (a failover?); connecting again";
+
+fn is_readonly(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+fn holds_readonly(v: &redis::Value) -> bool {
+    match v {
+        redis::Value::ServerError(e) => e.kind() == Some(redis::ServerErrorKind::ReadOnly),
+        _ => false,
+    }
 }
 
 impl ConnectionLike for Conn {
@@ -185,9 +212,16 @@ impl ConnectionLike for Conn {
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
-            Conn::Cluster(c) => c.req_packed_command(cmd),
+        let Conn { kind, stale } = self;
+        match kind {
+            ConnKind::Single(c) => Box::pin(async move {
+                let reply = c.req_packed_command(cmd).await;
+                if reply.as_ref().map_or_else(is_readonly, holds_readonly) {
+                    stale.store(true, Ordering::Relaxed);
+                }
+                reply
+            }),
+            ConnKind::Cluster(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -197,25 +231,72 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        let Conn { kind, stale } = self;
+        match kind {
+            ConnKind::Single(c) => Box::pin(async move {
+                let replies = c.req_packed_commands(pipeline, offset, count).await;
+                let readonly = match &replies {
+                    Ok(values) => values.iter().any(holds_readonly),
+                    Err(e) => is_readonly(e),
+                };
+                if readonly {
+                    stale.store(true, Ordering::Relaxed);
+                }
+                replies
+            }),
+            ConnKind::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
-        match self {
-            Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+        match &self.kind {
+            ConnKind::Single(c) => c.get_db(),
+            ConnKind::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+/// A connection made on first use, and made again once a failover marked it stale.
+#[derive(Default)]
+struct Slot {
+    current: arc_swap::ArcSwapOption<Conn>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn fresh(&self) -> Option<Conn> {
+        self.current
+            .load()
+            .as_deref()
+            .filter(|c| !c.stale.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// The connection, made by `connect` when there is none or it is stale.
+    async fn get(
+        &self,
+        connect: impl std::future::Future<Output = Result<Conn, StoreError>>,
+    ) -> Result<Conn, StoreError> {
+        if let Some(conn) = self.fresh() {
+            return Ok(conn);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(conn) = self.fresh() {
+            return Ok(conn);
+        }
+        if self.current.load().is_some() {
+            tracing::warn!("{REPLICA}.");
+        }
+        let conn = connect.await?;
+        self.current.store(Some(Arc::new(conn.clone())));
+        Ok(conn)
     }
 }
 
 impl Shared {
     /// The request path's connection: reservations, refunds, settlements, key look-ups.
     async fn conn(&self) -> Result<Conn, StoreError> {
-        let conn = self.conn.get_or_try_init(|| self.connect()).await?;
-        Ok(conn.clone())
+        self.conn.get(self.connect()).await
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
@@ -223,12 +304,16 @@ impl Shared {
             Backend::Single { client, config } => {
                 ConnectionManager::new_with_config(client.clone(), config.clone())
                     .await
-                    .map(Conn::Single)
+                    .map(ConnKind::Single)
             }
             Backend::Cluster { cluster, .. } => {
-                cluster.get_async_connection().await.map(Conn::Cluster)
+                cluster.get_async_connection().await.map(ConnKind::Cluster)
             }
         }
+        .map(|kind| Conn {
+            kind,
+            stale: Arc::default(),
+        })
         .map_err(backend)
     }
 
@@ -262,8 +347,7 @@ impl Shared {
     /// every reservation would hop to that runtime's thread and back (measured: the proxy
     /// thread then spends a quarter of its time waking it).
     async fn control(&self) -> Result<Conn, StoreError> {
-        let conn = self.control.get_or_try_init(|| self.connect()).await?;
-        Ok(conn.clone())
+        self.control.get(self.connect()).await
     }
 
     /// Runs a batch of reservations in one script call. Each reservation is still decided on
@@ -560,8 +644,8 @@ async fn scan_tenants(
             .arg("tg:{*}:tenant")
             .arg("COUNT")
             .arg(1000);
-        let (next, batch): (u64, Vec<String>) = match (&mut *conn, node) {
-            (Conn::Cluster(cluster), Some((host, port))) => {
+        let (next, batch): (u64, Vec<String>) = match (&mut conn.kind, node) {
+            (ConnKind::Cluster(cluster), Some((host, port))) => {
                 let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
                     host: host.clone(),
                     port: *port,
@@ -569,7 +653,7 @@ async fn scan_tenants(
                 let value = cluster.route_command(cmd, routing).await.map_err(backend)?;
                 redis::from_redis_value(value).map_err(|e| StoreError::Backend(e.to_string()))?
             }
-            (conn, _) => cmd.query_async(conn).await.map_err(backend)?,
+            _ => cmd.query_async(conn).await.map_err(backend)?,
         };
         names.extend(batch);
         if next == 0 {

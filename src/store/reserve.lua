@@ -105,6 +105,11 @@ for _ = 1, tonumber(ARGV[1]) do
     for i = 1, n do
       local j = a + 3 * (i - 1) -- this counter's units; its limit and expire-at follow
       local v = redis.pcall('INCRBY', KEYS[k + i], ARGV[j])
+      if type(v) == 'table' and v.err and string.sub(v.err, 1, 8) == 'READONLY' then
+        -- A replica now (a failover): nothing can have been written. The error goes back as
+        -- it is, so the gateway connects again, to the new primary.
+        return redis.error_reply(v.err)
+      end
       if type(v) ~= 'number' then
         status = -1 -- not an integer (or out of range): INCRBY changed nothing
         break

@@ -18,6 +18,7 @@ mod check;
 mod cluster;
 mod cors;
 mod embedded;
+mod failover;
 mod harness;
 mod health_check;
 mod http2;

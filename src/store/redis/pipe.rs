@@ -514,6 +514,16 @@ impl Link {
                             answer(calls, |_| result);
                         });
                     }
+                    Ok(Frame::Error(e)) if e.starts_with("READONLY") => {
+                        // The server was demoted to a replica (a failover): nothing ran. The
+                        // connection is given up, so the next call connects afresh, to where
+                        // the URL's name points now (a managed Redis moves it to the new
+                        // primary).
+                        tracing::warn!("{}.", super::REPLICA);
+                        answer(calls, |_| Err(StoreError::Backend(e)));
+                        bad = Some(super::REPLICA.to_string());
+                        break;
+                    }
                     Ok(Frame::Error(e)) => {
                         answer(calls, |_| Err(StoreError::Backend(e)));
                     }

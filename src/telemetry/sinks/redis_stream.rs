@@ -148,7 +148,9 @@ impl RedisStreamSink {
     /// Sends the batch, [`PIPELINE`] commands at a time, and checks one reply per event. The
     /// connection is taken for the duration: one that fails, or a batch that times out
     /// (`deliver` drops this future), is dropped with it and the next batch connects afresh.
-    /// An error reply keeps it: every reply was read, so it is still in step.
+    /// An error reply keeps it: every reply was read, so it is still in step; except
+    /// `READONLY`, from a server a failover demoted to a replica: the next batch connects
+    /// afresh, to where the URL's name points now.
     async fn send(&mut self, batch: &[Bytes]) -> Result<(), SinkError> {
         let mut conn = match self.conn.take() {
             Some(conn) => conn,
@@ -167,7 +169,12 @@ impl RedisStreamSink {
                 }
             }
         }
-        self.conn = Some(conn);
+        if !first_error
+            .as_ref()
+            .is_some_and(|e| e.starts_with("READONLY"))
+        {
+            self.conn = Some(conn);
+        }
         match first_error {
             None => Ok(()),
             Some(e) => Err(SinkError::RedisReply(e)),

@@ -3,6 +3,7 @@
 pub mod clock;
 pub mod cluster;
 pub mod events;
+pub mod forwarder;
 pub mod gateway;
 pub mod http;
 pub mod jwt;
