@@ -488,6 +488,8 @@ pub struct Plan {
     pub header: Option<HeaderValue>,
     /// Burst limit, if any.
     pub rate_limit: Option<RateLimit>,
+    /// Most calls of one tenant in flight at once on each instance, if limited.
+    pub concurrency: Option<std::num::NonZeroU32>,
     /// Metered quotas, by meter name.
     pub meters: BTreeMap<String, MeterPolicy>,
     /// Features this plan includes.

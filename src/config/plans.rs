@@ -33,12 +33,22 @@ fn plan(d: &mut Decoder, name: String, n: &Node, names: &BTreeSet<String>) -> Op
     let f = d.fields(
         n,
         &what,
-        &["rate_limit", "meters", "features", "upgrade", "on_outage"],
+        &[
+            "rate_limit",
+            "concurrency",
+            "meters",
+            "features",
+            "upgrade",
+            "on_outage",
+        ],
     )?;
-    let rate_limit = match f.get("rate_limit") {
-        Some(r) => Some(rate_limit(d, r, &what)?),
-        None => None,
-    };
+    // Checked now and given up on only at the end, so the plan's other mistakes are reported
+    // too.
+    let rate_limit = f.get("rate_limit").map(|r| rate_limit(d, r, &what));
+    let concurrency = f.get("concurrency").map(|c| {
+        d.int(c, "`concurrency`", 1, u32::MAX as i64)
+            .and_then(|v| NonZeroU32::new(u32::try_from(v).ok()?))
+    });
     let mut meters = BTreeMap::new();
     if let Some(m) = f.get("meters") {
         for (meter, pos, v) in d.named(m, "`meters`") {
@@ -97,11 +107,20 @@ fn plan(d: &mut Decoder, name: String, n: &Node, names: &BTreeSet<String>) -> Op
         Some(o) => Some(on_outage(d, o, "`on_outage`")?),
         None => None,
     };
+    let rate_limit = match rate_limit {
+        Some(checked) => Some(checked?),
+        None => None,
+    };
+    let concurrency = match concurrency {
+        Some(checked) => Some(checked?),
+        None => None,
+    };
     let header = http::HeaderValue::from_str(&name).ok();
     Some(Plan {
         name,
         header,
         rate_limit,
+        concurrency,
         meters,
         features,
         upgrade,

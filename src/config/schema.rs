@@ -264,6 +264,10 @@ fn plan() -> Value {
                 ),
             ),
             (
+                "concurrency",
+                int("Most calls of one tenant in flight at once, on each instance.", 1),
+            ),
+            (
                 "meters",
                 named(
                     "Metered quotas, by meter name.",

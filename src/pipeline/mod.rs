@@ -4,6 +4,7 @@
 
 pub mod burst;
 pub mod client_ip;
+pub mod concurrency;
 pub mod headers;
 pub mod identity;
 pub mod jwt;
@@ -75,6 +76,8 @@ pub enum Rejection {
     FeatureNotInPlan(FeatureDenied),
     /// Too many calls at once.
     RateLimited(BurstExceeded),
+    /// Too many calls of the tenant in flight (`concurrency`).
+    TooManyInFlight(concurrency::ConcurrencyExceeded),
     /// A blocking meter would pass its limit.
     QuotaExceeded(Box<QuotaExceeded>),
     /// The store is down and the plan fails closed.
@@ -108,6 +111,9 @@ pub struct Admitted {
     pub plan: Arc<Plan>,
     /// Burst allowance after this call, if the plan has a rate limit.
     pub burst: Option<BurstState>,
+    /// The call's place among its tenant's calls in flight, if the plan limits them; given
+    /// back when the call's state is dropped, at the end of its answer.
+    pub in_flight: Option<concurrency::Slot>,
     /// What was reserved.
     pub usage: Usage,
     /// Lifecycle milestones this call fired.
@@ -292,6 +298,14 @@ impl Gateway {
             _ => None,
         };
         refused.burst = burst;
+        // 5b. not too many at once: taken before the reservation, so a call refused here is
+        // charged nothing; given back if the reservation refuses the call.
+        let in_flight = match &plan.in_flight {
+            Some(f) => Some(step!(f
+                .acquire(&caller.tenant.name)
+                .map_err(Rejection::TooManyInFlight))),
+            None => None,
+        };
         let now = self.clock.now();
         let idempotency_key = step!(idempotency_key(headers));
         let reserved = meter::reserve(
@@ -346,6 +360,7 @@ impl Gateway {
             caller,
             plan: plan.plan.clone(),
             burst: burst.or(usage.burst),
+            in_flight,
             usage,
             milestones,
             identify: refused.identify.take(),

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use super::burst::{BurstLimiter, SharedBurst};
+use super::concurrency::InFlight;
 use super::identity::Caller;
 use super::Rejection;
 use crate::config::{Plan, Route, Upgrade};
@@ -20,6 +21,8 @@ pub struct PlanState {
     /// shared by instances (Redis; the embedded store serves one instance, whose own limiter is
     /// the same thing).
     pub shared_burst: Option<SharedBurst>,
+    /// Its tenants' calls in flight, if it limits them (`concurrency`).
+    pub in_flight: Option<Arc<InFlight>>,
     /// Each meter's metric series.
     pub series: BTreeMap<String, Arc<MeterSeries>>,
 }
@@ -65,6 +68,7 @@ impl Plans {
                         plan: p.clone(),
                         burst,
                         shared_burst,
+                        in_flight: p.concurrency.map(InFlight::new),
                         series,
                     },
                 )

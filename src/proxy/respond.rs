@@ -139,6 +139,17 @@ pub fn rejection(refused: &Refused, path: &str, method: &str, now: jiff::Timesta
                 .header(headers::RATELIMIT_POLICY, format!("\"burst\";q={};w={}", b.quota, b.window_secs))
                 .header(headers::RATELIMIT, format!("\"burst\";r=0;t={}", b.retry_after))
         }
+        Rejection::TooManyInFlight(c) => {
+            let detail = format!(
+                "Plan {} allows {} calls at once; retry when one of yours has finished.",
+                plan_name.clone().unwrap_or_default(),
+                c.limit
+            );
+            with_who(Problem::new(StatusCode::TOO_MANY_REQUESTS, QUOTA_EXCEEDED, "Too many requests", detail, path))
+                .with("violated-policies", json!(["concurrency"]))
+                .with("limit", json!(c.limit))
+                .header("retry-after", "1".to_string())
+        }
         Rejection::QuotaExceeded(q) => {
             let plan_name = plan_name.clone().unwrap_or_default();
             let per = match q.meters.iter().find(|m| m.name == q.meter).map(|m| m.period) {

@@ -82,7 +82,7 @@ impl Outcome {
             Rejection::NoRoute => Outcome::NoRoute,
             Rejection::Unauthenticated(_) => Outcome::Unauthenticated,
             Rejection::FeatureNotInPlan(_) => Outcome::FeatureDenied,
-            Rejection::RateLimited(_) => Outcome::RateLimited,
+            Rejection::RateLimited(_) | Rejection::TooManyInFlight(_) => Outcome::RateLimited,
             Rejection::QuotaExceeded(_) => Outcome::QuotaExceeded,
             Rejection::StoreUnavailable => Outcome::StoreUnavailable,
             Rejection::Internal(_) => Outcome::Internal,

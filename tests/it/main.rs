@@ -16,6 +16,7 @@ mod balance;
 mod body_limit;
 mod check;
 mod cluster;
+mod concurrency;
 mod cors;
 mod embedded;
 mod failover;
