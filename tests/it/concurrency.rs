@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{self, get, Answer, Stack, ACME_KEY, BETA_KEY};
+use crate::common::streamer::Streamer;
+use crate::common::{self, get, render, Answer, Gateway, RedisServer, Stack, ACME_KEY, BETA_KEY};
 
 /// `acme` may have 2 calls in flight; `beta` is on a plan without the limit.
 const YAML: &str = r#"
@@ -118,4 +119,50 @@ async fn a_failed_or_refunded_call_gives_its_slot_back() {
         "no slot was kept by a failed call"
     );
     assert_eq!(stack.month_counter("acme", "requests").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamed_answer_holds_its_slot_until_its_last_byte() {
+    let streamer = Streamer::start(
+        vec!["data: first\n\n".to_string()],
+        vec!["data: last\n\n".to_string()],
+    )
+    .await;
+    let redis = RedisServer::start().await;
+    let yaml = YAML.replace("concurrency: 2", "concurrency: 1");
+    let gateway = Gateway::start(&render(&yaml, &redis.url(), &streamer.addr())).await;
+    let client = common::client();
+    let url = gateway.url("/v1/stream");
+
+    let mut streaming = client.get(&url).bearer_auth(ACME_KEY).send().await.unwrap();
+    assert_eq!(streaming.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(5), streaming.chunk())
+        .await
+        .expect("the first part arrives while the rest is held back")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("first"));
+
+    // The answer's head went out long ago; the call is still in flight.
+    let refused = get(&client, &url, Some(ACME_KEY)).await;
+    assert_eq!(
+        refused.problem(429)["violated-policies"],
+        json!(["concurrency"])
+    );
+
+    streamer.release();
+    while streaming.chunk().await.unwrap().is_some() {}
+    let mut next = None;
+    for _ in 0..50 {
+        let response = client.get(&url).bearer_auth(ACME_KEY).send().await.unwrap();
+        if response.status() == 200 {
+            next = Some(response);
+            break;
+        }
+        // The slot is given back when the finished call's state is dropped, just after its
+        // last byte went out.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(next.is_some(), "the slot came back once the stream ended");
+    streamer.release();
 }
