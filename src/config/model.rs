@@ -251,6 +251,19 @@ pub struct HealthCheck {
     pub fails: u32,
     /// Passed probes in a row that bring it back.
     pub passes: u32,
+    /// The statuses that pass a probe; empty: any `2xx`.
+    pub expect: Vec<u16>,
+}
+
+impl HealthCheck {
+    /// Whether an answer with `status` passes a probe.
+    pub fn passes_with(&self, status: u16) -> bool {
+        if self.expect.is_empty() {
+            (200..300).contains(&status)
+        } else {
+            self.expect.contains(&status)
+        }
+    }
 }
 
 /// One target of an upstream.

@@ -65,6 +65,7 @@ pub fn schema() -> Value {
                     ("timeout", duration("How long a probe may take, connect to status line (default 1s, or interval when shorter; at most interval).")),
                     ("fails", int("Failed probes in a row that take a target out of rotation (default 1).", 1)),
                     ("passes", int("Passed probes in a row that bring it back (default 1).", 1)),
+                    ("expect", list("The statuses that pass a probe (default: any 2xx).", int("An HTTP status, 100-599.", 100))),
                 ])),
             ])),
             "tenants": named("Static tenants, by id (letters, digits, _-.@).", obj("One tenant.", &["plan"], &[

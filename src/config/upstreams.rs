@@ -26,7 +26,7 @@ const KEYS: &[&str] = &[
     "health_check",
 ];
 
-const HEALTH_CHECK_KEYS: &[&str] = &["path", "interval", "timeout", "fails", "passes"];
+const HEALTH_CHECK_KEYS: &[&str] = &["path", "interval", "timeout", "fails", "passes", "expect"];
 
 pub(super) fn upstreams(d: &mut Decoder, n: &Node) -> BTreeMap<String, Arc<Upstream>> {
     let mut out = BTreeMap::new();
@@ -158,7 +158,7 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
     })
 }
 
-/// `health_check: { path, interval, timeout, fails, passes }`.
+/// `health_check: { path, interval, timeout, fails, passes, expect }`.
 fn health_check(d: &mut Decoder, n: &Node) -> Option<HealthCheck> {
     let what = "`health_check`";
     let f = d.fields(n, what, HEALTH_CHECK_KEYS)?;
@@ -208,12 +208,27 @@ fn health_check(d: &mut Decoder, n: &Node) -> Option<HealthCheck> {
         None => Some(1),
     };
     let (fails, passes) = (count("fails"), count("passes"));
+    let expect = match f.get("expect") {
+        Some(n) => d.list(n, "`expect`").and_then(|items| {
+            let statuses: Vec<Option<u16>> = items
+                .iter()
+                .map(|i| d.int(i, "a status in `expect`", 100, 599).map(|s| s as u16))
+                .collect();
+            if statuses.is_empty() {
+                d.err(n.pos, "`expect` needs at least one status");
+                return None;
+            }
+            statuses.into_iter().collect::<Option<Vec<u16>>>()
+        }),
+        None => Some(Vec::new()),
+    };
     Some(HealthCheck {
         path: path?,
         interval: interval?,
         timeout: timeout?,
         fails: fails?,
         passes: passes?,
+        expect: expect?,
     })
 }
 

@@ -123,7 +123,7 @@ fn record(
 ) {
     let target = &up.targets[i].name;
     let failure = match result {
-        Ok(status) if (200..300).contains(&status) => None,
+        Ok(status) if hc.passes_with(status) => None,
         Ok(status) => Some(format!("answered {status}")),
         // pingora's errors start with a space.
         Err(e) => Some(e.trim().to_string()),

@@ -157,3 +157,24 @@ async fn a_probe_slower_than_its_timeout_fails() {
         assert_eq!(stack.get("/v1/items", Some(ACME_KEY)).await.status, 200);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expect_lists_the_statuses_that_pass() {
+    let second = Upstream::start().await;
+    let stack = stack(&second.addr(), ", expect: [200, 401]").await;
+    let addr = second.addr();
+
+    // A health endpoint behind authentication answers 401: listed, so it passes.
+    second.set_health(401);
+    let probes = second.health().probes;
+    wait_for("two more probes", Duration::from_secs(10), || async {
+        second.health().probes >= probes + 2
+    })
+    .await;
+    wait_up(&stack, &addr, 1.0).await;
+
+    // A 2xx that is not listed fails.
+    second.set_health(204);
+    wait_up(&stack, &addr, 0.0).await;
+    wait_up(&stack, &stack.upstream.addr(), 1.0).await;
+}
