@@ -62,12 +62,6 @@ impl InFlight {
             tenant: key,
         })
     }
-
-    /// Calls of `tenant` in flight now.
-    pub fn in_flight(&self, tenant: &str) -> u32 {
-        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        counts.get(tenant).copied().unwrap_or(0)
-    }
 }
 
 impl Drop for Slot {
@@ -85,6 +79,17 @@ impl Drop for Slot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl InFlight {
+        fn in_flight(&self, tenant: &str) -> u32 {
+            self.counts
+                .lock()
+                .unwrap()
+                .get(tenant)
+                .copied()
+                .unwrap_or(0)
+        }
+    }
 
     #[test]
     fn slots_are_per_tenant_and_given_back_when_dropped() {

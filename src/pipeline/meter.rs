@@ -191,9 +191,7 @@ pub async fn reserve(
     });
     // The burst allowance left comes after the counters' values (see `Reserved`).
     let burst_left = |values: &mut Vec<u64>| {
-        shared_burst
-            .zip(reservation.burst.as_ref().and_then(|_| values.pop()))
-            .map(|(b, left)| b.admitted(left))
+        shared_burst.and_then(|b| values.pop().map(|left| b.admitted(left)))
     };
     match store.reserve(&reservation).await {
         Ok(Reserved::Admitted(mut after)) => {

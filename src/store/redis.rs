@@ -207,6 +207,13 @@ fn holds_readonly(v: &redis::Value) -> bool {
     }
 }
 
+/// Marks the connection stale when a reply says the server is a replica now.
+fn mark_if_readonly(stale: &AtomicBool, readonly: bool) {
+    if readonly {
+        stale.store(true, Ordering::Relaxed);
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(
         &'a mut self,
@@ -216,9 +223,10 @@ impl ConnectionLike for Conn {
         match kind {
             ConnKind::Single(c) => Box::pin(async move {
                 let reply = c.req_packed_command(cmd).await;
-                if reply.as_ref().map_or_else(is_readonly, holds_readonly) {
-                    stale.store(true, Ordering::Relaxed);
-                }
+                mark_if_readonly(
+                    stale,
+                    reply.as_ref().map_or_else(is_readonly, holds_readonly),
+                );
                 reply
             }),
             ConnKind::Cluster(c) => c.req_packed_command(cmd),
@@ -239,9 +247,7 @@ impl ConnectionLike for Conn {
                     Ok(values) => values.iter().any(holds_readonly),
                     Err(e) => is_readonly(e),
                 };
-                if readonly {
-                    stale.store(true, Ordering::Relaxed);
-                }
+                mark_if_readonly(stale, readonly);
                 replies
             }),
             ConnKind::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
