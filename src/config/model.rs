@@ -189,6 +189,14 @@ pub enum StoreKind {
         /// public roots, as `redis-cli --cacert` takes them; read when the config loads.
         ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
+    /// The primary of a Redis kept available by Sentinel, shared by every instance.
+    RedisSentinel {
+        /// `redis://[:PASSWORD@]NAME[/DB]`: the name the Sentinels monitor the primary under,
+        /// as host, with the primary's password and database.
+        url: String,
+        /// `redis://HOST:PORT` URLs of the Sentinels (with their own password, if any).
+        sentinels: Vec<String>,
+    },
     /// A Redis Cluster shared by every instance: each tenant's keys live in the slot of its
     /// `{tenant}` hash tag (SPEC §9).
     RedisCluster {

@@ -40,9 +40,9 @@ pub fn schema() -> Value {
                 ("token", string("Bearer token of the /admin/v1 routes; without it they are off.")),
             ]),
             "store": obj("Where usage counters live.", &["kind"], &[
-                ("kind", words("embedded (one file, one instance), redis (one shared server) or redis-cluster (a shared Redis Cluster).", &["embedded", "redis", "redis-cluster"])),
-                ("url", string("redis://host:port/db, rediss://host:port/db (TLS) or redis+unix:///path (kind: redis).")),
-                ("urls", list("redis-cluster: redis://host:port (or, all of them, rediss:// for TLS) URLs of one or more of the cluster's nodes.", string("A redis:// or rediss:// URL."))),
+                ("kind", words("embedded (one file, one instance), redis (one shared server), redis-sentinel (the primary Redis Sentinel names) or redis-cluster (a shared Redis Cluster).", &["embedded", "redis", "redis-sentinel", "redis-cluster"])),
+                ("url", string("redis://host:port/db, rediss://host:port/db (TLS) or redis+unix:///path (kind: redis); redis://[:password@]name/db with the name the Sentinels monitor the primary under (kind: redis-sentinel).")),
+                ("urls", list("redis-cluster: redis://host:port (or, all of them, rediss:// for TLS) URLs of one or more of the cluster's nodes; redis-sentinel: redis://host:port URLs of the Sentinels.", string("A redis:// or rediss:// URL."))),
                 ("path", string("The embedded store's file.")),
                 ("timeout", duration("Bound on every store call.")),
                 ("ca_file", string("rediss:// url or urls: PEM CA certificates trusted for this Redis instead of the public roots.")),

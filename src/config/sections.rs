@@ -149,6 +149,49 @@ pub(super) fn admin(d: &mut Decoder, n: &Node, proxy: Option<SocketAddr>) -> Opt
     })
 }
 
+/// `store.url` of kind redis-sentinel: `redis://[[USER]:PASSWORD@]NAME[/DB]`, the host being
+/// the name the Sentinels monitor the primary under (so no port).
+fn sentinel_primary(url: &str) -> Result<(), String> {
+    let example = "such as \"redis://mymaster/0\" or \"redis://:PASSWORD@mymaster/0\"";
+    if url.starts_with("rediss://") {
+        return Err(format!(
+            "`store.url`: TLS is not supported with kind redis-sentinel yet, found \"{url}\""
+        ));
+    }
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return Err(format!("`store.url` of kind redis-sentinel is redis:// with the name the Sentinels monitor the primary under as host, {example}; found \"{url}\""));
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.is_empty() {
+        return Err(format!("`store.url` names no primary: its host is the name the Sentinels monitor the primary under, {example}"));
+    }
+    if host.contains(':') {
+        return Err(format!("`store.url`'s host is the name the Sentinels monitor the primary under, without a port (they tell where it is), {example}; found \"{host}\""));
+    }
+    redis::parse_redis_url(url)
+        .map(|_| ())
+        .ok_or_else(|| format!("`store.url` is not a valid URL, {example}; found \"{url}\""))
+}
+
+/// One of `store.urls` of kind redis-sentinel: `redis://[[USER]:PASSWORD@]HOST:PORT`.
+fn sentinel_node(url: &str) -> Result<(), String> {
+    let why = || {
+        format!("`store.urls` entries of kind redis-sentinel are redis://HOST:PORT URLs of the Sentinels, such as \"redis://10.0.0.5:26379\", found \"{url}\"")
+    };
+    let rest = url.strip_prefix("redis://").ok_or_else(why)?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let port = host.rsplit_once(':').map(|(_, p)| p);
+    if port
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_none_or(|p| p == 0)
+    {
+        return Err(why());
+    }
+    redis::parse_redis_url(url).map(|_| ()).ok_or_else(why)
+}
+
 pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
     let f = d.fields(
         n,
@@ -167,6 +210,7 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
     enum Kind {
         Embedded,
         Redis,
+        Sentinel,
         Cluster,
     }
     let kind_node = d.require(&f, "kind", "`store`")?;
@@ -176,6 +220,7 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
         &[
             ("embedded", Kind::Embedded),
             ("redis", Kind::Redis),
+            ("redis-sentinel", Kind::Sentinel),
             ("redis-cluster", Kind::Cluster),
         ],
     )?;
@@ -218,7 +263,7 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
             if let Some(n) = f.get("urls") {
                 d.err(
                     n.pos,
-                    "`store.urls` is for kind redis-cluster; the redis store takes `url`",
+                    "`store.urls` is for kinds redis-cluster and redis-sentinel; the redis store takes `url`",
                 );
             }
             let ca = d.ca_file(
@@ -228,6 +273,49 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
                 "rediss://",
             );
             StoreKind::Redis { url: url?, ca: ca? }
+        }
+        Kind::Sentinel => {
+            let url = d
+                .require(&f, "url", "`store` of kind redis-sentinel")
+                .and_then(|n| {
+                    let url = d.string(n, "`store.url`")?;
+                    match sentinel_primary(&url) {
+                        Ok(()) => Some(url),
+                        Err(why) => {
+                            d.err(n.pos, why);
+                            None
+                        }
+                    }
+                });
+            let sentinels = d
+                .require(&f, "urls", "`store` of kind redis-sentinel")
+                .and_then(|n| {
+                    let urls = d.strings(n, "`store.urls`")?;
+                    if urls.is_empty() {
+                        d.err(n.pos, "`store.urls` needs at least one Sentinel's URL");
+                        return None;
+                    }
+                    let mut ok = true;
+                    for (url, pos) in &urls {
+                        if let Err(why) = sentinel_node(url) {
+                            d.err(*pos, why);
+                            ok = false;
+                        }
+                    }
+                    ok.then(|| urls.into_iter().map(|(u, _)| u).collect::<Vec<_>>())
+                });
+            for (key, why) in [
+                ("path", "`store.path` is for kind embedded; redis-sentinel takes the primary's name in `url` and the Sentinels in `urls`"),
+                ("ca_file", "`store.ca_file` is for rediss:// URLs; TLS is not supported with kind redis-sentinel yet"),
+            ] {
+                if let Some(n) = f.get(key) {
+                    d.err(n.pos, why);
+                }
+            }
+            StoreKind::RedisSentinel {
+                url: url?,
+                sentinels: sentinels?,
+            }
         }
         Kind::Cluster => {
             let urls = d

@@ -1,7 +1,7 @@
 //! The Redis backend: one Lua script per reservation, over one multiplexed connection.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 use super::batch::Batcher;
 
 mod pipe;
+mod sentinel;
 
 use super::{keys, Adjustment, KeyRecord, PlanOverrides, Reservation, Reserved, Store, StoreError};
 
@@ -84,18 +85,41 @@ impl RedisStore {
             )
         }
         .map_err(|e| StoreError::Backend(e.to_string()))?;
-        // Retrying is our caller's business (bounded by `store.timeout`); the manager's defaults
-        // would keep a call waiting for seconds while Redis is away. The response timeout is
-        // longer than `store.timeout` on purpose: a reservation the caller gave up on keeps
-        // waiting for its reply so it can refund itself (see `StoreHandle::reserve`).
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(LATE_REPLY_WAIT.max(timeout)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let pipe = pipe::Pipe::for_server(client.get_connection_info(), ca, timeout);
+        let config = manager_config(timeout);
+        let pipe = pipe::Pipe::for_server(client.get_connection_info(), ca, timeout, None);
         Ok(RedisStore::with_backend(
-            Backend::Single { client, config },
+            Backend::Single {
+                client,
+                config,
+                sentinel: None,
+            },
+            pipe,
+        ))
+    }
+
+    /// A store on the primary that the Redis Sentinels at `sentinels` monitor under the name
+    /// `url` gives as its host (`redis://[:PASSWORD@]NAME[/DB]`); nothing is connected yet.
+    /// Every connection asks the Sentinels where the primary is first (see [`sentinel`]).
+    pub fn sentinel(
+        url: &str,
+        sentinels: &[String],
+        timeout: Duration,
+    ) -> Result<RedisStore, StoreError> {
+        let sentinel = Arc::new(sentinel::Sentinel::new(url, sentinels, timeout)?);
+        let client = redis::Client::open(url).map_err(backend)?;
+        let config = manager_config(timeout);
+        let pipe = pipe::Pipe::for_server(
+            client.get_connection_info(),
+            &[],
+            timeout,
+            Some(sentinel.clone()),
+        );
+        Ok(RedisStore::with_backend(
+            Backend::Single {
+                client,
+                config,
+                sentinel: Some(sentinel),
+            },
             pipe,
         ))
     }
@@ -159,12 +183,27 @@ impl RedisStore {
     }
 }
 
+/// The settings of the request path's and the admin API's connections to one server.
+///
+/// Retrying is our caller's business (bounded by `store.timeout`); the manager's defaults
+/// would keep a call waiting for seconds while Redis is away. The response timeout is longer
+/// than `store.timeout` on purpose: a reservation the caller gave up on keeps waiting for its
+/// reply so it can refund itself (see `StoreHandle::reserve`).
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(LATE_REPLY_WAIT.max(timeout)))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500))
+}
+
 /// What the store talks to.
 enum Backend {
-    /// One Redis server.
+    /// One Redis server: at `client`'s address, or the primary `sentinel` names.
     Single {
         client: redis::Client,
         config: ConnectionManagerConfig,
+        sentinel: Option<Arc<sentinel::Sentinel>>,
     },
     /// A Redis Cluster; `seeds` also carry the subscription to plan changes (a `PUBLISH` on
     /// any node of a cluster reaches the subscribers of every node).
@@ -180,11 +219,28 @@ enum Backend {
 /// the connection (it reconnects only when the socket fails). A managed Redis moves its
 /// endpoint's name to the new primary, so the connection is marked stale and the next
 /// [`Slot::get`] connects afresh. (A cluster follows its primaries itself.)
+///
+/// Behind Redis Sentinel (`follow`), a connection that is lost or refused, or whose reply
+/// never comes, is marked stale too: redis-rs would reconnect to the same address, a primary
+/// that may have died, while the next [`Slot::get`] asks the Sentinels where the primary is.
 #[derive(Clone)]
 struct Conn {
     kind: ConnKind,
-    stale: Arc<AtomicBool>,
+    /// Why the connection is given up: [`FRESH`] while it is not.
+    stale: Arc<AtomicU8>,
+    /// Give it up on a lost connection too (behind Sentinel).
+    follow: bool,
+    /// Behind Sentinel: the primary's moves ([`sentinel::Sentinel::moves`]) when it was made;
+    /// it is given up once the primary moved since.
+    moves: u64,
 }
+
+/// A connection in use.
+const FRESH: u8 = 0;
+/// Given up: the server answered `READONLY`.
+const STALE_REPLICA: u8 = 1;
+/// Given up: the connection was lost (behind Sentinel).
+const STALE_LOST: u8 = 2;
 
 #[derive(Clone)]
 enum ConnKind {
@@ -207,11 +263,26 @@ fn holds_readonly(v: &redis::Value) -> bool {
     }
 }
 
-/// Marks the connection stale when a reply says the server is a replica now.
-fn mark_if_readonly(stale: &AtomicBool, readonly: bool) {
-    if readonly {
-        stale.store(true, Ordering::Relaxed);
-    }
+/// Whether an error says the connection to the server is lost (or was never made).
+fn is_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
+}
+
+/// Marks the connection stale when a reply says the server is a replica now, or (when it
+/// `follow`s Sentinel) the reply says the connection is lost.
+fn mark_stale<T>(
+    stale: &AtomicU8,
+    follow: bool,
+    reply: &redis::RedisResult<T>,
+    readonly: impl Fn(&T) -> bool,
+) {
+    let why = match reply {
+        Ok(v) if readonly(v) => STALE_REPLICA,
+        Err(e) if is_readonly(e) => STALE_REPLICA,
+        Err(e) if follow && is_lost(e) => STALE_LOST,
+        _ => return,
+    };
+    stale.store(why, Ordering::Relaxed);
 }
 
 impl ConnectionLike for Conn {
@@ -219,14 +290,16 @@ impl ConnectionLike for Conn {
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        let Conn { kind, stale } = self;
+        let Conn {
+            kind,
+            stale,
+            follow,
+            ..
+        } = self;
         match kind {
             ConnKind::Single(c) => Box::pin(async move {
                 let reply = c.req_packed_command(cmd).await;
-                mark_if_readonly(
-                    stale,
-                    reply.as_ref().map_or_else(is_readonly, holds_readonly),
-                );
+                mark_stale(stale, *follow, &reply, holds_readonly);
                 reply
             }),
             ConnKind::Cluster(c) => c.req_packed_command(cmd),
@@ -239,15 +312,18 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        let Conn { kind, stale } = self;
+        let Conn {
+            kind,
+            stale,
+            follow,
+            ..
+        } = self;
         match kind {
             ConnKind::Single(c) => Box::pin(async move {
                 let replies = c.req_packed_commands(pipeline, offset, count).await;
-                let readonly = match &replies {
-                    Ok(values) => values.iter().any(holds_readonly),
-                    Err(e) => is_readonly(e),
-                };
-                mark_if_readonly(stale, readonly);
+                mark_stale(stale, *follow, &replies, |values: &Vec<redis::Value>| {
+                    values.iter().any(holds_readonly)
+                });
                 replies
             }),
             ConnKind::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
@@ -270,28 +346,40 @@ struct Slot {
 }
 
 impl Slot {
-    fn fresh(&self) -> Option<Conn> {
+    /// The connection, unless it was given up or made before the primary's last move.
+    fn fresh(&self, moves: u64) -> Option<Conn> {
         self.current
             .load()
             .as_deref()
-            .filter(|c| !c.stale.load(Ordering::Relaxed))
+            .filter(|c| c.stale.load(Ordering::Relaxed) == FRESH && c.moves == moves)
             .cloned()
     }
 
-    /// The connection, made by `connect` when there is none or it is stale.
+    /// The connection, made by `connect` when there is none or it is stale; `moves` is the
+    /// primary's moves now (0 without Sentinel).
     async fn get(
         &self,
+        moves: u64,
         connect: impl std::future::Future<Output = Result<Conn, StoreError>>,
     ) -> Result<Conn, StoreError> {
-        if let Some(conn) = self.fresh() {
+        if let Some(conn) = self.fresh(moves) {
             return Ok(conn);
         }
         let _connecting = self.connecting.lock().await;
-        if let Some(conn) = self.fresh() {
+        if let Some(conn) = self.fresh(moves) {
             return Ok(conn);
         }
-        if self.current.load().is_some() {
-            tracing::warn!("{REPLICA}.");
+        let given_up = self
+            .current
+            .load()
+            .as_ref()
+            .map(|c| c.stale.load(Ordering::Relaxed));
+        match given_up {
+            Some(STALE_REPLICA) => tracing::warn!("{REPLICA}."),
+            Some(STALE_LOST) => {
+                tracing::warn!("The connection to the Redis primary was lost; asking the Sentinels where the primary is.")
+            }
+            _ => {}
         }
         let conn = connect.await?;
         self.current.store(Some(Arc::new(conn.clone())));
@@ -302,13 +390,37 @@ impl Slot {
 impl Shared {
     /// The request path's connection: reservations, refunds, settlements, key look-ups.
     async fn conn(&self) -> Result<Conn, StoreError> {
-        self.conn.get(self.connect()).await
+        self.conn.get(self.moves(), self.connect()).await
+    }
+
+    /// The primary's moves so far, behind Sentinel (0 otherwise).
+    fn moves(&self) -> u64 {
+        match &self.backend {
+            Backend::Single {
+                sentinel: Some(s), ..
+            } => s.moves(),
+            _ => 0,
+        }
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
+        let follow = self.follows_sentinel();
+        let mut moves = 0;
         match &self.backend {
-            Backend::Single { client, config } => {
-                ConnectionManager::new_with_config(client.clone(), config.clone())
+            Backend::Single {
+                client,
+                config,
+                sentinel,
+            } => {
+                let client = match sentinel {
+                    Some(s) => {
+                        let client = s.client().await?;
+                        moves = s.moves();
+                        client
+                    }
+                    None => client.clone(),
+                };
+                ConnectionManager::new_with_config(client, config.clone())
                     .await
                     .map(ConnKind::Single)
             }
@@ -319,8 +431,21 @@ impl Shared {
         .map(|kind| Conn {
             kind,
             stale: Arc::default(),
+            follow,
+            moves,
         })
         .map_err(backend)
+    }
+
+    /// Whether the server is the primary Redis Sentinel names.
+    fn follows_sentinel(&self) -> bool {
+        matches!(
+            self.backend,
+            Backend::Single {
+                sentinel: Some(_),
+                ..
+            }
+        )
     }
 
     fn is_cluster(&self) -> bool {
@@ -331,6 +456,14 @@ impl Shared {
     /// answers (a cluster delivers a `PUBLISH` on any node to the subscribers of every node).
     async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         match &self.backend {
+            Backend::Single {
+                sentinel: Some(s), ..
+            } => {
+                let client = s.client().await.map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::Io, "Redis Sentinel", e.to_string()))
+                })?;
+                client.get_async_pubsub().await
+            }
             Backend::Single { client, .. } => client.get_async_pubsub().await,
             Backend::Cluster { seeds, .. } => {
                 let mut last = None;
@@ -353,7 +486,7 @@ impl Shared {
     /// every reservation would hop to that runtime's thread and back (measured: the proxy
     /// thread then spends a quarter of its time waking it).
     async fn control(&self) -> Result<Conn, StoreError> {
-        self.control.get(self.connect()).await
+        self.control.get(self.moves(), self.connect()).await
     }
 
     /// Runs a batch of reservations in one script call. Each reservation is still decided on

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::events::{metric, metrics};
+use crate::common::events::{metric, metrics_once};
 use crate::common::{Stack, ACME_KEY};
 
 const YAML: &str = r#"
@@ -78,14 +78,11 @@ async fn post(stack: &Stack, path: &str, body: Body) -> (u16, String) {
     (status, body.to_string())
 }
 
-/// `tollgate_requests_total{outcome="too_large"}`.
+/// `tollgate_requests_total{outcome="too_large"}`, once it reads at least 1.
 async fn too_large_calls(stack: &Stack) -> f64 {
-    let text = metrics(&stack.gateway).await;
-    metric(
-        &text,
-        "tollgate_requests_total",
-        &[("outcome", "too_large")],
-    )
+    let too_large = [("outcome", "too_large")];
+    let text = metrics_once(&stack.gateway, "tollgate_requests_total", &too_large, 1.0).await;
+    metric(&text, "tollgate_requests_total", &too_large)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,7 +3,7 @@
 
 use reqwest::Method;
 
-use crate::common::events::{metric, metrics};
+use crate::common::events::{metric, metrics_once};
 use crate::common::http::read;
 use crate::common::{Answer, Stack, ACME_KEY};
 
@@ -67,13 +67,10 @@ async fn a_preflight_from_a_listed_origin_is_answered_by_the_gateway_and_charges
         "the upstream never sees a preflight"
     );
     assert_eq!(stack.month_counter("acme", "requests").await, 0);
-    let text = metrics(&stack.gateway).await;
+    let preflight = [("outcome", "preflight")];
+    let text = metrics_once(&stack.gateway, "tollgate_requests_total", &preflight, 1.0).await;
     assert_eq!(
-        metric(
-            &text,
-            "tollgate_requests_total",
-            &[("outcome", "preflight")]
-        ),
+        metric(&text, "tollgate_requests_total", &preflight),
         1.0,
         "{text}"
     );

@@ -40,6 +40,7 @@ mod refunds;
 mod request_id;
 mod runtime_keys;
 mod schema;
+mod sentinel;
 mod server_tls;
 mod shared_burst;
 mod store_tls;

@@ -55,6 +55,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use super::sentinel::Sentinel;
 use super::{Reservation, Reserved, Shared, StoreError, LATE_REPLY_WAIT};
 use crate::store::batch::send_answers;
 
@@ -95,6 +96,11 @@ pub(super) struct Pipe {
     link: Mutex<Option<Arc<Link>>>,
     /// Held while a connection is being opened, so a burst of calls opens one.
     opening: tokio::sync::Mutex<()>,
+    /// Behind Redis Sentinel: asked where the primary is before each connection (the TCP
+    /// target's address is then only the primary's name).
+    sentinel: Option<Arc<Sentinel>>,
+    /// The primary's moves (see [`Sentinel::moves`]) when the current connection was opened.
+    opened_at: std::sync::atomic::AtomicU64,
 }
 
 impl Pipe {
@@ -102,11 +108,12 @@ impl Pipe {
     /// not empty, else the webpki roots, as redis-rs's own connections do). `None` for a TLS
     /// URL without certificate checks (`#insecure`, left to redis-rs) or a TLS config that
     /// cannot be built (redis-rs's connections then report the error). Nothing is connected
-    /// yet.
+    /// yet. With `sentinel`, each connection goes where the Sentinels say the primary is.
     pub(super) fn for_server(
         info: &redis::ConnectionInfo,
         ca: &[rustls::pki_types::CertificateDer<'static>],
         connect_timeout: Duration,
+        sentinel: Option<Arc<Sentinel>>,
     ) -> Option<Pipe> {
         let target = match info.addr() {
             redis::ConnectionAddr::Tcp(host, port) => Target::Tcp(format!("{host}:{port}")),
@@ -146,6 +153,8 @@ impl Pipe {
             connect_timeout,
             link: Mutex::new(None),
             opening: tokio::sync::Mutex::new(()),
+            sentinel,
+            opened_at: Default::default(),
         })
     }
 
@@ -162,8 +171,19 @@ impl Pipe {
             .map_err(|_| StoreError::Backend("the reservation connection dropped a call".into()))?
     }
 
+    /// The connection, while it is up and (behind Sentinel) the primary has not moved since
+    /// it was opened. One that another connection learnt is to an old primary is given up:
+    /// the old primary still took writes, so it is alive but no longer the primary, and
+    /// whatever it counts now is lost when it follows the new one, so the calls waiting on
+    /// it are answered as an outage rather than as admitted.
     fn current(&self) -> Option<Arc<Link>> {
         let link = self.link.lock().ok()?.clone()?;
+        if let Some(s) = &self.sentinel {
+            if s.moves() != self.opened_at.load(std::sync::atomic::Ordering::Relaxed) {
+                link.give_up("the Redis primary moved (Sentinel named another)");
+                return None;
+            }
+        }
         link.is_up().then_some(link)
     }
 
@@ -187,6 +207,10 @@ impl Pipe {
         if let Ok(mut slot) = self.link.lock() {
             *slot = Some(link.clone());
         }
+        if let Some(s) = &self.sentinel {
+            self.opened_at
+                .store(s.moves(), std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(link)
     }
 
@@ -196,7 +220,15 @@ impl Pipe {
         let (mut read, mut write): (Box<dyn AsyncRead + Send + Unpin>, Writer) = match &self.target
         {
             Target::Tcp(addr) => {
-                let stream = TcpStream::connect(addr.as_str()).await?;
+                let stream = match &self.sentinel {
+                    Some(s) => match s.primary().await.map_err(io::Error::other)?.addr() {
+                        redis::ConnectionAddr::Tcp(host, port) => {
+                            TcpStream::connect((host.as_str(), *port)).await?
+                        }
+                        _ => return Err(io::Error::other("Sentinel gave no TCP address")),
+                    },
+                    None => TcpStream::connect(addr.as_str()).await?,
+                };
                 stream.set_nodelay(true)?;
                 let (r, w) = stream.into_split();
                 (Box::new(r), Writer::Tcp(w))
@@ -343,6 +375,16 @@ impl Link {
 
     fn is_up(&self) -> bool {
         self.state.lock().is_ok_and(|s| s.down.is_none())
+    }
+
+    /// Gives the connection up (its reader and flushing tasks then end).
+    fn give_up(&self, why: &str) {
+        if let Ok(mut state) = self.state() {
+            if state.down.is_none() {
+                fail(&mut state, why.to_string());
+            }
+        }
+        self.flush.notify_one();
     }
 
     /// Queues one call for the flushing task, which writes the calls queued in this turn of

@@ -76,6 +76,25 @@ pub async fn metrics(gateway: &Gateway) -> String {
         .body
 }
 
+/// The metrics once `name{labels}` reads at least `want`, or after 5 s. A call's metrics are
+/// counted in its last phase, after its answer went out, so a scrape right after the answer
+/// can come first.
+pub async fn metrics_once(
+    gateway: &Gateway,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics(gateway).await;
+        if metric(&text, name, labels) >= want || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// One sample of a metric whose labels include `labels` (0 when absent).
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()

@@ -11,6 +11,7 @@ pub mod nats;
 pub mod providers;
 pub mod receiver;
 pub mod redis;
+pub mod sentinel;
 pub mod streamer;
 pub mod stripe;
 pub mod tls;

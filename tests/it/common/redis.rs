@@ -15,6 +15,11 @@ pub struct RedisServer {
     child: Option<Child>,
     /// The TLS port, when the server also serves TLS (certificate files in `dir`).
     tls_port: Option<u16>,
+    /// The TCP port of 127.0.0.1, when the server listens on one (replication and Sentinel
+    /// need addresses).
+    port: Option<u16>,
+    /// More arguments for `redis-server` (`--replicaof …`).
+    args: Vec<String>,
 }
 
 // === impl RedisServer ===
@@ -25,14 +30,21 @@ impl RedisServer {
     /// Fails (never skips) when `redis-server` is not installed, because a skipped test would
     /// hide exactly the failure modes these tests exist to show.
     pub async fn start() -> RedisServer {
-        let dir = tempfile::Builder::new()
-            .prefix("tg-redis-")
-            .tempdir()
-            .unwrap();
+        RedisServer::spawned(tempdir(), None, None, Vec::new()).await
+    }
+
+    async fn spawned(
+        dir: TempDir,
+        tls_port: Option<u16>,
+        port: Option<u16>,
+        args: Vec<String>,
+    ) -> RedisServer {
         let mut server = RedisServer {
             dir,
             child: None,
-            tls_port: None,
+            tls_port,
+            port,
+            args,
         };
         server.spawn().await;
         server
@@ -42,20 +54,40 @@ impl RedisServer {
     /// `ca`'s server certificate (clients are not asked for one). The unix socket stays, for
     /// the test's own reads.
     pub async fn start_tls(ca: &crate::common::tls::TestCa) -> RedisServer {
-        let dir = tempfile::Builder::new()
-            .prefix("tg-redis-")
-            .tempdir()
-            .unwrap();
+        let dir = tempdir();
         std::fs::write(dir.path().join("tls.crt"), &ca.server_cert_pem).unwrap();
         std::fs::write(dir.path().join("tls.key"), &ca.server_key_pem).unwrap();
         let port = crate::common::gateway::free_port();
-        let mut server = RedisServer {
-            dir,
-            child: None,
-            tls_port: Some(port),
-        };
-        server.spawn().await;
-        server
+        RedisServer::spawned(dir, Some(port), None, Vec::new()).await
+    }
+
+    /// Starts a server that also listens on a free TCP port of 127.0.0.1, with `args` added
+    /// to its command line (`["--replicaof", "127.0.0.1", "<port>"]` for a replica).
+    pub async fn start_on_port(args: &[&str]) -> RedisServer {
+        let port = crate::common::gateway::free_port();
+        let args = ["--bind", "127.0.0.1"].iter().chain(args);
+        RedisServer::spawned(
+            tempdir(),
+            None,
+            Some(port),
+            args.map(|a| a.to_string()).collect(),
+        )
+        .await
+    }
+
+    /// The TCP port of a server started with [`RedisServer::start_on_port`].
+    pub fn port(&self) -> u16 {
+        self.port.expect("started with start_on_port")
+    }
+
+    /// The server's `INFO replication` as `field:value` lines.
+    pub async fn replication(&self) -> String {
+        let mut conn = self.conn().await;
+        redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .unwrap()
     }
 
     /// `rediss://127.0.0.1:<tls port>/0`, for a server started with [`RedisServer::start_tls`].
@@ -177,7 +209,11 @@ impl RedisServer {
             .unwrap();
         let socket = self.socket();
         let spawned = Command::new("redis-server")
-            .args(["--port", "0", "--unixsocket"])
+            .args([
+                "--port",
+                &self.port.unwrap_or(0).to_string(),
+                "--unixsocket",
+            ])
             .arg(&socket)
             .args([
                 "--unixsocketperm",
@@ -187,6 +223,7 @@ impl RedisServer {
                 "--appendonly",
                 "no",
             ])
+            .args(&self.args)
             .args(["--daemonize", "no", "--dir"])
             .arg(self.dir.path())
             .args(self.tls_port.map_or_else(Vec::new, |port| {
@@ -250,6 +287,13 @@ impl RedisServer {
             Ok(Some(pong)) if pong == "PONG"
         )
     }
+}
+
+fn tempdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("tg-redis-")
+        .tempdir()
+        .unwrap()
 }
 
 impl Drop for RedisServer {

@@ -1,0 +1,173 @@
+//! `store.kind: redis-sentinel`: the gateway asks Redis Sentinel where the primary is, and
+//! follows it through a failover an operator asks for (the old primary is demoted and answers
+//! `READONLY`) and through the primary's death (its address stops answering), without a
+//! restart: reservations, refunds (the request path's other connection) and readiness (the
+//! admin side's connection) all end up on the new primary.
+
+use std::time::{Duration, Instant};
+
+use crate::common::http::admin;
+use crate::common::sentinel::{Sentinel, NAME};
+use crate::common::{
+    client, get, month_key, render, Gateway, RedisServer, Upstream, ACME_KEY, ACME_ON_PRODUCT,
+};
+
+const YAML: &str = r#"
+server: { listen: "{listen}", threads: 2 }
+admin: { listen: "{admin}" }
+store: { kind: redis-sentinel, url: "redis://{name}/0", urls: ["{sentinel}"], timeout: 500ms, on_outage: fail_closed }
+upstreams:
+  product: { targets: ["{upstream}"] }
+"#;
+
+/// Waits up to `secs` seconds for `check`, failing with `what` and the logs.
+async fn until<F, Fut>(what: &str, secs: u64, logs: impl Fn() -> String, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {secs} s\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metering_follows_the_primary_sentinel_names_through_a_failover_and_a_death() {
+    let a = RedisServer::start_on_port(&[]).await;
+    let a_port = a.port().to_string();
+    let b = RedisServer::start_on_port(&["--replicaof", "127.0.0.1", &a_port]).await;
+    until("the replica in sync", 20, String::new, || async {
+        b.replication().await.contains("master_link_status:up")
+    })
+    .await;
+    let sentinel = Sentinel::start(a.port(), 1).await;
+    let upstream = Upstream::start().await;
+    let yaml = format!("{YAML}{ACME_ON_PRODUCT}")
+        .replace("{name}", NAME)
+        .replace("{sentinel}", &sentinel.url());
+    let gateway = Gateway::start(&render(&yaml, "", &upstream.addr())).await;
+    let client = client();
+    let counter = month_key("acme", "requests");
+    let logs = || format!("{}\n--- sentinel ---\n{}", gateway.stderr(), sentinel.log());
+
+    // On the primary the Sentinel names: calls counted there, a failed call refunded there
+    // (so the request path's second connection is made to it too), ready.
+    served_then_refunded(&client, &gateway, 3).await;
+    assert_eq!(
+        a.get_int(&counter).await,
+        3,
+        "counted on the primary, the 502 refunded"
+    );
+    let ready = || async {
+        admin(
+            &client,
+            &gateway,
+            reqwest::Method::GET,
+            "/readyz",
+            None,
+            None,
+        )
+        .await
+        .status
+            == 200
+    };
+    assert!(ready().await, "{}", logs());
+    assert!(
+        gateway
+            .stderr()
+            .contains("Redis Sentinel named the primary"),
+        "{}",
+        logs()
+    );
+
+    // 1. An operator's failover: b is promoted, a demoted to its replica. Calls wait until it
+    //    is done (writes the old primary took meanwhile would be lost with any client).
+    sentinel.failover().await;
+    until("the failover to b", 30, logs, || async {
+        sentinel.primary_port().await == Some(b.port())
+            && a.replication().await.contains("master_link_status:up")
+    })
+    .await;
+    let after_failover = calls_until_admitted(&client, &gateway.url("/v1/items"), logs).await;
+    assert!(
+        after_failover <= 2,
+        "{after_failover} calls refused after the failover\n{}",
+        logs()
+    );
+    served_then_refunded(&client, &gateway, 3).await;
+    assert_eq!(
+        b.get_int(&counter).await,
+        3 + 4,
+        "counted on the new primary, the 502 refunded there\n{}",
+        logs()
+    );
+    assert!(ready().await, "{}", logs());
+    assert!(
+        gateway.stderr().contains("names a new primary"),
+        "{}",
+        logs()
+    );
+
+    // 2. The primary dies: the Sentinel promotes a again, and the gateway, whose connections
+    //    to b are lost, asks it where the primary went. Readiness first, before any call: the
+    //    admin side's connection finds the new primary by itself.
+    until("a in sync with b", 10, logs, || async {
+        a.get_int(&counter).await == 7
+    })
+    .await;
+    let mut b = b;
+    b.kill();
+    until("the failover back to a", 30, logs, || async {
+        sentinel.primary_port().await == Some(a.port())
+            && a.replication().await.contains("role:master")
+    })
+    .await;
+    until("ready again", 10, logs, ready).await;
+    calls_until_admitted(&client, &gateway.url("/v1/items"), logs).await;
+    served_then_refunded(&client, &gateway, 2).await;
+    assert_eq!(
+        a.get_int(&counter).await,
+        7 + 3,
+        "counted on the primary after b died, the 502 refunded there\n{}",
+        logs()
+    );
+}
+
+/// `n` calls served (200), then one the upstream fails (502, refunded).
+async fn served_then_refunded(client: &reqwest::Client, gateway: &Gateway, n: usize) {
+    for _ in 0..n {
+        let answer = get(client, &gateway.url("/v1/items"), Some(ACME_KEY)).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let failed = get(client, &gateway.url("/status/502"), Some(ACME_KEY)).await;
+    assert_eq!(failed.status, 502, "{}", failed.body);
+}
+
+/// Calls until one is admitted (200); returns how many were refused (503) before it.
+async fn calls_until_admitted(
+    client: &reqwest::Client,
+    url: &str,
+    logs: impl Fn() -> String,
+) -> usize {
+    let (mut refused, started) = (0, Instant::now());
+    loop {
+        let answer = get(client, url, Some(ACME_KEY)).await;
+        match answer.status {
+            200 => return refused,
+            503 => refused += 1,
+            other => panic!("{other} {}\n{}", answer.body, logs()),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still refused after {refused} calls\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
