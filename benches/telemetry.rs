@@ -216,7 +216,8 @@ fn bench(c: &mut Criterion) {
     });
 
     let redis = Redis::start();
-    let mut stream = RedisStreamSink::new(&redis.url(), &[], "tollgate:events", 100_000).unwrap();
+    let mut stream =
+        RedisStreamSink::new(&redis.url(), &[], "tollgate:events", 100_000, &[]).unwrap();
     g.bench_function("spool_to_redis_stream", |b| {
         b.iter(|| through(&rt, &s, &mut reader, &mut stream, &batch))
     });

@@ -239,6 +239,9 @@ pub struct Upstream {
     pub resolved_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// Round-robin over the targets taking calls (runtime state, shared by every call).
     pub balance: crate::proxy::balance::Balancer,
+    /// `request_headers`: set on every request to the upstream and its health probes,
+    /// replacing the caller's (values marked sensitive).
+    pub request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// `health_check`: active probes of every target, when configured.
     pub health_check: Option<HealthCheck>,
     /// When the last round of probes started (runtime state).
@@ -582,6 +585,39 @@ pub struct Route {
     /// `read_timeout`: how long this route's calls wait on each read from the upstream, instead
     /// of the upstream's `read_timeout`.
     pub read_timeout: Option<std::time::Duration>,
+    /// `rewrite_prefix`: what replaces the matched path (or path prefix) in the upstream's
+    /// request (see [`Route::upstream_path`]).
+    pub rewrite_prefix: Option<String>,
+}
+
+impl Route {
+    /// The path and query the upstream gets for a call to `path` (and `query`), when the route
+    /// rewrites it: the part of the path the route matched is replaced by `rewrite_prefix`, the
+    /// rest and the query kept. `/billing/v1` rewritten to `/v1` sends `/billing/v1/items?x=1`
+    /// as `/v1/items?x=1` and `/billing/v1` as `/v1`; `/api` rewritten to `/` sends `/api/items`
+    /// as `/items`. `None` when the route keeps the path (or `path` is not one it matched).
+    pub fn upstream_path(&self, path: &str, query: Option<&str>) -> Option<String> {
+        let to = self.rewrite_prefix.as_deref()?;
+        let matched = match &self.matcher.path {
+            PathMatch::Exact(p) => p.as_str(),
+            // A prefix ending in `/` matched up to its slash; the rest keeps its own.
+            PathMatch::Prefix(p) => p.strip_suffix('/').unwrap_or(p),
+        };
+        let rest = path.strip_prefix(matched)?;
+        let mut out = if rest.is_empty() {
+            to.to_string()
+        } else {
+            format!("{}{rest}", to.strip_suffix('/').unwrap_or(to))
+        };
+        if out.is_empty() {
+            out.push('/');
+        }
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        Some(out)
+    }
 }
 
 /// One meter a route charges: `requests: 1`, or

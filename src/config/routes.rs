@@ -118,6 +118,7 @@ const ROUTE_KEYS: &[&str] = &[
     "plugins",
     "max_request_body",
     "read_timeout",
+    "rewrite_prefix",
 ];
 
 fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route> {
@@ -229,6 +230,25 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         }
         None => None,
     };
+    let rewrite_prefix = match f.get("rewrite_prefix") {
+        Some(n) => {
+            let p = d.string(n, "`rewrite_prefix`")?;
+            if !crate::pipeline::route::path_is_normal(&p) {
+                d.err(
+                    n.pos,
+                    format!("`rewrite_prefix` must be a path starting with `/`, without `.` or `..` segments, empty segments or encoded unreserved characters, such as \"/v1\"; found \"{p}\""),
+                );
+            }
+            if f.get("respond").is_some() {
+                d.err(
+                    n.pos,
+                    format!("{what} answers by itself (`respond`); `rewrite_prefix` is for routes with an `upstream`"),
+                );
+            }
+            Some(p)
+        }
+        None => None,
+    };
     Some(Route {
         name: name?,
         matcher: matcher?,
@@ -240,6 +260,7 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         plugins,
         max_request_body,
         read_timeout,
+        rewrite_prefix,
     })
 }
 

@@ -42,7 +42,8 @@ pub fn schema() -> Value {
             "store": obj("Where usage counters live.", &["kind"], &[
                 ("kind", words("embedded (one file, one instance), redis (one shared server), redis-sentinel (the primary Redis Sentinel names) or redis-cluster (a shared Redis Cluster).", &["embedded", "redis", "redis-sentinel", "redis-cluster"])),
                 ("url", string("redis://host:port/db, rediss://host:port/db (TLS) or redis+unix:///path (kind: redis); redis://[:password@]name/db with the name the Sentinels monitor the primary under (kind: redis-sentinel).")),
-                ("urls", list("redis-cluster: redis://host:port (or, all of them, rediss:// for TLS) URLs of one or more of the cluster's nodes; redis-sentinel: redis://host:port URLs of the Sentinels.", string("A redis:// or rediss:// URL."))),
+                ("urls", list("redis-cluster: redis://host:port (or, all of them, rediss:// for TLS) URLs of one or more of the cluster's nodes.", string("A redis:// or rediss:// URL."))),
+                ("sentinels", list("redis-sentinel: redis://host:port URLs of the Sentinels, asked in turn where the primary is.", string("A redis:// URL."))),
                 ("path", string("The embedded store's file.")),
                 ("timeout", duration("Bound on every store call.")),
                 ("ca_file", string("rediss:// url or urls: PEM CA certificates trusted for this Redis instead of the public roots.")),
@@ -58,6 +59,7 @@ pub fn schema() -> Value {
                 ("sni", string("tls: the name every target's certificate is checked against (and sent as SNI); default each target's host name, or its IP address.")),
                 ("ca_file", string("tls: PEM CA certificates trusted for the targets instead of the system's roots.")),
                 ("host_header", string("The Host header the upstream gets instead of the client's, e.g. api.example.com.")),
+                ("request_headers", named("Headers set on every request to this upstream and its health probes, replacing the caller's (e.g. the upstream's own Authorization).", string("The header's value."))),
                 ("resolve_every", duration("How often host-name targets are looked up again (default 30s, at least 1s).")),
                 ("health_check", obj("Active health checks: a GET of path to every target every interval; a 2xx within timeout passes.", &["path"], &[
                     ("path", string("The path (and query) probed, e.g. /healthz.")),
@@ -377,6 +379,7 @@ fn route() -> Value {
             ("feature", string("A feature the plan must include.")),
             ("max_request_body", size("The largest request body this route takes (default server.max_request_body); over it: 413, nothing charged.")),
             ("read_timeout", duration("How long this route's calls wait on each read from the upstream (default: the upstream's read_timeout).")),
+            ("rewrite_prefix", string("Replaces the part of the path the route matched in the upstream's request, e.g. /billing/v1 -> /v1 (the rest and the query kept).")),
         ("plugins", list("Plugins run on this route, in order (each set up under the top-level plugins).", string("A plugin name."))),
             (
                 "refund_on",
@@ -436,6 +439,7 @@ fn telemetry() -> Value {
             "url": string("redis_stream: redis://…, rediss://… (TLS) or redis+unix://…; http: http://… or https://…; nats: nats://…"),
             "stream": string("redis_stream: the stream key; nats: a stream to create on the subject."),
             "max_len": int("redis_stream: MAXLEN ~ of every XADD.", 1),
+            "sentinels": list("redis_stream: redis://host:port URLs of Redis Sentinels; `url` is then redis://NAME/DB with the name they monitor the primary under.", string("A redis:// URL.")),
             "subject": string("nats: the subject."),
             "timeout": duration("http, nats: bound on one delivery."),
             "ca_file": string("A PEM file of CA certificates. http (https:// only): trusted besides the public roots; redis_stream (rediss:// only): trusted instead of them."),

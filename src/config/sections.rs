@@ -149,35 +149,54 @@ pub(super) fn admin(d: &mut Decoder, n: &Node, proxy: Option<SocketAddr>) -> Opt
     })
 }
 
-/// `store.url` of kind redis-sentinel: `redis://[[USER]:PASSWORD@]NAME[/DB]`, the host being
-/// the name the Sentinels monitor the primary under (so no port).
-fn sentinel_primary(url: &str) -> Result<(), String> {
+/// A list of Redis Sentinels (`store.sentinels`, a `redis_stream` sink's `sentinels`):
+/// `redis://[[USER]:PASSWORD@]HOST:PORT` URLs, at least one.
+pub(super) fn sentinels(d: &mut Decoder, n: &Node, what: &str) -> Option<Vec<String>> {
+    let urls = d.strings(n, what)?;
+    if urls.is_empty() {
+        d.err(n.pos, format!("{what} needs at least one Sentinel's URL"));
+        return None;
+    }
+    let mut ok = true;
+    for (url, pos) in &urls {
+        if let Err(why) = sentinel_node(url, what) {
+            d.err(*pos, why);
+            ok = false;
+        }
+    }
+    ok.then(|| urls.into_iter().map(|(u, _)| u).collect())
+}
+
+/// The `url` of a Redis found through Sentinels (`what` names it):
+/// `redis://[[USER]:PASSWORD@]NAME[/DB]`, the host being the name the Sentinels monitor the
+/// primary under (so no port).
+pub(super) fn sentinel_primary(url: &str, what: &str) -> Result<(), String> {
     let example = "such as \"redis://mymaster/0\" or \"redis://:PASSWORD@mymaster/0\"";
     if url.starts_with("rediss://") {
         return Err(format!(
-            "`store.url`: TLS is not supported with kind redis-sentinel yet, found \"{url}\""
+            "{what}: TLS is not supported with Redis Sentinel yet, found \"{url}\""
         ));
     }
     let Some(rest) = url.strip_prefix("redis://") else {
-        return Err(format!("`store.url` of kind redis-sentinel is redis:// with the name the Sentinels monitor the primary under as host, {example}; found \"{url}\""));
+        return Err(format!("{what} with Sentinels is redis:// with the name they monitor the primary under as host, {example}; found \"{url}\""));
     };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if host.is_empty() {
-        return Err(format!("`store.url` names no primary: its host is the name the Sentinels monitor the primary under, {example}"));
+        return Err(format!("{what} names no primary: with Sentinels its host is the name they monitor the primary under, {example}"));
     }
     if host.contains(':') {
-        return Err(format!("`store.url`'s host is the name the Sentinels monitor the primary under, without a port (they tell where it is), {example}; found \"{host}\""));
+        return Err(format!("with Sentinels, the host of {what} is the name they monitor the primary under, without a port (they tell where it is), {example}; found \"{host}\""));
     }
     redis::parse_redis_url(url)
         .map(|_| ())
-        .ok_or_else(|| format!("`store.url` is not a valid URL, {example}; found \"{url}\""))
+        .ok_or_else(|| format!("{what} is not a valid URL, {example}; found \"{url}\""))
 }
 
-/// One of `store.urls` of kind redis-sentinel: `redis://[[USER]:PASSWORD@]HOST:PORT`.
-fn sentinel_node(url: &str) -> Result<(), String> {
+/// One Sentinel's URL in `what`: `redis://[[USER]:PASSWORD@]HOST:PORT`.
+fn sentinel_node(url: &str, what: &str) -> Result<(), String> {
     let why = || {
-        format!("`store.urls` entries of kind redis-sentinel are redis://HOST:PORT URLs of the Sentinels, such as \"redis://10.0.0.5:26379\", found \"{url}\"")
+        format!("{what} are redis://HOST:PORT URLs of the Sentinels, such as \"redis://10.0.0.5:26379\", found \"{url}\"")
     };
     let rest = url.strip_prefix("redis://").ok_or_else(why)?;
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
@@ -204,9 +223,10 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
             "timeout",
             "on_outage",
             "ca_file",
+            "sentinels",
         ],
     )?;
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, PartialEq)]
     enum Kind {
         Embedded,
         Redis,
@@ -224,6 +244,12 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
             ("redis-cluster", Kind::Cluster),
         ],
     )?;
+    if let Some(n) = f.get("sentinels").filter(|_| kind != Kind::Sentinel) {
+        d.err(
+            n.pos,
+            "`store.sentinels` is for kind redis-sentinel (a Redis found through its Sentinels)",
+        );
+    }
     let kind = match kind {
         Kind::Embedded => {
             let path = match f.get("path") {
@@ -263,7 +289,7 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
             if let Some(n) = f.get("urls") {
                 d.err(
                     n.pos,
-                    "`store.urls` is for kinds redis-cluster and redis-sentinel; the redis store takes `url`",
+                    "`store.urls` is for kind redis-cluster; the redis store takes `url`",
                 );
             }
             let ca = d.ca_file(
@@ -279,7 +305,7 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
                 .require(&f, "url", "`store` of kind redis-sentinel")
                 .and_then(|n| {
                     let url = d.string(n, "`store.url`")?;
-                    match sentinel_primary(&url) {
+                    match sentinel_primary(&url, "`store.url`") {
                         Ok(()) => Some(url),
                         Err(why) => {
                             d.err(n.pos, why);
@@ -288,25 +314,12 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
                     }
                 });
             let sentinels = d
-                .require(&f, "urls", "`store` of kind redis-sentinel")
-                .and_then(|n| {
-                    let urls = d.strings(n, "`store.urls`")?;
-                    if urls.is_empty() {
-                        d.err(n.pos, "`store.urls` needs at least one Sentinel's URL");
-                        return None;
-                    }
-                    let mut ok = true;
-                    for (url, pos) in &urls {
-                        if let Err(why) = sentinel_node(url) {
-                            d.err(*pos, why);
-                            ok = false;
-                        }
-                    }
-                    ok.then(|| urls.into_iter().map(|(u, _)| u).collect::<Vec<_>>())
-                });
+                .require(&f, "sentinels", "`store` of kind redis-sentinel")
+                .and_then(|n| sentinels(d, n, "`store.sentinels`"));
             for (key, why) in [
-                ("path", "`store.path` is for kind embedded; redis-sentinel takes the primary's name in `url` and the Sentinels in `urls`"),
-                ("ca_file", "`store.ca_file` is for rediss:// URLs; TLS is not supported with kind redis-sentinel yet"),
+                ("path", "`store.path` is for kind embedded; redis-sentinel takes the primary's name in `url` and the Sentinels in `sentinels`"),
+                ("urls", "`store.urls` is for kind redis-cluster; redis-sentinel takes the Sentinels in `sentinels`"),
+                ("ca_file", "`store.ca_file` is for rediss:// URLs; TLS is not supported with Redis Sentinel yet"),
             ] {
                 if let Some(n) = f.get(key) {
                     d.err(n.pos, why);

@@ -74,6 +74,9 @@ pub enum SinkKind {
         stream: String,
         /// `MAXLEN ~` of every `XADD`.
         max_len: u64,
+        /// `sentinels`: Redis Sentinels asked where the primary `url` names is (empty: `url`
+        /// is the server's address).
+        sentinels: Vec<String>,
     },
     /// A CloudEvents batch `POST`.
     Http {
@@ -242,8 +245,17 @@ fn sinks(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<Vec<SinkConf
 
 fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
     const ALL: &[&str] = &[
-        "kind", "name", "path", "url", "stream", "max_len", "subject", "timeout", "plugin",
+        "kind",
+        "name",
+        "path",
+        "url",
+        "stream",
+        "max_len",
+        "subject",
+        "timeout",
+        "plugin",
         "ca_file",
+        "sentinels",
     ];
     let f = d.fields(n, "a sink", ALL)?;
     let kind = d.require(&f, "kind", "a sink").and_then(|k| {
@@ -262,7 +274,15 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
     let what = format!("sink of kind {kind}");
     let allowed: &[&str] = match kind {
         "file" => &["kind", "name", "path"],
-        "redis_stream" => &["kind", "name", "url", "stream", "max_len", "ca_file"],
+        "redis_stream" => &[
+            "kind",
+            "name",
+            "url",
+            "stream",
+            "max_len",
+            "ca_file",
+            "sentinels",
+        ],
         "http" => &["kind", "name", "url", "timeout", "ca_file"],
         "plugin" => &["kind", "name", "plugin"],
         _ => &["kind", "name", "url", "subject", "stream", "timeout"],
@@ -316,7 +336,16 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
             path: text(d, "path")?.into(),
         },
         "redis_stream" => {
-            let url = url(d, &["redis://", "rediss://", "redis+unix://", "unix://"]);
+            let sentinels = f
+                .get("sentinels")
+                .map(|n| super::sections::sentinels(d, n, "`sentinels`"));
+            let mut url = url(d, &["redis://", "rediss://", "redis+unix://", "unix://"]);
+            if let (Some(_), Some(u), Some(v)) = (&sentinels, &url, f.get("url")) {
+                if let Err(why) = super::sections::sentinel_primary(u, "`url`") {
+                    d.err(v.pos, why);
+                    url = None;
+                }
+            }
             let ca = ca_file(d, url.as_deref(), "rediss://");
             let stream = match f.get("stream") {
                 Some(v) => d.string(v, "`stream`"),
@@ -331,6 +360,7 @@ fn sink(d: &mut Decoder, n: &Node, plugins: &Configured) -> Option<SinkConfig> {
                 ca: ca?,
                 stream: stream?,
                 max_len: max_len?,
+                sentinels: sentinels.unwrap_or(Some(Vec::new()))?,
             }
         }
         "http" => {

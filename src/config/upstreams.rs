@@ -24,6 +24,7 @@ const KEYS: &[&str] = &[
     "host_header",
     "resolve_every",
     "health_check",
+    "request_headers",
 ];
 
 const HEALTH_CHECK_KEYS: &[&str] = &["path", "interval", "timeout", "fails", "passes", "expect"];
@@ -120,6 +121,10 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
         }
     });
     let health_check = f.get("health_check").map(|n| health_check(d, n));
+    let request_headers = match f.get("request_headers") {
+        Some(n) => request_headers(d, n),
+        None => Some(Vec::new()),
+    };
     if tls == Some(false) {
         // Settings that mean something only with TLS are mistakes without it.
         for key in ["sni", "ca_file"] {
@@ -143,8 +148,10 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
             (Some(_), None) => {}
         }
     }
+    let request_headers = request_headers?;
     Some(Upstream {
         name,
+        request_headers,
         balance: Balancer::new(targets.len(), health),
         targets,
         tls,
@@ -242,6 +249,68 @@ fn written<T>(setting: Option<Option<T>>) -> Option<Option<T>> {
 
 /// One target: `IP:PORT`, or `HOST:PORT` looked up now (the first address it resolves to). Its
 /// `sni` is the host name, or the IP address, for an upstream with TLS to use.
+/// Headers the gateway sets itself, or that describe the connection rather than the call:
+/// `request_headers` may not set them (why, for the error).
+fn reserved_header(name: &http::HeaderName) -> Option<&'static str> {
+    if crate::proxy::hygiene::is_hop_by_hop(name) {
+        return Some("it is hop-by-hop: it describes one connection, not the call");
+    }
+    match name.as_str() {
+        "host" => Some("the upstream's `host_header` sets it"),
+        "content-length" | "transfer-encoding" => {
+            Some("the body's framing is the gateway's to write")
+        }
+        "x-tollgate-tenant" | "x-tollgate-plan" => {
+            Some("the gateway tells the upstream who calls with it")
+        }
+        "x-request-id" => Some("`server.request_id` sets it"),
+        "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" => {
+            Some("it says where the call came from, which the gateway knows per call")
+        }
+        _ => None,
+    }
+}
+
+/// `request_headers`: header name → value, set on every request to the upstream (and its
+/// health probes), replacing what the caller sent. Values are marked sensitive (they are often
+/// credentials), and no error repeats one.
+fn request_headers(
+    d: &mut Decoder,
+    n: &Node,
+) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (name, pos, v) in d.named(n, "`request_headers`") {
+        let value = d.string(v, &format!("the value of `request_headers.{name}`"));
+        let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            d.err(pos, format!("`request_headers`: \"{name}\" is not a header name (letters, digits and `-`, such as \"Authorization\")"));
+            ok = false;
+            continue;
+        };
+        if let Some(why) = reserved_header(&header) {
+            d.err(pos, format!("`request_headers` cannot set `{name}`: {why}"));
+            ok = false;
+            continue;
+        }
+        let Some(value) = value else {
+            ok = false;
+            continue;
+        };
+        match http::HeaderValue::from_str(&value) {
+            Ok(mut value) => {
+                value.set_sensitive(true);
+                out.push((header, value));
+            }
+            Err(_) => {
+                // The value is likely a secret: say what is wrong with it, not what it is.
+                d.err(v.pos, format!("the value of `request_headers.{name}` is not a valid header value (visible ASCII and spaces only; no line breaks)"));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
+}
+
 fn target(d: &mut Decoder, n: &Node) -> Option<Target> {
     let s = d.string(n, "a target")?;
     if let Ok(addr) = s.parse::<SocketAddr>() {

@@ -12,7 +12,8 @@
 //!
 //! The probe's `Host` is the upstream's `host_header` when it has one, else the target as
 //! written (`10.0.0.11:3000`, `api.internal:3000`); its `User-Agent` is
-//! `tollgate-health-check`, so an upstream can tell probes from calls in its logs. Probes are
+//! `tollgate-health-check`, so an upstream can tell probes from calls in its logs; it carries
+//! the upstream's `request_headers`, as calls do. Probes are
 //! not calls: they are not metered, not in the access log and not usage events; each is
 //! counted in `tollgate_upstream_health_checks_total{upstream,target,result}`.
 
@@ -80,6 +81,11 @@ async fn probe(
             ),
         ] {
             req.insert_header(name, value).map_err(|e| e.to_string())?;
+        }
+        // A health endpoint behind the upstream's own authentication gets its credentials.
+        for (name, value) in &up.request_headers {
+            req.insert_header(name.clone(), value.clone())
+                .map_err(|e| e.to_string())?;
         }
         // A connection of its own every time: never one a call released to the pool, and never
         // given back to it (it says `Connection: close`), so each probe also proves a connect.

@@ -435,6 +435,11 @@ impl ProxyHttp for Proxy {
             up.insert_header("X-Forwarded-Proto", X_FORWARDED_PROTO_HTTPS.clone())?;
         }
         if let Some(RouteTarget::Upstream(u)) = ctx.route().map(|r| &r.target) {
+            // After the caller's credentials are gone: an upstream's own (`Authorization` for
+            // an API the gateway resells) replaces what the caller sent.
+            for (name, value) in &u.request_headers {
+                up.insert_header(name.clone(), value.clone())?;
+            }
             if let Some(host) = &u.host_header {
                 // The upstream no longer sees the name the client called; it learns it from
                 // `X-Forwarded-Host` (replacing a copy the client sent), to build links with.
@@ -447,6 +452,18 @@ impl ProxyHttp for Proxy {
                     }
                 }
             }
+        }
+        if let Some(path) = ctx
+            .route()
+            .and_then(|r| r.upstream_path(up.uri.path(), up.uri.query()))
+        {
+            let uri = http::Uri::try_from(path).map_err(|e| {
+                Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    format!("the rewritten path is not a valid URI: {e}"),
+                )
+            })?;
+            up.set_uri(uri);
         }
         match ctx.admitted() {
             // `insert_header` replaces a copy the client sent.

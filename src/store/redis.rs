@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use super::batch::Batcher;
 
 mod pipe;
-mod sentinel;
+pub(crate) mod sentinel;
 
 use super::{keys, Adjustment, KeyRecord, PlanOverrides, Reservation, Reserved, Store, StoreError};
 

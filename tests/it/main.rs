@@ -48,5 +48,6 @@ mod stripe_meter;
 mod telemetry;
 mod telemetry_spool;
 mod upgrade;
+mod upstream_request;
 mod upstream_tls;
 mod webhooks;

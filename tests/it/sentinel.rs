@@ -1,11 +1,12 @@
 //! `store.kind: redis-sentinel`: the gateway asks Redis Sentinel where the primary is, and
 //! follows it through a failover an operator asks for (the old primary is demoted and answers
 //! `READONLY`) and through the primary's death (its address stops answering), without a
-//! restart: reservations, refunds (the request path's other connection) and readiness (the
-//! admin side's connection) all end up on the new primary.
+//! restart: reservations, refunds (the request path's other connection), readiness (the
+//! admin side's connection) and the usage events' stream all end up on the new primary.
 
 use std::time::{Duration, Instant};
 
+use crate::common::events::{ids, stream_events};
 use crate::common::http::admin;
 use crate::common::sentinel::{Sentinel, NAME};
 use crate::common::{
@@ -15,9 +16,14 @@ use crate::common::{
 const YAML: &str = r#"
 server: { listen: "{listen}", threads: 2 }
 admin: { listen: "{admin}" }
-store: { kind: redis-sentinel, url: "redis://{name}/0", urls: ["{sentinel}"], timeout: 500ms, on_outage: fail_closed }
+store: { kind: redis-sentinel, url: "redis://{name}/0", sentinels: ["{sentinel}"], timeout: 500ms, on_outage: fail_closed }
 upstreams:
   product: { targets: ["{upstream}"] }
+telemetry:
+  spool: "{dir}/spool"
+  retry_max: 200ms
+  sinks:
+    - { name: events, kind: redis_stream, url: "redis://{name}/0", sentinels: ["{sentinel}"], stream: "tg:events" }
 "#;
 
 /// Waits up to `secs` seconds for `check`, failing with `what` and the logs.
@@ -117,6 +123,13 @@ async fn metering_follows_the_primary_sentinel_names_through_a_failover_and_a_de
     // 2. The primary dies: the Sentinel promotes a again, and the gateway, whose connections
     //    to b are lost, asks it where the primary went. Readiness first, before any call: the
     //    admin side's connection finds the new primary by itself.
+    // Every event so far (each call's, the refused ones' included) is on b, and a copy on a.
+    let so_far = 4 + after_failover + 5;
+    until("the events on b and a copy on a", 15, logs, || async {
+        ids(&stream_events(&b, "tg:events").await).len() == so_far
+            && ids(&stream_events(&a, "tg:events").await).len() == so_far
+    })
+    .await;
     until("a in sync with b", 10, logs, || async {
         a.get_int(&counter).await == 7
     })
@@ -129,7 +142,7 @@ async fn metering_follows_the_primary_sentinel_names_through_a_failover_and_a_de
     })
     .await;
     until("ready again", 10, logs, ready).await;
-    calls_until_admitted(&client, &gateway.url("/v1/items"), logs).await;
+    let after_death = calls_until_admitted(&client, &gateway.url("/v1/items"), logs).await;
     served_then_refunded(&client, &gateway, 2).await;
     assert_eq!(
         a.get_int(&counter).await,
@@ -137,6 +150,13 @@ async fn metering_follows_the_primary_sentinel_names_through_a_failover_and_a_de
         "counted on the primary after b died, the 502 refunded there\n{}",
         logs()
     );
+    // The events' sink followed too: every event on a, none lost.
+    let total = so_far + after_death + 4;
+    until("every event on a", 15, logs, || async {
+        ids(&stream_events(&a, "tg:events").await).len() >= total
+    })
+    .await;
+    assert_eq!(ids(&stream_events(&a, "tg:events").await).len(), total);
 }
 
 /// `n` calls served (200), then one the upstream fails (502, refunded).

@@ -613,7 +613,7 @@ async fn the_stream_sink_appends_over_rediss_trusting_its_ca_file() {
     assert_eq!(unique_ids(&events).len(), 100);
 
     let mut untrusted =
-        RedisStreamSink::new(&tls_redis.tls_url(), &[], "tg:untrusted", 1000).unwrap();
+        RedisStreamSink::new(&tls_redis.tls_url(), &[], "tg:untrusted", 1000, &[]).unwrap();
     let refused = untrusted
         .deliver(&[bytes::Bytes::from_static(b"{}")])
         .await
@@ -923,6 +923,7 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
         &[],
         "tg:acl",
         1000,
+        &[],
     )
     .unwrap();
     acl.deliver(&events).await.unwrap();
@@ -931,6 +932,7 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
         &[],
         "tg:default",
         1000,
+        &[],
     )
     .unwrap();
     default.deliver(&events[..1]).await.unwrap();
@@ -944,6 +946,7 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
         &[],
         "tg:acl",
         1000,
+        &[],
     )
     .unwrap();
     let refused = wrong.deliver(&events).await.unwrap_err().to_string();
@@ -977,6 +980,7 @@ async fn the_stream_sink_authenticates_selects_its_database_and_reports_error_re
         &[],
         "tg:many",
         1000,
+        &[],
     )
     .unwrap();
     sink.deliver(&many).await.unwrap();

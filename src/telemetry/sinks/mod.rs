@@ -66,8 +66,9 @@ pub fn build(config: &SinkConfig, metrics: &Metrics) -> Result<Box<dyn Sink>, Si
             ca,
             stream,
             max_len,
+            sentinels,
         } => Box::new(redis_stream::RedisStreamSink::new(
-            url, ca, stream, *max_len,
+            url, ca, stream, *max_len, sentinels,
         )?),
         SinkKind::Http { url, timeout, ca } => Box::new(http::HttpSink::new(url, *timeout, ca)?),
         SinkKind::Nats {

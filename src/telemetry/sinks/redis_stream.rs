@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{within, Sink, SinkError};
 use crate::resp::bulk;
+use crate::store::redis::sentinel::Sentinel;
 
 /// Upper bound on connecting and on one pipelined batch.
 const TIMEOUT: Duration = Duration::from_secs(5);
@@ -38,9 +39,15 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// each, which the delivery thread easily affords (`cargo bench --bench telemetry`, README).
 const PIPELINE: usize = 64;
 
+/// Bounds asking one Sentinel where the primary is.
+const SENTINEL_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Where and how to connect, read from the sink's URL once. (No `Debug`: it holds the password.)
 struct Target {
     addr: Addr,
+    /// Behind Redis Sentinel: asked where the primary is before each connection (`addr` is
+    /// then only the primary's name).
+    sentinel: Option<Sentinel>,
     /// For `rediss://`: the TLS client (trusting the sink's `ca_file`, else the public roots).
     tls: Option<tokio_rustls::TlsConnector>,
     username: Option<String>,
@@ -73,13 +80,23 @@ pub struct RedisStreamSink {
 impl RedisStreamSink {
     /// A sink appending to `stream` at `url`, trimming it to about `max_len` entries. A
     /// `rediss://` URL connects with TLS, trusting `ca` when it is not empty, else the public
-    /// roots.
+    /// roots. With `sentinels`, `url` names the primary they monitor (`redis://NAME/DB`), and
+    /// each connection goes where they say it is now, so the stream follows a failover as the
+    /// store does.
     pub fn new(
         url: &str,
         ca: &[rustls::pki_types::CertificateDer<'static>],
         stream: &str,
         max_len: u64,
+        sentinels: &[String],
     ) -> Result<RedisStreamSink, SinkError> {
+        let sentinel = match sentinels {
+            [] => None,
+            _ => Some(
+                Sentinel::new(url, sentinels, SENTINEL_TIMEOUT)
+                    .map_err(|e| SinkError::RedisReply(e.to_string()))?,
+            ),
+        };
         let info = url.into_connection_info()?;
         let mut tls = None;
         let addr = match info.addr() {
@@ -105,6 +122,7 @@ impl RedisStreamSink {
         let settings = info.redis_settings();
         let target = Target {
             addr,
+            sentinel,
             tls,
             username: settings.username().map(str::to_string),
             password: settings.password().map(str::to_string),
@@ -195,7 +213,26 @@ impl Sink for RedisStreamSink {
 /// Connects and prepares the connection: `AUTH` when the URL has a password, `SELECT` when
 /// it names another database than 0.
 async fn connect(target: &Target) -> Result<Box<dyn Io>, SinkError> {
-    let mut conn: Box<dyn Io> = match &target.addr {
+    let found;
+    let addr = match &target.sentinel {
+        Some(s) => {
+            let info = s
+                .primary()
+                .await
+                .map_err(|e| SinkError::RedisReply(e.to_string()))?;
+            found = match info.addr() {
+                ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
+                other => {
+                    return Err(SinkError::RedisReply(format!(
+                        "Sentinel named {other}, not a TCP address"
+                    )))
+                }
+            };
+            &found
+        }
+        None => &target.addr,
+    };
+    let mut conn: Box<dyn Io> = match addr {
         Addr::Tcp(host, port) => {
             let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
             stream.set_nodelay(true)?;
@@ -422,7 +459,7 @@ mod tests {
     #[test]
     fn xadds_are_encoded_as_resp() {
         let mut sink =
-            RedisStreamSink::new("redis://127.0.0.1:1/0", &[], "tg:events", 1000).unwrap();
+            RedisStreamSink::new("redis://127.0.0.1:1/0", &[], "tg:events", 1000, &[]).unwrap();
         sink.encode(&[Bytes::from_static(b"{\"a\":1}")]);
         assert_eq!(
             sink.out,

@@ -70,7 +70,7 @@ impl Sentinel {
         }
     }
 
-    /// `redis://127.0.0.1:<port>`, as `store.urls` takes it.
+    /// `redis://127.0.0.1:<port>`, as `store.sentinels` takes it.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }

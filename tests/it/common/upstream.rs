@@ -41,6 +41,8 @@ pub struct Health {
     pub probes: usize,
     /// The `Host` and `User-Agent` of the last probe.
     pub last: Option<(String, String)>,
+    /// The `Authorization` of the last probe (empty without one).
+    pub last_authorization: String,
 }
 
 // === impl Upstream ===
@@ -70,6 +72,7 @@ impl Upstream {
             status: 200,
             probes: 0,
             last: None,
+            last_authorization: String::new(),
         }));
         let (counter, probed) = (hits.clone(), health.clone());
         let task = tokio::spawn(async move {
@@ -154,6 +157,7 @@ fn health_answer(health: &Mutex<Health>, req: &Request<Incoming>) -> Response<Fu
     let mut h = health.lock().unwrap();
     h.probes += 1;
     h.last = Some((header(http::header::HOST), header(http::header::USER_AGENT)));
+    h.last_authorization = header(http::header::AUTHORIZATION);
     Response::builder()
         .status(h.status)
         .body(Full::new(Bytes::new()))
