@@ -71,14 +71,26 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("admit_unmetered_route", |b| {
         b.iter(|| {
-            rt.block_on(gw.admit(&Method::GET, "/search", black_box(&headers), LOCALHOST))
-                .is_ok()
+            rt.block_on(gw.admit(
+                &Method::GET,
+                None,
+                "/search",
+                black_box(&headers),
+                LOCALHOST,
+            ))
+            .is_ok()
         })
     });
     g.bench_function("admit_embedded_store", |b| {
         b.iter(|| {
-            rt.block_on(gw.admit(&Method::GET, "/v1/search", black_box(&headers), LOCALHOST))
-                .is_ok()
+            rt.block_on(gw.admit(
+                &Method::GET,
+                None,
+                "/v1/search",
+                black_box(&headers),
+                LOCALHOST,
+            ))
+            .is_ok()
         })
     });
     g.finish();

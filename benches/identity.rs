@@ -149,7 +149,7 @@ fn bench(c: &mut Criterion) {
     ];
     // Warm: the first JWT call fetches the JWKS; every case must be admitted.
     for (name, headers) in &cases {
-        let admitted = rt.block_on(gw.admit(&Method::GET, "/x", headers, LOCALHOST));
+        let admitted = rt.block_on(gw.admit(&Method::GET, None, "/x", headers, LOCALHOST));
         assert!(admitted.is_ok(), "{name} is not admitted");
     }
 
@@ -174,7 +174,7 @@ fn bench(c: &mut Criterion) {
     for (name, headers) in &cases {
         g.bench_function(*name, |b| {
             b.iter(|| {
-                rt.block_on(gw.admit(&Method::GET, "/x", black_box(headers), LOCALHOST))
+                rt.block_on(gw.admit(&Method::GET, None, "/x", black_box(headers), LOCALHOST))
                     .is_ok()
             })
         });

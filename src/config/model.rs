@@ -699,6 +699,46 @@ pub struct RouteMatch {
     pub path: PathMatch,
     /// Allowed methods; empty means any.
     pub methods: Vec<Method>,
+    /// `host`: the host names the call must be for; empty means any.
+    pub hosts: Vec<HostPattern>,
+}
+
+/// One of a route's `match.host` names: `api.example.com`, or `*.example.com` for every
+/// subdomain of `example.com` (at any depth, not the domain itself). Compared without case,
+/// against the host the client called without its port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// The name itself, in lower case.
+    Exact(String),
+    /// `.example.com` for `*.example.com`, in lower case.
+    Subdomains(String),
+}
+
+impl HostPattern {
+    /// Whether `host` (a `Host` header's or `:authority`'s value: a name or an address,
+    /// perhaps with a port and a trailing dot) is this pattern's.
+    pub fn matches(&self, host: &str) -> bool {
+        let name = host_name(host);
+        match self {
+            HostPattern::Exact(n) => name.eq_ignore_ascii_case(n),
+            HostPattern::Subdomains(suffix) => {
+                name.len() > suffix.len()
+                    && name.is_char_boundary(name.len() - suffix.len())
+                    && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+            }
+        }
+    }
+}
+
+/// The name part of a `Host` value: without its port, an IPv6 literal's brackets or a
+/// trailing dot.
+fn host_name(host: &str) -> &str {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(name, _)| name)
+    };
+    name.strip_suffix('.').unwrap_or(name)
 }
 
 /// How a route matches the path.
@@ -742,6 +782,40 @@ pub enum RouteAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_patterns_match_names_without_case_port_or_trailing_dot() {
+        let exact = HostPattern::Exact("api.example.com".into());
+        for host in [
+            "api.example.com",
+            "API.Example.com",
+            "api.example.com:8443",
+            "api.example.com.",
+        ] {
+            assert!(exact.matches(host), "{host}");
+        }
+        for host in [
+            "example.com",
+            "x.api.example.com",
+            "api.example.com.evil",
+            "",
+        ] {
+            assert!(!exact.matches(host), "{host}");
+        }
+        let subdomains = HostPattern::Subdomains(".example.com".into());
+        for host in ["a.example.com", "a.b.Example.COM:80", "a.example.com."] {
+            assert!(subdomains.matches(host), "{host}");
+        }
+        for host in [
+            "example.com",
+            ".example.com",
+            "evilexample.com",
+            "example.com.evil",
+            "[::1]:80",
+        ] {
+            assert!(!subdomains.matches(host), "{host}");
+        }
+    }
 
     #[test]
     fn a_tenants_header_value_is_its_name_built_once_and_kept_across_plans() {

@@ -304,7 +304,7 @@ fn refund_on(d: &mut Decoder, n: &Node) -> Option<RefundOn> {
 }
 
 fn matcher(d: &mut Decoder, n: &Node, what: &str) -> Option<RouteMatch> {
-    let f = d.fields(n, "`match`", &["path", "path_prefix", "methods"])?;
+    let f = d.fields(n, "`match`", &["path", "path_prefix", "methods", "host"])?;
     let path = match (f.get("path"), f.get("path_prefix")) {
         (Some(p), None) => path(d, p, "`path`").map(PathMatch::Exact),
         (None, Some(p)) => path(d, p, "`path_prefix`").map(PathMatch::Prefix),
@@ -332,10 +332,49 @@ fn matcher(d: &mut Decoder, n: &Node, what: &str) -> Option<RouteMatch> {
             }
         }
     }
+    let hosts = match f.get("host") {
+        Some(h) => hosts(d, h)?,
+        None => Vec::new(),
+    };
     Some(RouteMatch {
         path: path?,
         methods,
+        hosts,
     })
+}
+
+/// `match.host`: one name or pattern, or a list of them.
+fn hosts(d: &mut Decoder, n: &Node) -> Option<Vec<HostPattern>> {
+    let names = match &n.value {
+        Value::Seq(_) => d.strings(n, "`host`")?,
+        _ => vec![(d.string(n, "`host`")?, n.pos)],
+    };
+    if names.is_empty() {
+        d.err(n.pos, "`host` needs at least one host name");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (name, pos) in names {
+        let lower = name.to_ascii_lowercase();
+        let pattern = match lower.strip_prefix("*.") {
+            // At least two labels under the wildcard: `*.com` would take a whole TLD.
+            Some(domain) if super::upstreams::valid_host(domain) && domain.contains('.') => {
+                Some(HostPattern::Subdomains(format!(".{domain}")))
+            }
+            Some(_) => None,
+            None if super::upstreams::valid_host(&lower) => Some(HostPattern::Exact(lower)),
+            None => None,
+        };
+        match pattern {
+            Some(p) => out.push(p),
+            None => {
+                d.err(pos, format!("`host` entries are host names such as \"api.example.com\", or \"*.example.com\" for every subdomain of a domain (no scheme, port or path), found \"{name}\""));
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(out)
 }
 
 fn path(d: &mut Decoder, n: &Node, what: &str) -> Option<String> {

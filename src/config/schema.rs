@@ -345,6 +345,7 @@ fn route() -> Value {
                         ("path", string("An exact path.")),
                         ("path_prefix", string("A path prefix (whole segments).")),
                         ("methods", list("HTTP methods.", string("A method."))),
+                        ("host", json!({"description": "The host names the call must be for (api.example.com, or *.example.com for every subdomain): one, or a list.", "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})),
                     ],
                 ),
             ),

@@ -362,7 +362,7 @@ fn target(d: &mut Decoder, n: &Node) -> Option<Target> {
 }
 
 /// A DNS host name: labels of letters, digits, `-` and `_`, separated by dots.
-fn valid_host(host: &str) -> bool {
+pub(super) fn valid_host(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {

@@ -212,6 +212,11 @@ impl Gateway {
         }
     }
 
+    /// Whether routes are matched by host too, so [`Gateway::admit`] needs the call's host.
+    pub fn routes_by_host(&self) -> bool {
+        self.routes.by_host()
+    }
+
     /// The largest request body `route` takes: its own `max_request_body`, else the server's.
     pub fn body_limit(&self, route: &Route) -> Option<u64> {
         route.max_request_body.or(self.max_request_body)
@@ -221,6 +226,7 @@ impl Gateway {
     pub async fn admit(
         &self,
         method: &Method,
+        host: Option<&str>,
         path: &str,
         headers: &HeaderMap,
         peer: IpAddr,
@@ -250,7 +256,11 @@ impl Gateway {
         } else {
             Err(Rejection::BadPath)
         });
-        let route = step!(self.routes.pick(method, path).ok_or(Rejection::NoRoute)).clone(); // 1. where
+        let route = step!(self
+            .routes
+            .pick(method, host, path)
+            .ok_or(Rejection::NoRoute))
+        .clone(); // 1. where
         refused.route = Some(route.clone());
         // A body announced too large is refused before anything is charged or identified; one
         // that arrives too large without a length is cut off in `proxy::request_body_filter`.

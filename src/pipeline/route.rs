@@ -9,22 +9,36 @@ use crate::config::{PathMatch, Route};
 /// Routes in match order.
 pub struct RouteTable {
     routes: Vec<Arc<Route>>,
+    /// Whether any route matches by host (else the host is never looked at).
+    by_host: bool,
 }
 
 impl RouteTable {
     /// A table over the config's routes.
     pub fn new(routes: Vec<Arc<Route>>) -> RouteTable {
-        RouteTable { routes }
+        let by_host = routes.iter().any(|r| !r.matcher.hosts.is_empty());
+        RouteTable { routes, by_host }
     }
 
-    /// The first route matching `method` and `path` (the path without its query).
-    pub fn pick(&self, method: &Method, path: &str) -> Option<&Arc<Route>> {
+    /// Whether any route matches by host, so [`RouteTable::pick`] needs the call's host.
+    pub fn by_host(&self) -> bool {
+        self.by_host
+    }
+
+    /// The first route matching `method`, `host` (the `Host` or `:authority` the client
+    /// called, when known) and `path` (the path without its query). A route with `match.host`
+    /// never matches a call without a host.
+    pub fn pick(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
         self.routes.iter().find(|r| {
             let path_ok = match &r.matcher.path {
                 PathMatch::Exact(p) => path == p,
                 PathMatch::Prefix(p) => prefix_matches(p, path),
             };
-            path_ok && (r.matcher.methods.is_empty() || r.matcher.methods.contains(method))
+            let host_ok = r.matcher.hosts.is_empty()
+                || host.is_some_and(|h| r.matcher.hosts.iter().any(|p| p.matches(h)));
+            path_ok
+                && host_ok
+                && (r.matcher.methods.is_empty() || r.matcher.methods.contains(method))
         })
     }
 }

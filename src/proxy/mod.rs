@@ -233,7 +233,12 @@ impl ProxyHttp for Proxy {
             .and_then(|a| a.as_inet())
             .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip());
         let req = session.req_header();
-        let admission = match gw.admit(&req.method, &path, &req.headers, peer).await {
+        let host = gw
+            .routes_by_host()
+            .then(|| hygiene::client_host(req))
+            .flatten();
+        let host = host.as_ref().and_then(|h| h.to_str().ok());
+        let admission = match gw.admit(&req.method, host, &path, &req.headers, peer).await {
             Ok(a) => a,
             Err(refused) => {
                 ctx.outcome = Outcome::of_rejection(&refused);

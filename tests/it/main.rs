@@ -22,6 +22,7 @@ mod embedded;
 mod failover;
 mod harness;
 mod health_check;
+mod host_routes;
 mod http2;
 mod hygiene;
 mod idempotency;

@@ -402,7 +402,7 @@ mod activated {
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", HeaderValue::from_static(ACME_KEY));
         let peer = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        match gw.admit(&Method::GET, "/v1/x", &headers, peer).await {
+        match gw.admit(&Method::GET, None, "/v1/x", &headers, peer).await {
             Ok(Admission::Admitted(a)) => a.milestones.iter().map(|m| m.kind).collect(),
             _ => panic!("the call should be admitted"),
         }

@@ -67,7 +67,7 @@ fn key_headers() -> HeaderMap {
 async fn admitted_until_refused(gw: &Gateway) -> usize {
     for n in 0..10 {
         match gw
-            .admit(&Method::GET, "/v1/x", &key_headers(), LOCALHOST)
+            .admit(&Method::GET, None, "/v1/x", &key_headers(), LOCALHOST)
             .await
         {
             Ok(Admission::Admitted(_)) => {}

@@ -43,6 +43,16 @@ pub fn render(yaml: &str, redis: &str, upstream: &str) -> String {
         .replace("{delta_sha}", DELTA_SHA)
 }
 
+/// The start of a config for [`Stack`]: a gateway of two threads with an admin listener, the
+/// test's Redis (a 2 s timeout) and the upstream `product`; tenants, plans and routes follow.
+pub const STACK_HEAD: &str = r#"
+server: { listen: "{listen}", threads: 2 }
+admin: { listen: "{admin}" }
+store: { kind: redis, url: "{redis}", timeout: 2s }
+upstreams:
+  product: { targets: ["{upstream}"] }
+"#;
+
 /// The end of a config with one tenant and one route, for tests about the upstream `product`
 /// they define first: `acme` (key [`ACME_KEY`]) on plan `free` (1,000 requests a month), and
 /// every path proxied to `product`, metered one request a call.
