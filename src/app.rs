@@ -236,7 +236,7 @@ impl BackgroundService for UpstreamDns {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         every(Duration::from_secs(1), &mut shutdown, || async {
             let gw = self.gateway.load_full();
-            crate::proxy::resolve::refresh_due(&gw.upstreams).await;
+            crate::proxy::resolve::refresh_due(&gw.upstreams, &gw.metrics).await;
         })
         .await;
     }

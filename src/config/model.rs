@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::meter::period::Period;
@@ -285,34 +284,31 @@ pub struct Target {
     pub name: String,
     /// The host name, when the target is written with one.
     pub host: Option<String>,
-    /// Where it connects: the written address, or the one its host name resolved to (when the
-    /// config loaded, then every `resolve_every`: see `proxy::resolve`).
-    addr: ArcSwap<SocketAddr>,
+    /// Where it connects when the config loaded: the written address, or every address its
+    /// host name resolved to. The upstream's balancer keeps them from then on, and follows
+    /// the name every `resolve_every` (see `proxy::resolve`).
+    pub addrs: Vec<SocketAddr>,
     /// The name a TLS target's certificate is checked against (and sent as SNI): the
     /// upstream's `sni`, else the target's host name, else its IP address. Empty without TLS.
     pub sni: String,
 }
 
 impl Target {
-    /// A target written as `name`, at `addr`; `host` when `name` holds a host name.
-    pub fn new(name: String, addr: SocketAddr, host: Option<String>) -> Target {
-        let sni = host.clone().unwrap_or_else(|| addr.ip().to_string());
+    /// A target written as `name`, at `addrs` (at least one); `host` when `name` holds a host
+    /// name.
+    pub fn new(name: String, addrs: Vec<SocketAddr>, host: Option<String>) -> Target {
+        let sni = host.clone().unwrap_or_else(|| {
+            addrs
+                .first()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default()
+        });
         Target {
             name,
             host,
-            addr: ArcSwap::from_pointee(addr),
+            addrs,
             sni,
         }
-    }
-
-    /// Where the target connects now.
-    pub fn addr(&self) -> SocketAddr {
-        **self.addr.load()
-    }
-
-    /// Moves the target to `addr` (its host name resolves there now).
-    pub fn set_addr(&self, addr: SocketAddr) {
-        self.addr.store(Arc::new(addr));
     }
 }
 

@@ -152,7 +152,14 @@ fn upstream(d: &mut Decoder, name: String, v: &Node) -> Option<Upstream> {
     Some(Upstream {
         name,
         request_headers,
-        balance: Balancer::new(targets.len(), health),
+        balance: Balancer::new(
+            targets
+                .iter()
+                .enumerate()
+                .flat_map(|(i, t)| t.addrs.iter().map(move |a| (i, *a)))
+                .collect(),
+            health,
+        ),
         targets,
         tls,
         host_header,
@@ -314,7 +321,7 @@ fn request_headers(
 fn target(d: &mut Decoder, n: &Node) -> Option<Target> {
     let s = d.string(n, "a target")?;
     if let Ok(addr) = s.parse::<SocketAddr>() {
-        return Some(Target::new(s, addr, None));
+        return Some(Target::new(s, vec![addr], None));
     }
     let parts = s
         .rsplit_once(':')
@@ -335,16 +342,16 @@ fn target(d: &mut Decoder, n: &Node) -> Option<Target> {
         let host = host.to_string();
         return Some(Target::new(
             s,
-            SocketAddr::from(([0, 0, 0, 0], port)),
+            vec![SocketAddr::from(([0, 0, 0, 0], port))],
             Some(host),
         ));
     }
-    match s.to_socket_addrs().map(|mut a| a.next()) {
-        Ok(Some(addr)) => {
+    match s.to_socket_addrs().map(|a| a.collect::<Vec<_>>()) {
+        Ok(addrs) if !addrs.is_empty() => {
             let host = host.to_string();
-            Some(Target::new(s, addr, Some(host)))
+            Some(Target::new(s, addrs, Some(host)))
         }
-        Ok(None) => {
+        Ok(_) => {
             d.err(
                 n.pos,
                 format!("target \"{s}\": `{host}` resolves to no address"),
@@ -414,12 +421,17 @@ mod tests {
         let c = config(r#"{ targets: ["localhost:3000", "127.0.0.1:3001"], tls: true }"#).unwrap();
         let up = &c.upstreams["product"];
         assert_eq!(up.targets[0].name, "localhost:3000");
-        assert!(
-            up.targets[0].addr().ip().is_loopback(),
-            "{:?}",
-            up.targets[0]
+        let endpoints = up.balance.endpoints();
+        assert!(!up.targets[0].addrs.is_empty());
+        for e in endpoints.iter().filter(|e| e.target == 0) {
+            assert!(e.addr.ip().is_loopback(), "{e:?}");
+            assert_eq!(e.addr.port(), 3000);
+        }
+        assert_eq!(
+            endpoints.len(),
+            up.targets[0].addrs.len() + 1,
+            "every address of the name, and the IP target"
         );
-        assert_eq!(up.targets[0].addr().port(), 3000);
         // With TLS, each target's certificate is checked against its host name, or its IP.
         assert_eq!(up.targets[0].sni, "localhost");
         assert_eq!(up.targets[1].sni, "127.0.0.1");

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 
+use super::balance::Endpoint;
 use crate::config::{HealthCheck, Upstream};
 use crate::telemetry::metrics::Metrics;
 
@@ -38,27 +39,32 @@ pub fn start_due(upstreams: &[Arc<Upstream>], connector: &Arc<Connector>, metric
     }
 }
 
-/// Probes every target of `up` at once and records each result.
+/// Probes every target of `up` at once (each address of a host-name target) and records each
+/// result.
 async fn round(up: &Upstream, connector: &Connector, metrics: &Metrics) {
     let Some(hc) = &up.health_check else {
         return;
     };
-    let probes =
-        (0..up.targets.len()).map(|i| async move { (i, probe(up, hc, i, connector).await) });
-    for (i, result) in futures_util::future::join_all(probes).await {
-        record(metrics, up, hc, i, result);
+    let endpoints = up.balance.endpoints();
+    let probes = endpoints
+        .iter()
+        .map(|e| async move { (e, probe(up, hc, e, connector).await) });
+    for (e, result) in futures_util::future::join_all(probes).await {
+        record(metrics, up, hc, e, result);
     }
 }
 
-/// One probe of target `i`: `Ok` with the answer's status when one came within the timeout.
+/// One probe of endpoint `e`: `Ok` with the answer's status when one came within the timeout.
 async fn probe(
     up: &Upstream,
     hc: &HealthCheck,
-    i: usize,
+    e: &Endpoint,
     connector: &Connector,
 ) -> Result<u16, String> {
-    let target = &up.targets[i];
-    let mut peer = super::target_peer(up, target);
+    let Some(target) = up.targets.get(e.target) else {
+        return Err("no such target".to_string());
+    };
+    let mut peer = super::target_peer(up, target, e.addr);
     peer.options.connection_timeout = Some(hc.timeout.min(up.connect_timeout));
     peer.options.read_timeout = Some(hc.timeout);
     peer.options.write_timeout = Some(hc.timeout);
@@ -124,35 +130,35 @@ fn record(
     metrics: &Metrics,
     up: &Upstream,
     hc: &HealthCheck,
-    i: usize,
+    e: &Endpoint,
     result: Result<u16, String>,
 ) {
-    let target = &up.targets[i].name;
+    let labels = super::balance::labels(up, e);
+    let target = labels[1];
     let failure = match result {
         Ok(status) if hc.passes_with(status) => None,
         Ok(status) => Some(format!("answered {status}")),
         // pingora's errors start with a space.
         Err(e) => Some(e.trim().to_string()),
     };
-    let labels = [up.name.as_str(), target.as_str()];
     let outcome = if failure.is_some() { "fail" } else { "pass" };
     metrics
         .upstream_health_checks
-        .with_label_values(&[labels[0], labels[1], outcome])
+        .with_label_values(&[labels[0], labels[1], labels[2], outcome])
         .inc();
     match failure {
         None => {
-            if up.balance.probe_passed(i, hc.passes) {
+            if up.balance.probe_passed(e, hc.passes) {
                 metrics.upstream_target_up.with_label_values(&labels).set(1);
-                tracing::info!(upstream = %up.name, target = %target, passes = hc.passes, "An upstream target passed its health checks; it is back in rotation.");
+                tracing::info!(upstream = %up.name, target = %target, address = %e.address, passes = hc.passes, "An upstream target passed its health checks; it is back in rotation.");
             }
         }
         Some(why) => {
-            if up.balance.probe_failed(i, hc.fails) {
+            if up.balance.probe_failed(e, hc.fails) {
                 metrics.upstream_target_up.with_label_values(&labels).set(0);
-                tracing::warn!(upstream = %up.name, target = %target, path = %hc.path, error = %why, fails = hc.fails, "An upstream target failed its health checks; it takes no calls until it passes them again.");
+                tracing::warn!(upstream = %up.name, target = %target, address = %e.address, path = %hc.path, error = %why, fails = hc.fails, "An upstream target failed its health checks; it takes no calls until it passes them again.");
             } else {
-                tracing::debug!(upstream = %up.name, target = %target, error = %why, "A health probe failed.");
+                tracing::debug!(upstream = %up.name, target = %target, address = %e.address, error = %why, "A health probe failed.");
             }
         }
     }

@@ -110,8 +110,8 @@ pub struct Ctx {
     outcome: Outcome,
     upstream_started: Option<Instant>,
     connect_tries: usize,
-    /// The target `upstream_peer` picked last (its index in the upstream's `targets`).
-    target: usize,
+    /// The target (address) `upstream_peer` picked last.
+    target: Option<Arc<balance::Endpoint>>,
     refunded: bool,
     /// Reads the response for measured meters, when the route has any.
     measure: Option<ResponseMeter>,
@@ -196,7 +196,7 @@ impl ProxyHttp for Proxy {
             outcome: Outcome::NoRoute,
             upstream_started: None,
             connect_tries: 0,
-            target: 0,
+            target: None,
             refunded: false,
             measure: None,
             measured: Vec::new(),
@@ -333,13 +333,20 @@ impl ProxyHttp for Proxy {
                 "route answers by itself",
             ));
         };
-        let i = if ctx.connect_tries == 0 {
-            up.balance.pick()
-        } else {
-            up.balance.next_after(ctx.target)
+        let picked = match (&ctx.target, ctx.connect_tries) {
+            (Some(last), tries) if tries > 0 => up.balance.next_after(last),
+            _ => up.balance.pick(),
         };
-        ctx.target = i;
-        let mut peer = target_peer(up, &up.targets[i]);
+        let Some((endpoint, target)) =
+            picked.and_then(|e| up.targets.get(e.target).map(|t| (e, t)))
+        else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no upstream target",
+            ));
+        };
+        let mut peer = target_peer(up, target, endpoint.addr);
+        ctx.target = Some(endpoint);
         if let Some(t) = route.read_timeout {
             peer.options.read_timeout = Some(t);
         }
@@ -366,7 +373,9 @@ impl ProxyHttp for Proxy {
         if let (Some(RouteTarget::Upstream(up)), Some(gw)) =
             (ctx.route().map(|r| &r.target), &ctx.gateway)
         {
-            balance::connect_failed(&gw.metrics, up, ctx.target, &e);
+            if let Some(endpoint) = &ctx.target {
+                balance::connect_failed(&gw.metrics, up, endpoint, &e);
+            }
         }
         let targets = ctx.route().map_or(1, target_count);
         if ctx.connect_tries < targets {
@@ -389,8 +398,8 @@ impl ProxyHttp for Proxy {
         if let (Some(RouteTarget::Upstream(up)), Some(gw)) =
             (ctx.route().map(|r| &r.target), &ctx.gateway)
         {
-            if up.balance.connected(ctx.target) {
-                balance::back(&gw.metrics, up, ctx.target);
+            if let Some(endpoint) = ctx.target.as_ref().filter(|e| up.balance.connected(e)) {
+                balance::back(&gw.metrics, up, endpoint);
             }
         }
         Ok(())
@@ -847,11 +856,15 @@ fn header_value(value: Option<&http::HeaderValue>) -> Result<http::HeaderValue> 
         .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "invalid value while insert"))
 }
 
-/// How the gateway reaches `target` of `up`: its address now, TLS with the certificate checked
-/// against its name (or `sni`), and the upstream's timeouts. Calls and health probes (see
-/// [`health`]) connect alike.
-pub fn target_peer(up: &crate::config::Upstream, target: &crate::config::Target) -> HttpPeer {
-    let mut peer = HttpPeer::new(target.addr(), up.tls.is_some(), target.sni.clone());
+/// How the gateway reaches `target` of `up` at `addr` (one of its addresses): TLS with the
+/// certificate checked against its name (or `sni`), and the upstream's timeouts. Calls and
+/// health probes (see [`health`]) connect alike.
+pub fn target_peer(
+    up: &crate::config::Upstream,
+    target: &crate::config::Target,
+    addr: std::net::SocketAddr,
+) -> HttpPeer {
+    let mut peer = HttpPeer::new(addr, up.tls.is_some(), target.sni.clone());
     if let Some(tls) = &up.tls {
         peer.options.ca = tls.ca.clone();
     }
@@ -862,7 +875,7 @@ pub fn target_peer(up: &crate::config::Upstream, target: &crate::config::Target)
 
 fn target_count(route: &crate::config::Route) -> usize {
     match &route.target {
-        RouteTarget::Upstream(u) => u.targets.len(),
+        RouteTarget::Upstream(u) => u.balance.endpoint_count(),
         RouteTarget::Respond(_) => 1,
     }
 }

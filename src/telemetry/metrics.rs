@@ -11,12 +11,12 @@ pub const REQUESTS_TOTAL: &str = "tollgate_requests_total";
 pub const REQUEST_DURATION: &str = "tollgate_request_duration_seconds";
 /// `tollgate_upstream_duration_seconds{upstream}`
 pub const UPSTREAM_DURATION: &str = "tollgate_upstream_duration_seconds";
-/// `tollgate_upstream_connect_errors_total{upstream,target}`: failed connects to a target.
+/// `tollgate_upstream_connect_errors_total{upstream,target,address}`: failed connects to a target.
 pub const UPSTREAM_CONNECT_ERRORS: &str = "tollgate_upstream_connect_errors_total";
-/// `tollgate_upstream_target_up{upstream,target}`: 1 while a target takes calls, 0 once failed
+/// `tollgate_upstream_target_up{upstream,target,address}`: 1 while a target takes calls, 0 once failed
 /// connects or failed health probes took it out of rotation, until it is back.
 pub const UPSTREAM_TARGET_UP: &str = "tollgate_upstream_target_up";
-/// `tollgate_upstream_health_checks_total{upstream,target,result}`: active health probes,
+/// `tollgate_upstream_health_checks_total{upstream,target,address,result}`: active health probes,
 /// `result` `pass` or `fail`.
 pub const UPSTREAM_HEALTH_CHECKS: &str = "tollgate_upstream_health_checks_total";
 /// `tollgate_store_duration_seconds{op}`
@@ -134,23 +134,23 @@ impl Metrics {
             upstream_connect_errors: IntCounterVec::new(
                 Opts::new(
                     UPSTREAM_CONNECT_ERRORS,
-                    "Failed connects to upstream targets.",
+                    "Failed connects to upstream targets, by address (each address of a host-name target).",
                 ),
-                &["upstream", "target"],
+                &["upstream", "target", "address"],
             )?,
             upstream_target_up: IntGaugeVec::new(
                 Opts::new(
                     UPSTREAM_TARGET_UP,
-                    "1 while an upstream target takes calls; 0 once failed connects or failed health probes took it out of rotation, until it is back.",
+                    "1 while an upstream target's address takes calls; 0 once failed connects or failed health probes took it out of rotation, until it is back.",
                 ),
-                &["upstream", "target"],
+                &["upstream", "target", "address"],
             )?,
             upstream_health_checks: IntCounterVec::new(
                 Opts::new(
                     UPSTREAM_HEALTH_CHECKS,
                     "Active health probes of upstream targets, by result (pass, fail).",
                 ),
-                &["upstream", "target", "result"],
+                &["upstream", "target", "address", "result"],
             )?,
             store_duration: HistogramVec::new(
                 HistogramOpts::new(STORE_DURATION, "Store call latency by operation.")
