@@ -18,6 +18,7 @@ mod check;
 mod cluster;
 mod concurrency;
 mod cors;
+mod dns_targets;
 mod embedded;
 mod failover;
 mod harness;

@@ -22,6 +22,8 @@ pub struct Gateway {
     listen: String,
     admin: String,
     starts: usize,
+    /// A hosts file the gateway sees as `/etc/hosts` (see [`Gateway::start_with_hosts`]).
+    hosts: Option<std::path::PathBuf>,
 }
 
 // === impl Gateway ===
@@ -31,6 +33,10 @@ impl Gateway {
     /// the proxy listener accepts connections.
     pub async fn start(yaml: &str) -> Gateway {
         let dir = tempfile::Builder::new().prefix("tg-gw-").tempdir().unwrap();
+        Gateway::spawned(dir, yaml, None).await
+    }
+
+    async fn spawned(dir: TempDir, yaml: &str, hosts: Option<std::path::PathBuf>) -> Gateway {
         let mut gateway = Gateway {
             dir,
             template: yaml.to_owned(),
@@ -38,9 +44,38 @@ impl Gateway {
             listen: String::new(),
             admin: String::new(),
             starts: 0,
+            hosts,
         };
         gateway.spawn().await;
         gateway
+    }
+
+    /// [`Gateway::start`], with `hosts` as the gateway's `/etc/hosts`: it runs in a mount
+    /// namespace of its own (`unshare -m`) where a file holding `hosts` is bound over
+    /// `/etc/hosts`, so the system resolver answers the test's names (several addresses for
+    /// one, say) and nothing else on the machine sees them. [`Gateway::set_hosts`] changes the
+    /// answers while it runs. Needs root and `unshare` (util-linux).
+    pub async fn start_with_hosts(yaml: &str, hosts: &str) -> Gateway {
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        assert!(
+            root,
+            "this test gives the gateway its own /etc/hosts with `unshare -m` and a bind mount, \
+             which needs root: run the tests as root"
+        );
+        let dir = tempfile::Builder::new().prefix("tg-gw-").tempdir().unwrap();
+        let path = dir.path().join("hosts");
+        std::fs::write(&path, hosts).unwrap();
+        Gateway::spawned(dir, yaml, Some(path)).await
+    }
+
+    /// Rewrites the hosts file of a gateway started with [`Gateway::start_with_hosts`] (in
+    /// place, so the bind mount shows the new text).
+    pub fn set_hosts(&self, hosts: &str) {
+        let path = self.hosts.as_ref().expect("started with start_with_hosts");
+        std::fs::write(path, hosts).unwrap();
     }
 
     /// `http://127.0.0.1:<port>` of the proxy listener.
@@ -176,7 +211,18 @@ impl Gateway {
         std::fs::write(&config, yaml).unwrap();
         let stdout = File::create(self.dir.path().join(format!("stdout.{}.log", self.starts)));
         let stderr = File::create(self.dir.path().join(format!("stderr.{}.log", self.starts)));
-        let child = Command::new(BIN)
+        let mut command = match &self.hosts {
+            None => Command::new(BIN),
+            Some(hosts) => {
+                let mut c = Command::new("unshare");
+                c.args(["-m", "--propagation", "private", "sh", "-c"])
+                    .arg(r#"mount --bind "$0" /etc/hosts && exec "$1" "$2" "$3" "$4""#)
+                    .arg(hosts)
+                    .arg(BIN);
+                c
+            }
+        };
+        let child = command
             .arg("serve")
             .arg("--config")
             .arg(&config)
