@@ -29,7 +29,8 @@ pub(super) fn routes(
         plugins,
     };
     let mut names = BTreeSet::new();
-    let mut out = Vec::new();
+    let mut out: Vec<Arc<Route>> = Vec::new();
+    let mut lines = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let Some(route) = route(d, item, i, &known) else {
             continue;
@@ -43,9 +44,43 @@ pub(super) fn routes(
                 ),
             );
         }
+        // First match wins: a route every call of which an earlier one takes is a mistake
+        // (a catch-all written first, say) that would otherwise show only as calls going to
+        // the wrong place.
+        if let Some((earlier, line)) = out
+            .iter()
+            .zip(&lines)
+            .find(|(e, _)| shadows(&e.matcher, &route.matcher))
+        {
+            d.err(
+                item.pos,
+                format!(
+                    "route `{}` can never match: route `{}` (line {line}) comes first and takes every call it would (the first route that matches wins); put `{}` before it",
+                    route.name, earlier.name, route.name
+                ),
+            );
+        }
+        lines.push(item.pos.line);
         out.push(Arc::new(route));
     }
     out
+}
+
+/// Whether every call that `later` matches is matched by `earlier` too. Host patterns count
+/// only when written alike (`*.example.com` is not taken to cover `api.example.com`), so this
+/// errs on the side of saying nothing.
+fn shadows(earlier: &RouteMatch, later: &RouteMatch) -> bool {
+    use crate::pipeline::route::prefix_matches;
+    let methods = earlier.methods.is_empty()
+        || (!later.methods.is_empty() && later.methods.iter().all(|m| earlier.methods.contains(m)));
+    let hosts = earlier.hosts.is_empty()
+        || (!later.hosts.is_empty() && later.hosts.iter().all(|h| earlier.hosts.contains(h)));
+    let path = match (&earlier.path, &later.path) {
+        (PathMatch::Exact(a), PathMatch::Exact(b)) => a == b,
+        (PathMatch::Prefix(a), PathMatch::Exact(b) | PathMatch::Prefix(b)) => prefix_matches(a, b),
+        (PathMatch::Exact(_), PathMatch::Prefix(_)) => false,
+    };
+    methods && hosts && path
 }
 
 struct Known<'a> {

@@ -44,7 +44,7 @@ impl RouteTable {
 }
 
 /// Prefixes match whole segments: `/v1/chat` takes `/v1/chat` and `/v1/chat/x`, not `/v1/chatty`.
-fn prefix_matches(prefix: &str, path: &str) -> bool {
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
     match path.strip_prefix(prefix) {
         Some(rest) => rest.is_empty() || prefix.ends_with('/') || rest.starts_with('/'),
         None => false,
