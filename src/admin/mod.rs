@@ -192,6 +192,7 @@ impl AdminApp {
         match parts.as_slice() {
             ["reload"] if m == Method::POST => self.reload(call.path),
             ["tenants"] if m == Method::GET => self.list_tenants(),
+            ["upstreams"] if m == Method::GET => self.list_upstreams(),
             ["tenants", t, "usage"] if m == Method::GET => self.usage(t, call.path).await,
             ["tenants", t, "usage"] if m == Method::POST => self.adjust(t, call).await,
             ["tenants", t, "plan"] if m == Method::PUT => self.set_plan(t, call).await,
@@ -200,14 +201,15 @@ impl AdminApp {
             ["tenants", t, "keys", id] if m == Method::DELETE => {
                 self.revoke_key(t, id, call.path).await
             }
-            ["reload"] | ["tenants", _, "usage" | "plan" | "keys"] | ["tenants", _, "keys", _] => {
-                Answer::problem(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "method-not-allowed",
-                    format!("{m} is not allowed here."),
-                    call.path,
-                )
-            }
+            ["reload"]
+            | ["upstreams"]
+            | ["tenants", _, "usage" | "plan" | "keys"]
+            | ["tenants", _, "keys", _] => Answer::problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                format!("{m} is not allowed here."),
+                call.path,
+            ),
             _ => Answer::problem(
                 StatusCode::NOT_FOUND,
                 "no-route",
@@ -387,6 +389,36 @@ impl AdminApp {
             })
             .collect();
         Answer::json(StatusCode::OK, &json!({ "tenants": tenants }))
+    }
+
+    /// `GET /admin/v1/upstreams`: every upstream's targets, one entry per address (each
+    /// address a host-name target resolves to now), and whether each takes calls and why not.
+    /// This instance's view: passive health is each instance's own.
+    fn list_upstreams(&self) -> Answer {
+        let gw = self.gateway.load_full();
+        let upstreams: Vec<Value> = gw
+            .upstreams
+            .iter()
+            .map(|up| {
+                let endpoints = up.balance.endpoints();
+                let targets: Vec<Value> = endpoints
+                    .iter()
+                    .map(|e| {
+                        let status = up.balance.status(e);
+                        json!({
+                            "target": up.targets.get(e.target).map(|t| t.name.as_str()),
+                            "address": e.address,
+                            "taking_calls": status.taking_calls,
+                            "out_for_health_checks": status.out_for_health_checks,
+                            "out_for_connects_ms": status.out_for_connects_ms,
+                            "failed_connects": status.failed_connects,
+                        })
+                    })
+                    .collect();
+                json!({ "upstream": up.name, "targets": targets })
+            })
+            .collect();
+        Answer::json(StatusCode::OK, &json!({ "upstreams": upstreams }))
     }
 
     /// `GET /admin/v1/tenants/{t}/keys`: the ids of the tenant's keys, those in the config

@@ -116,6 +116,19 @@ pub enum Failed {
     AlreadyOut,
 }
 
+/// How one endpoint stands (see [`Balancer::status`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EndpointStatus {
+    /// It takes calls now.
+    pub taking_calls: bool,
+    /// Failed health probes took it out, until enough pass.
+    pub out_for_health_checks: bool,
+    /// Failed connects took it out for this many more milliseconds.
+    pub out_for_connects_ms: Option<u64>,
+    /// Failed connects since the last one that succeeded.
+    pub failed_connects: u32,
+}
+
 /// How a new look-up changed a target's addresses.
 #[derive(Debug, Default)]
 pub struct Moved {
@@ -303,6 +316,18 @@ impl Balancer {
             self.endpoints.store(Arc::new(next));
         }
         moved
+    }
+
+    /// How `e` stands now, for the admin API: whether it takes calls, and why not.
+    pub fn status(&self, e: &Endpoint) -> EndpointStatus {
+        let now = self.now_ms();
+        let until = e.out_until.load(Relaxed);
+        EndpointStatus {
+            taking_calls: self.takes_calls(e, Some(now)),
+            out_for_health_checks: e.probe_down.load(Relaxed),
+            out_for_connects_ms: (until > now).then(|| until - now),
+            failed_connects: e.fails.load(Relaxed),
+        }
     }
 
     /// Whether `e` takes calls now (`now` read on demand).

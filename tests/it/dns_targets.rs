@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 
 use crate::common::events::{metric, metrics};
 use crate::common::gateway::free_port;
+use crate::common::http::admin;
 use crate::common::{
     client, get, month_key, render, Gateway, RedisServer, Upstream, ACME_KEY, ACME_ON_PRODUCT,
 };
 
 const YAML: &str = r#"
 server: { listen: "{listen}", threads: 2 }
-admin: { listen: "{admin}" }
+admin: { listen: "{admin}", token: "an-admin-token-for-the-tests" }
 store: { kind: redis, url: "{redis}", timeout: 2s }
 upstreams:
   product:
@@ -89,6 +90,39 @@ async fn every_address_of_a_name_takes_calls_is_judged_alone_and_is_followed() {
     upstreams[1].set_health(503);
     until_metrics(&gateway, "127.0.0.3 out", |t| up(t, 3) == 0.0).await;
     assert_eq!(spread(6).await, [3, 0, 3, 0]);
+    // The admin API shows each address and why one takes no calls.
+    let view = admin(
+        &client,
+        &gateway,
+        reqwest::Method::GET,
+        "/admin/v1/upstreams",
+        Some("an-admin-token-for-the-tests"),
+        None,
+    )
+    .await;
+    assert_eq!(view.status, 200, "{}", view.body);
+    let view: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+    let targets = view["upstreams"][0]["targets"].as_array().unwrap();
+    let shown: Vec<_> = targets
+        .iter()
+        .map(|t| {
+            (
+                t["target"].as_str().unwrap().to_string(),
+                t["address"].as_str().unwrap().to_string(),
+                t["taking_calls"].as_bool().unwrap(),
+                t["out_for_health_checks"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let name = format!("instances.test:{port}");
+    assert_eq!(
+        shown,
+        [
+            (name.clone(), at(2), true, false),
+            (name.clone(), at(3), false, true),
+            (name.clone(), at(4), true, false)
+        ]
+    );
 
     // The name moves: .4 leaves, .5 arrives; .3 is still listed and still out.
     gateway.set_hosts(&hosts(&[2, 3, 5]));
