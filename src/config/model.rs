@@ -190,11 +190,15 @@ pub enum StoreKind {
     },
     /// The primary of a Redis kept available by Sentinel, shared by every instance.
     RedisSentinel {
-        /// `redis://[:PASSWORD@]NAME[/DB]`: the name the Sentinels monitor the primary under,
-        /// as host, with the primary's password and database.
+        /// `redis://[:PASSWORD@]NAME[/DB]` (`rediss://` for TLS): the name the Sentinels
+        /// monitor the primary under, as host, with the primary's password and database.
         url: String,
-        /// `redis://HOST:PORT` URLs of the Sentinels (with their own password, if any).
+        /// `redis://HOST:PORT` URLs of the Sentinels (with their own password, if any;
+        /// `rediss://` for TLS).
         sentinels: Vec<String>,
+        /// `ca_file`: the certificates trusted for the Sentinels and the servers that speak
+        /// TLS, instead of the public roots.
+        ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
     /// A Redis Cluster shared by every instance: each tenant's keys live in the slot of its
     /// `{tenant}` hash tag (SPEC §9).

@@ -41,12 +41,12 @@ pub fn schema() -> Value {
             ]),
             "store": obj("Where usage counters live.", &["kind"], &[
                 ("kind", words("embedded (one file, one instance), redis (one shared server), redis-sentinel (the primary Redis Sentinel names) or redis-cluster (a shared Redis Cluster).", &["embedded", "redis", "redis-sentinel", "redis-cluster"])),
-                ("url", string("redis://host:port/db, rediss://host:port/db (TLS) or redis+unix:///path (kind: redis); redis://[:password@]name/db with the name the Sentinels monitor the primary under (kind: redis-sentinel).")),
+                ("url", string("redis://host:port/db, rediss://host:port/db (TLS) or redis+unix:///path (kind: redis); redis://[:password@]name/db (rediss:// for TLS) with the name the Sentinels monitor the primary under (kind: redis-sentinel).")),
                 ("urls", list("redis-cluster: redis://host:port (or, all of them, rediss:// for TLS) URLs of one or more of the cluster's nodes.", string("A redis:// or rediss:// URL."))),
-                ("sentinels", list("redis-sentinel: redis://host:port URLs of the Sentinels, asked in turn where the primary is.", string("A redis:// URL."))),
+                ("sentinels", list("redis-sentinel: redis://host:port (or rediss://) URLs of the Sentinels, asked in turn where the primary is.", string("A redis:// or rediss:// URL."))),
                 ("path", string("The embedded store's file.")),
                 ("timeout", duration("Bound on every store call.")),
-                ("ca_file", string("rediss:// url or urls: PEM CA certificates trusted for this Redis instead of the public roots.")),
+                ("ca_file", string("rediss:// url, urls or sentinels: PEM CA certificates trusted for this Redis instead of the public roots.")),
                 ("on_outage", on_outage()),
             ]),
             "upstreams": named("Named upstream pools.", obj("One upstream pool.", &["targets"], &[

@@ -171,14 +171,12 @@ pub(super) fn sentinels(d: &mut Decoder, n: &Node, what: &str) -> Option<Vec<Str
 /// `redis://[[USER]:PASSWORD@]NAME[/DB]`, the host being the name the Sentinels monitor the
 /// primary under (so no port).
 pub(super) fn sentinel_primary(url: &str, what: &str) -> Result<(), String> {
-    let example = "such as \"redis://mymaster/0\" or \"redis://:PASSWORD@mymaster/0\"";
-    if url.starts_with("rediss://") {
-        return Err(format!(
-            "{what}: TLS is not supported with Redis Sentinel yet, found \"{url}\""
-        ));
-    }
-    let Some(rest) = url.strip_prefix("redis://") else {
-        return Err(format!("{what} with Sentinels is redis:// with the name they monitor the primary under as host, {example}; found \"{url}\""));
+    let example = "such as \"redis://mymaster/0\" or \"rediss://:PASSWORD@mymaster/0\"";
+    let Some(rest) = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+    else {
+        return Err(format!("{what} with Sentinels is redis:// (or rediss:// for TLS) with the name they monitor the primary under as host, {example}; found \"{url}\""));
     };
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -193,12 +191,15 @@ pub(super) fn sentinel_primary(url: &str, what: &str) -> Result<(), String> {
         .ok_or_else(|| format!("{what} is not a valid URL, {example}; found \"{url}\""))
 }
 
-/// One Sentinel's URL in `what`: `redis://[[USER]:PASSWORD@]HOST:PORT`.
+/// One Sentinel's URL in `what`: `redis://[[USER]:PASSWORD@]HOST:PORT` (`rediss://` for TLS).
 fn sentinel_node(url: &str, what: &str) -> Result<(), String> {
     let why = || {
-        format!("{what} are redis://HOST:PORT URLs of the Sentinels, such as \"redis://10.0.0.5:26379\", found \"{url}\"")
+        format!("{what} are redis://HOST:PORT (or rediss://) URLs of the Sentinels, such as \"redis://10.0.0.5:26379\", found \"{url}\"")
     };
-    let rest = url.strip_prefix("redis://").ok_or_else(why)?;
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))
+        .ok_or_else(why)?;
     let authority = rest.split(['/', '?']).next().unwrap_or_default();
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let port = host.rsplit_once(':').map(|(_, p)| p);
@@ -319,15 +320,28 @@ pub(super) fn store(d: &mut Decoder, n: &Node) -> Option<Store> {
             for (key, why) in [
                 ("path", "`store.path` is for kind embedded; redis-sentinel takes the primary's name in `url` and the Sentinels in `sentinels`"),
                 ("urls", "`store.urls` is for kind redis-cluster; redis-sentinel takes the Sentinels in `sentinels`"),
-                ("ca_file", "`store.ca_file` is for rediss:// URLs; TLS is not supported with Redis Sentinel yet"),
             ] {
                 if let Some(n) = f.get(key) {
                     d.err(n.pos, why);
                 }
             }
+            // One `ca_file` for the Sentinels and the servers, when either speaks TLS.
+            let tls = url.as_deref().is_some_and(|u| u.starts_with("rediss://"))
+                || sentinels
+                    .iter()
+                    .flatten()
+                    .any(|u| u.starts_with("rediss://"));
+            let ca = match f.get("ca_file") {
+                Some(n) if !tls => {
+                    d.err(n.pos, "`store.ca_file` is used only when `url` or `sentinels` start with rediss://");
+                    None
+                }
+                n => d.ca_file(n, "store.ca_file", None, "rediss://"),
+            };
             StoreKind::RedisSentinel {
                 url: url?,
                 sentinels: sentinels?,
+                ca: ca?,
             }
         }
         Kind::Cluster => {

@@ -367,9 +367,9 @@ impl StoreHandle {
             StoreKind::Redis { url, ca } => {
                 Arc::new(redis::RedisStore::new(url, ca, config.timeout)?)
             }
-            StoreKind::RedisSentinel { url, sentinels } => {
-                Arc::new(redis::RedisStore::sentinel(url, sentinels, config.timeout)?)
-            }
+            StoreKind::RedisSentinel { url, sentinels, ca } => Arc::new(
+                redis::RedisStore::sentinel(url, sentinels, ca, config.timeout)?,
+            ),
             StoreKind::RedisCluster { urls, ca } => {
                 Arc::new(redis::RedisStore::cluster(urls, ca, config.timeout)?)
             }

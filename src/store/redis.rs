@@ -72,19 +72,7 @@ impl RedisStore {
         // rustls needs the process's crypto provider (installed at start-up; again here for
         // stores built outside `main`, as tests do).
         crate::install_crypto_provider();
-        let client = if ca.is_empty() {
-            redis::Client::open(url)
-        } else {
-            // redis-rs takes the roots as PEM only.
-            redis::Client::build_with_tls(
-                url,
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(crate::tls::pem(ca)),
-                },
-            )
-        }
-        .map_err(|e| StoreError::Backend(e.to_string()))?;
+        let client = client_trusting(url, ca).map_err(|e| StoreError::Backend(e.to_string()))?;
         let config = manager_config(timeout);
         let pipe = pipe::Pipe::for_server(client.get_connection_info(), ca, timeout, None);
         Ok(RedisStore::with_backend(
@@ -103,14 +91,16 @@ impl RedisStore {
     pub fn sentinel(
         url: &str,
         sentinels: &[String],
+        ca: &[rustls::pki_types::CertificateDer<'static>],
         timeout: Duration,
     ) -> Result<RedisStore, StoreError> {
-        let sentinel = Arc::new(sentinel::Sentinel::new(url, sentinels, timeout)?);
+        crate::install_crypto_provider();
+        let sentinel = Arc::new(sentinel::Sentinel::new(url, sentinels, ca, timeout)?);
         let client = redis::Client::open(url).map_err(backend)?;
         let config = manager_config(timeout);
         let pipe = pipe::Pipe::for_server(
             client.get_connection_info(),
-            &[],
+            ca,
             timeout,
             Some(sentinel.clone()),
         );
@@ -180,6 +170,26 @@ impl RedisStore {
             pipe,
             settles: OnceCell::new(),
         }
+    }
+}
+
+/// A redis-rs client for `info`, trusting `ca` over TLS when it is not empty (else the public
+/// roots, as redis-rs does).
+fn client_trusting(
+    info: impl redis::IntoConnectionInfo,
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+) -> redis::RedisResult<redis::Client> {
+    if ca.is_empty() {
+        redis::Client::open(info)
+    } else {
+        // redis-rs takes the roots as PEM only.
+        redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(crate::tls::pem(ca)),
+            },
+        )
     }
 }
 

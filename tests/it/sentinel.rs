@@ -191,3 +191,48 @@ async fn calls_until_admitted(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Over TLS: the Sentinel and both servers speak TLS only (besides the test's own unix
+/// sockets), and the gateway trusts them through one `ca_file`.
+const TLS_YAML: &str = r#"
+server: { listen: "{listen}", threads: 2 }
+admin: { listen: "{admin}" }
+store: { kind: redis-sentinel, url: "rediss://{name}/0", sentinels: ["{sentinel}"], ca_file: "{ca}", timeout: 500ms, on_outage: fail_closed }
+upstreams:
+  product: { targets: ["{upstream}"] }
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_tls_sentinels_and_servers_are_trusted_through_the_ca_file_and_followed() {
+    let ca = crate::common::tls::TestCa::new();
+    let a = RedisServer::start_tls_replicating(&ca, None).await;
+    let b = RedisServer::start_tls_replicating(&ca, Some(a.tls_port())).await;
+    until("the replica in sync over TLS", 20, String::new, || async {
+        b.replication().await.contains("master_link_status:up")
+    })
+    .await;
+    let sentinel = Sentinel::start_tls(a.tls_port(), 1, &ca).await;
+    let upstream = Upstream::start().await;
+    let yaml = format!("{TLS_YAML}{ACME_ON_PRODUCT}")
+        .replace("{name}", NAME)
+        .replace("{sentinel}", &sentinel.url())
+        .replace("{ca}", &a.dir().join("ca.crt").display().to_string());
+    let gateway = Gateway::start(&render(&yaml, "", &upstream.addr())).await;
+    let client = client();
+    let counter = month_key("acme", "requests");
+    let logs = || format!("{}\n--- sentinel ---\n{}", gateway.stderr(), sentinel.log());
+
+    served_then_refunded(&client, &gateway, 3).await;
+    assert_eq!(a.get_int(&counter).await, 3, "{}", logs());
+
+    sentinel.failover().await;
+    until("the failover to b", 30, logs, || async {
+        sentinel.primary_port().await == Some(b.tls_port())
+            && a.replication().await.contains("master_link_status:up")
+    })
+    .await;
+    let refused = calls_until_admitted(&client, &gateway.url("/v1/items"), logs).await;
+    assert!(refused <= 2, "{refused} calls refused\n{}", logs());
+    served_then_refunded(&client, &gateway, 2).await;
+    assert_eq!(b.get_int(&counter).await, 3 + 3, "{}", logs());
+}

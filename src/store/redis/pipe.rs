@@ -238,9 +238,17 @@ impl Pipe {
                 port,
                 connector,
             } => {
-                let stream = TcpStream::connect((host.as_str(), *port)).await?;
+                let (host, port) = match &self.sentinel {
+                    Some(s) => match s.primary().await.map_err(io::Error::other)?.addr() {
+                        redis::ConnectionAddr::TcpTls { host, port, .. }
+                        | redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
+                        _ => return Err(io::Error::other("Sentinel gave no TCP address")),
+                    },
+                    None => (host.clone(), *port),
+                };
+                let stream = TcpStream::connect((host.as_str(), port)).await?;
                 stream.set_nodelay(true)?;
-                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                let name = rustls::pki_types::ServerName::try_from(host)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
                 let (r, w) = tokio::io::split(connector.connect(name, stream).await?);
                 (Box::new(r), Writer::Tls(tokio::sync::Mutex::new(w)))

@@ -30,8 +30,11 @@ use super::StoreError;
 pub(crate) struct Sentinel {
     /// The name the Sentinels monitor the primary under.
     name: String,
-    /// The Sentinels, as written in `store.urls`.
+    /// The Sentinels, as written in `sentinels`.
     nodes: Vec<(String, redis::Client)>,
+    /// The certificates trusted for TLS (`ca_file`), instead of the public roots; empty: the
+    /// roots.
+    ca: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// The primary's connection settings (password, database) from `store.url`; its address
     /// is replaced by the one the Sentinels give.
     primary: redis::ConnectionInfo,
@@ -52,24 +55,27 @@ impl Sentinel {
     pub(crate) fn new(
         url: &str,
         sentinels: &[String],
+        ca: &[rustls::pki_types::CertificateDer<'static>],
         timeout: Duration,
     ) -> Result<Sentinel, StoreError> {
         let primary = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| StoreError::Backend(format!("store.url: {e}")))?;
+            .map_err(|e| StoreError::Backend(format!("url: {e}")))?;
         let name = match primary.addr() {
-            redis::ConnectionAddr::Tcp(host, _) => host.clone(),
+            redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+                host.clone()
+            }
             _ => {
                 return Err(StoreError::Backend(
-                    "store.url: the primary's name is a redis:// URL's host".into(),
+                    "url: the primary's name is a redis:// or rediss:// URL's host".into(),
                 ))
             }
         };
         let nodes = sentinels
             .iter()
             .map(|u| {
-                redis::Client::open(u.as_str())
+                super::client_trusting(u.as_str(), ca)
                     .map(|c| (u.clone(), c))
-                    .map_err(|e| StoreError::Backend(format!("store.urls: {u}: {e}")))
+                    .map_err(|e| StoreError::Backend(format!("sentinels: {u}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
         if nodes.is_empty() {
@@ -80,6 +86,7 @@ impl Sentinel {
             nodes,
             primary,
             timeout,
+            ca: ca.to_vec(),
             first: AtomicUsize::new(0),
             last: Mutex::new(None),
             moves: AtomicU64::new(0),
@@ -90,10 +97,17 @@ impl Sentinel {
     /// answers gives it, with `store.url`'s password and database.
     pub(crate) async fn primary(&self) -> Result<redis::ConnectionInfo, StoreError> {
         let (host, port) = self.locate().await?;
-        Ok(self
-            .primary
-            .clone()
-            .set_addr(redis::ConnectionAddr::Tcp(host, port)))
+        let addr = match self.primary.addr() {
+            // Its certificate is checked against the address the Sentinels give.
+            redis::ConnectionAddr::TcpTls { .. } => redis::ConnectionAddr::TcpTls {
+                host,
+                port,
+                insecure: false,
+                tls_params: None,
+            },
+            _ => redis::ConnectionAddr::Tcp(host, port),
+        };
+        Ok(self.primary.clone().set_addr(addr))
     }
 
     /// How many times a connection found the primary moved. A connection made before the
@@ -106,7 +120,8 @@ impl Sentinel {
 
     /// A redis-rs client for the primary now (nothing connected yet).
     pub(crate) async fn client(&self) -> Result<redis::Client, StoreError> {
-        redis::Client::open(self.primary().await?).map_err(|e| StoreError::Backend(e.to_string()))
+        super::client_trusting(self.primary().await?, &self.ca)
+            .map_err(|e| StoreError::Backend(e.to_string()))
     }
 
     /// Asks the Sentinels in turn, starting with the one that answered last.
@@ -195,6 +210,7 @@ mod tests {
         let s = Sentinel::new(
             "redis://:secret@mymaster/2",
             &["redis://10.0.0.5:26379".to_string()],
+            &[],
             Duration::from_millis(50),
         )
         .unwrap();
@@ -229,6 +245,7 @@ mod tests {
         let s = Sentinel::new(
             "redis://mymaster",
             &["redis://:pw@127.0.0.1:1".to_string()],
+            &[],
             Duration::from_millis(500),
         )
         .unwrap();

@@ -93,7 +93,7 @@ impl RedisStreamSink {
         let sentinel = match sentinels {
             [] => None,
             _ => Some(
-                Sentinel::new(url, sentinels, SENTINEL_TIMEOUT)
+                Sentinel::new(url, sentinels, ca, SENTINEL_TIMEOUT)
                     .map_err(|e| SinkError::RedisReply(e.to_string()))?,
             ),
         };
@@ -221,7 +221,9 @@ async fn connect(target: &Target) -> Result<Box<dyn Io>, SinkError> {
                 .await
                 .map_err(|e| SinkError::RedisReply(e.to_string()))?;
             found = match info.addr() {
-                ConnectionAddr::Tcp(host, port) => Addr::Tcp(host.clone(), *port),
+                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                    Addr::Tcp(host.clone(), *port)
+                }
                 other => {
                     return Err(SinkError::RedisReply(format!(
                         "Sentinel named {other}, not a TCP address"

@@ -61,6 +61,41 @@ impl RedisServer {
         RedisServer::spawned(dir, Some(port), None, Vec::new()).await
     }
 
+    /// Starts a server that takes TLS connections on a free port of 127.0.0.1 (as
+    /// [`RedisServer::start_tls`]) and replicates over TLS, trusting `ca` (`ca.crt` in its
+    /// directory); a replica of the server at `primary_tls_port` when given.
+    pub async fn start_tls_replicating(
+        ca: &crate::common::tls::TestCa,
+        primary_tls_port: Option<u16>,
+    ) -> RedisServer {
+        let dir = tempdir();
+        std::fs::write(dir.path().join("tls.crt"), &ca.server_cert_pem).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &ca.server_key_pem).unwrap();
+        let ca_file = dir.path().join("ca.crt");
+        std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+        let mut args = vec![
+            "--tls-replication".to_string(),
+            "yes".to_string(),
+            "--tls-ca-cert-file".to_string(),
+            ca_file.display().to_string(),
+        ];
+        if let Some(port) = primary_tls_port {
+            args.extend([
+                "--replicaof".to_string(),
+                "127.0.0.1".to_string(),
+                port.to_string(),
+            ]);
+        }
+        let port = crate::common::gateway::free_port();
+        RedisServer::spawned(dir, Some(port), None, args).await
+    }
+
+    /// The TLS port of a server started with [`RedisServer::start_tls`] or
+    /// [`RedisServer::start_tls_replicating`].
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("started with TLS")
+    }
+
     /// Starts a server that also listens on a free TCP port of 127.0.0.1, with `args` added
     /// to its command line (`["--replicaof", "127.0.0.1", "<port>"]` for a replica).
     pub async fn start_on_port(args: &[&str]) -> RedisServer {

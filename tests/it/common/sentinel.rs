@@ -15,6 +15,8 @@ pub struct Sentinel {
     dir: TempDir,
     child: Child,
     port: u16,
+    /// Over TLS: the CA that signed its certificate (and the servers'), PEM.
+    ca_pem: Option<String>,
 }
 
 impl Sentinel {
@@ -22,16 +24,51 @@ impl Sentinel {
     /// fails over alone), declaring it down after 1 s without an answer, and waits until it
     /// knows the primary's `replicas` replicas (a failover needs one to promote).
     pub async fn start(primary_port: u16, replicas: usize) -> Sentinel {
+        Sentinel::spawn(primary_port, replicas, None).await
+    }
+
+    /// [`Sentinel::start`] over TLS: it takes TLS connections only, presenting `ca`'s server
+    /// certificate, and talks TLS to the servers (the primary's TLS port is `primary_port`).
+    pub async fn start_tls(
+        primary_port: u16,
+        replicas: usize,
+        ca: &crate::common::tls::TestCa,
+    ) -> Sentinel {
+        Sentinel::spawn(primary_port, replicas, Some(ca)).await
+    }
+
+    async fn spawn(
+        primary_port: u16,
+        replicas: usize,
+        ca: Option<&crate::common::tls::TestCa>,
+    ) -> Sentinel {
         let dir = tempfile::Builder::new()
             .prefix("tg-sentinel-")
             .tempdir()
             .unwrap();
         let port = crate::common::gateway::free_port();
         let conf = dir.path().join("sentinel.conf");
+        let listen = match ca {
+            None => format!("port {port}\n"),
+            Some(ca) => {
+                let file = |name: &str, text: &str| {
+                    let path = dir.path().join(name);
+                    std::fs::write(&path, text).unwrap();
+                    path.display().to_string()
+                };
+                format!(
+                    "port 0\ntls-port {port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-replication yes\ntls-auth-clients no\n",
+                    file("tls.crt", &ca.server_cert_pem),
+                    file("tls.key", &ca.server_key_pem),
+                    file("ca.crt", &ca.ca_pem)
+                )
+            }
+        };
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {dir}\n\
+                "{listen}bind 127.0.0.1\ndaemonize no\ndir {dir}\n\
                  sentinel monitor {NAME} 127.0.0.1 {primary_port} 1\n\
                  sentinel down-after-milliseconds {NAME} 1000\n\
                  sentinel failover-timeout {NAME} 4000\n\
@@ -55,7 +92,12 @@ impl Sentinel {
             ),
             Err(e) => panic!("could not start redis-server --sentinel: {e}"),
         };
-        let sentinel = Sentinel { dir, child, port };
+        let sentinel = Sentinel {
+            dir,
+            child,
+            port,
+            ca_pem: ca.map(|ca| ca.ca_pem.clone()),
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if sentinel.known_replicas().await == Some(replicas) {
@@ -70,9 +112,14 @@ impl Sentinel {
         }
     }
 
-    /// `redis://127.0.0.1:<port>`, as `store.sentinels` takes it.
+    /// `redis://127.0.0.1:<port>` (`rediss://` over TLS), as `store.sentinels` takes it.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.ca_pem.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The Sentinel's log so far.
@@ -81,7 +128,16 @@ impl Sentinel {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, args: &[&str]) -> redis::RedisResult<T> {
-        let client = redis::Client::open(self.url())?;
+        let client = match &self.ca_pem {
+            None => redis::Client::open(self.url())?,
+            Some(ca) => redis::Client::build_with_tls(
+                self.url(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.as_bytes().to_vec()),
+                },
+            )?,
+        };
         let ask = async {
             let mut conn = client.get_multiplexed_async_connection().await?;
             let mut cmd = redis::cmd(args[0]);
