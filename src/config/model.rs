@@ -588,6 +588,9 @@ pub struct Route {
     /// `rewrite_prefix`: what replaces the matched path (or path prefix) in the upstream's
     /// request (see [`Route::upstream_path`]).
     pub rewrite_prefix: Option<String>,
+    /// `request_headers`: set on this route's calls to the upstream, after (and over) the
+    /// upstream's own `request_headers`.
+    pub request_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl Route {

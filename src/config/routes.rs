@@ -154,6 +154,7 @@ const ROUTE_KEYS: &[&str] = &[
     "max_request_body",
     "read_timeout",
     "rewrite_prefix",
+    "request_headers",
 ];
 
 fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route> {
@@ -284,6 +285,18 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         }
         None => None,
     };
+    let request_headers = match f.get("request_headers") {
+        Some(n) => {
+            if f.get("respond").is_some() {
+                d.err(
+                    n.pos,
+                    format!("{what} answers by itself (`respond`); `request_headers` is for routes with an `upstream`"),
+                );
+            }
+            super::upstreams::request_headers(d, n)?
+        }
+        None => Vec::new(),
+    };
     Some(Route {
         name: name?,
         matcher: matcher?,
@@ -296,6 +309,7 @@ fn route(d: &mut Decoder, n: &Node, index: usize, known: &Known) -> Option<Route
         max_request_body,
         read_timeout,
         rewrite_prefix,
+        request_headers,
     })
 }
 

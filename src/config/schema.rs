@@ -380,6 +380,7 @@ fn route() -> Value {
             ("feature", string("A feature the plan must include.")),
             ("max_request_body", size("The largest request body this route takes (default server.max_request_body); over it: 413, nothing charged.")),
             ("read_timeout", duration("How long this route's calls wait on each read from the upstream (default: the upstream's read_timeout).")),
+            ("request_headers", named("Headers set on this route's calls to the upstream, over the upstream's own request_headers.", string("The header's value."))),
             ("rewrite_prefix", string("Replaces the part of the path the route matched in the upstream's request, e.g. /billing/v1 -> /v1 (the rest and the query kept).")),
         ("plugins", list("Plugins run on this route, in order (each set up under the top-level plugins).", string("A plugin name."))),
             (

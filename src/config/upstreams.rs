@@ -281,7 +281,7 @@ fn reserved_header(name: &http::HeaderName) -> Option<&'static str> {
 /// `request_headers`: header name → value, set on every request to the upstream (and its
 /// health probes), replacing what the caller sent. Values are marked sensitive (they are often
 /// credentials), and no error repeats one.
-fn request_headers(
+pub(super) fn request_headers(
     d: &mut Decoder,
     n: &Node,
 ) -> Option<Vec<(http::HeaderName, http::HeaderValue)>> {

@@ -451,7 +451,8 @@ impl ProxyHttp for Proxy {
         if let Some(RouteTarget::Upstream(u)) = ctx.route().map(|r| &r.target) {
             // After the caller's credentials are gone: an upstream's own (`Authorization` for
             // an API the gateway resells) replaces what the caller sent.
-            for (name, value) in &u.request_headers {
+            let route_headers = ctx.route().map_or(&[][..], |r| &r.request_headers[..]);
+            for (name, value) in u.request_headers.iter().chain(route_headers) {
                 up.insert_header(name.clone(), value.clone())?;
             }
             if let Some(host) = &u.host_header {

@@ -1,7 +1,7 @@
 //! What the upstream gets besides the caller's request: a route's `rewrite_prefix` replaces the
 //! part of the path the route matched (the query kept), and an upstream's `request_headers`
-//! (its own credentials, for an API the gateway resells) replace what the caller sent, on calls
-//! and on health probes, without the secret showing anywhere.
+//! (its own credentials, for an API the gateway resells) and a route's replace what the caller
+//! sent, on calls (the upstream's also on health probes), without the secret showing anywhere.
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ routes:
   - { name: billing, match: { path_prefix: /billing/v1 }, upstream: product, rewrite_prefix: /v1, meter: { requests: 1 } }
   - { name: strip, match: { path_prefix: /api/ }, upstream: product, rewrite_prefix: /, meter: { requests: 1 } }
   - { name: exact, match: { path: /old/report }, upstream: product, rewrite_prefix: /v2/report, meter: { requests: 2 } }
+  - { name: resold-beta, match: { path_prefix: /resold/beta }, upstream: resold, request_headers: { X-Upstream-Team: beta, OpenAI-Beta: "assistants=v2" }, meter: { requests: 1 } }
   - { name: resold, match: { path_prefix: /resold }, upstream: resold, meter: { requests: 1 } }
   - { name: api, match: { path_prefix: / }, upstream: product, meter: { requests: 1 } }
 "#;
@@ -70,23 +71,36 @@ async fn a_route_rewrites_the_prefix_it_matched_and_keeps_the_rest_and_the_query
 async fn an_upstreams_headers_replace_the_callers_on_calls_and_probes_and_stay_secret() {
     let stack = Stack::start(YAML).await;
 
-    let echo = echoed(&stack, "/resold/things", &[("x-upstream-team", "evil")]).await;
-    let headers = &echo["headers"];
-    assert_eq!(
-        headers["authorization"],
-        serde_json::json!(["Bearer upstream-secret"]),
-        "{echo}"
-    );
-    assert_eq!(
-        headers["x-upstream-team"],
-        serde_json::json!(["billing"]),
-        "{echo}"
-    );
-    assert_eq!(
-        headers["x-tollgate-tenant"],
-        serde_json::json!(["acme"]),
-        "{echo}"
-    );
+    // The upstream's headers replace the caller's; a route's go over the upstream's.
+    for (path, sent, expected) in [
+        (
+            "/resold/things",
+            ("x-upstream-team", "evil"),
+            [
+                ("authorization", "Bearer upstream-secret"),
+                ("x-upstream-team", "billing"),
+                ("x-tollgate-tenant", "acme"),
+            ],
+        ),
+        (
+            "/resold/beta/things",
+            ("openai-beta", "mine"),
+            [
+                ("authorization", "Bearer upstream-secret"),
+                ("x-upstream-team", "beta"),
+                ("openai-beta", "assistants=v2"),
+            ],
+        ),
+    ] {
+        let echo = echoed(&stack, path, &[sent]).await;
+        for (name, value) in expected {
+            assert_eq!(
+                echo["headers"][name],
+                serde_json::json!([value]),
+                "{path}: {echo}"
+            );
+        }
+    }
 
     // Another upstream gets neither, and never the caller's key.
     let echo = echoed(&stack, "/v1/items", &[("x-upstream-team", "mine")]).await;
