@@ -405,9 +405,10 @@ impl AdminApp {
                     .iter()
                     .map(|e| {
                         let status = up.balance.status(e);
+                        let [_, target, address] = crate::proxy::balance::labels(up, e);
                         json!({
-                            "target": up.targets.get(e.target).map(|t| t.name.as_str()),
-                            "address": e.address,
+                            "target": target,
+                            "address": address,
                             "taking_calls": status.taking_calls,
                             "out_for_health_checks": status.out_for_health_checks,
                             "out_for_connects_ms": status.out_for_connects_ms,

@@ -172,14 +172,9 @@ pub(super) fn sentinels(d: &mut Decoder, n: &Node, what: &str) -> Option<Vec<Str
 /// primary under (so no port).
 pub(super) fn sentinel_primary(url: &str, what: &str) -> Result<(), String> {
     let example = "such as \"redis://mymaster/0\" or \"rediss://:PASSWORD@mymaster/0\"";
-    let Some(rest) = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"))
-    else {
+    let Some(host) = redis_host(url) else {
         return Err(format!("{what} with Sentinels is redis:// (or rediss:// for TLS) with the name they monitor the primary under as host, {example}; found \"{url}\""));
     };
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     if host.is_empty() {
         return Err(format!("{what} names no primary: with Sentinels its host is the name they monitor the primary under, {example}"));
     }
@@ -191,17 +186,22 @@ pub(super) fn sentinel_primary(url: &str, what: &str) -> Result<(), String> {
         .ok_or_else(|| format!("{what} is not a valid URL, {example}; found \"{url}\""))
 }
 
+/// The `HOST[:PORT]` of a `redis://` or `rediss://` URL (without user, password, database or
+/// query); `None` for another scheme.
+fn redis_host(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"))?;
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    Some(authority.rsplit_once('@').map_or(authority, |(_, h)| h))
+}
+
 /// One Sentinel's URL in `what`: `redis://[[USER]:PASSWORD@]HOST:PORT` (`rediss://` for TLS).
 fn sentinel_node(url: &str, what: &str) -> Result<(), String> {
     let why = || {
         format!("{what} are redis://HOST:PORT (or rediss://) URLs of the Sentinels, such as \"redis://10.0.0.5:26379\", found \"{url}\"")
     };
-    let rest = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"))
-        .ok_or_else(why)?;
-    let authority = rest.split(['/', '?']).next().unwrap_or_default();
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = redis_host(url).ok_or_else(why)?;
     let port = host.rsplit_once(':').map(|(_, p)| p);
     if port
         .and_then(|p| p.parse::<u16>().ok())

@@ -230,7 +230,7 @@ enum Backend {
 /// endpoint's name to the new primary, so the connection is marked stale and the next
 /// [`Slot::get`] connects afresh. (A cluster follows its primaries itself.)
 ///
-/// Behind Redis Sentinel (`follow`), a connection that is lost or refused, or whose reply
+/// Behind Redis Sentinel (`moves` set), a connection that is lost or refused, or whose reply
 /// never comes, is marked stale too: redis-rs would reconnect to the same address, a primary
 /// that may have died, while the next [`Slot::get`] asks the Sentinels where the primary is.
 #[derive(Clone)]
@@ -238,11 +238,9 @@ struct Conn {
     kind: ConnKind,
     /// Why the connection is given up: [`FRESH`] while it is not.
     stale: Arc<AtomicU8>,
-    /// Give it up on a lost connection too (behind Sentinel).
-    follow: bool,
     /// Behind Sentinel: the primary's moves ([`sentinel::Sentinel::moves`]) when it was made;
-    /// it is given up once the primary moved since.
-    moves: u64,
+    /// it is given up once the primary moved since, and on a lost connection too.
+    moves: Option<u64>,
 }
 
 /// A connection in use.
@@ -278,8 +276,8 @@ fn is_lost(e: &redis::RedisError) -> bool {
     e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
 }
 
-/// Marks the connection stale when a reply says the server is a replica now, or (when it
-/// `follow`s Sentinel) the reply says the connection is lost.
+/// Marks the connection stale when a reply says the server is a replica now, or (behind
+/// Sentinel, `follow`) the reply says the connection is lost.
 fn mark_stale<T>(
     stale: &AtomicU8,
     follow: bool,
@@ -300,16 +298,11 @@ impl ConnectionLike for Conn {
         &'a mut self,
         cmd: &'a redis::Cmd,
     ) -> redis::RedisFuture<'a, redis::Value> {
-        let Conn {
-            kind,
-            stale,
-            follow,
-            ..
-        } = self;
+        let Conn { kind, stale, moves } = self;
         match kind {
             ConnKind::Single(c) => Box::pin(async move {
                 let reply = c.req_packed_command(cmd).await;
-                mark_stale(stale, *follow, &reply, holds_readonly);
+                mark_stale(stale, moves.is_some(), &reply, holds_readonly);
                 reply
             }),
             ConnKind::Cluster(c) => c.req_packed_command(cmd),
@@ -322,18 +315,16 @@ impl ConnectionLike for Conn {
         offset: usize,
         count: usize,
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        let Conn {
-            kind,
-            stale,
-            follow,
-            ..
-        } = self;
+        let Conn { kind, stale, moves } = self;
         match kind {
             ConnKind::Single(c) => Box::pin(async move {
                 let replies = c.req_packed_commands(pipeline, offset, count).await;
-                mark_stale(stale, *follow, &replies, |values: &Vec<redis::Value>| {
-                    values.iter().any(holds_readonly)
-                });
+                mark_stale(
+                    stale,
+                    moves.is_some(),
+                    &replies,
+                    |values: &Vec<redis::Value>| values.iter().any(holds_readonly),
+                );
                 replies
             }),
             ConnKind::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
@@ -357,7 +348,7 @@ struct Slot {
 
 impl Slot {
     /// The connection, unless it was given up or made before the primary's last move.
-    fn fresh(&self, moves: u64) -> Option<Conn> {
+    fn fresh(&self, moves: Option<u64>) -> Option<Conn> {
         self.current
             .load()
             .as_deref()
@@ -366,10 +357,10 @@ impl Slot {
     }
 
     /// The connection, made by `connect` when there is none or it is stale; `moves` is the
-    /// primary's moves now (0 without Sentinel).
+    /// primary's moves now (behind Sentinel).
     async fn get(
         &self,
-        moves: u64,
+        moves: Option<u64>,
         connect: impl std::future::Future<Output = Result<Conn, StoreError>>,
     ) -> Result<Conn, StoreError> {
         if let Some(conn) = self.fresh(moves) {
@@ -403,29 +394,29 @@ impl Shared {
         self.conn.get(self.moves(), self.connect()).await
     }
 
-    /// The primary's moves so far, behind Sentinel (0 otherwise).
-    fn moves(&self) -> u64 {
+    /// The primary's moves so far, behind Sentinel.
+    fn moves(&self) -> Option<u64> {
+        self.sentinel().map(|s| s.moves())
+    }
+
+    /// The Sentinels that name the server, if it is found through them.
+    fn sentinel(&self) -> Option<&sentinel::Sentinel> {
         match &self.backend {
             Backend::Single {
                 sentinel: Some(s), ..
-            } => s.moves(),
-            _ => 0,
+            } => Some(s),
+            _ => None,
         }
     }
 
     async fn connect(&self) -> Result<Conn, StoreError> {
-        let follow = self.follows_sentinel();
-        let mut moves = 0;
+        let mut moves = None;
         match &self.backend {
-            Backend::Single {
-                client,
-                config,
-                sentinel,
-            } => {
-                let client = match sentinel {
+            Backend::Single { client, config, .. } => {
+                let client = match self.sentinel() {
                     Some(s) => {
                         let client = s.client().await?;
-                        moves = s.moves();
+                        moves = Some(s.moves());
                         client
                     }
                     None => client.clone(),
@@ -441,21 +432,9 @@ impl Shared {
         .map(|kind| Conn {
             kind,
             stale: Arc::default(),
-            follow,
             moves,
         })
         .map_err(backend)
-    }
-
-    /// Whether the server is the primary Redis Sentinel names.
-    fn follows_sentinel(&self) -> bool {
-        matches!(
-            self.backend,
-            Backend::Single {
-                sentinel: Some(_),
-                ..
-            }
-        )
     }
 
     fn is_cluster(&self) -> bool {
@@ -466,15 +445,19 @@ impl Shared {
     /// answers (a cluster delivers a `PUBLISH` on any node to the subscribers of every node).
     async fn pubsub(&self) -> redis::RedisResult<redis::aio::PubSub> {
         match &self.backend {
-            Backend::Single {
-                sentinel: Some(s), ..
-            } => {
-                let client = s.client().await.map_err(|e| {
-                    redis::RedisError::from((redis::ErrorKind::Io, "Redis Sentinel", e.to_string()))
-                })?;
-                client.get_async_pubsub().await
-            }
-            Backend::Single { client, .. } => client.get_async_pubsub().await,
+            Backend::Single { client, .. } => match self.sentinel() {
+                Some(s) => {
+                    let client = s.client().await.map_err(|e| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "Redis Sentinel",
+                            e.to_string(),
+                        ))
+                    })?;
+                    client.get_async_pubsub().await
+                }
+                None => client.get_async_pubsub().await,
+            },
             Backend::Cluster { seeds, .. } => {
                 let mut last = None;
                 for seed in seeds {

@@ -221,12 +221,10 @@ impl Pipe {
         {
             Target::Tcp(addr) => {
                 let stream = match &self.sentinel {
-                    Some(s) => match s.primary().await.map_err(io::Error::other)?.addr() {
-                        redis::ConnectionAddr::Tcp(host, port) => {
-                            TcpStream::connect((host.as_str(), *port)).await?
-                        }
-                        _ => return Err(io::Error::other("Sentinel gave no TCP address")),
-                    },
+                    Some(s) => {
+                        let (host, port) = s.locate().await.map_err(io::Error::other)?;
+                        TcpStream::connect((host.as_str(), port)).await?
+                    }
                     None => TcpStream::connect(addr.as_str()).await?,
                 };
                 stream.set_nodelay(true)?;
@@ -239,11 +237,7 @@ impl Pipe {
                 connector,
             } => {
                 let (host, port) = match &self.sentinel {
-                    Some(s) => match s.primary().await.map_err(io::Error::other)?.addr() {
-                        redis::ConnectionAddr::TcpTls { host, port, .. }
-                        | redis::ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-                        _ => return Err(io::Error::other("Sentinel gave no TCP address")),
-                    },
+                    Some(s) => s.locate().await.map_err(io::Error::other)?,
                     None => (host.clone(), *port),
                 };
                 let stream = TcpStream::connect((host.as_str(), port)).await?;

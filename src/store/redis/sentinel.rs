@@ -124,8 +124,9 @@ impl Sentinel {
             .map_err(|e| StoreError::Backend(e.to_string()))
     }
 
-    /// Asks the Sentinels in turn, starting with the one that answered last.
-    async fn locate(&self) -> Result<(String, u16), StoreError> {
+    /// The primary's address now: asks the Sentinels in turn, starting with the one that
+    /// answered last.
+    pub(crate) async fn locate(&self) -> Result<(String, u16), StoreError> {
         let n = self.nodes.len();
         let start = self.first.load(Ordering::Relaxed) % n;
         let mut errors = Vec::new();

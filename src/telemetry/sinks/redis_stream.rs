@@ -216,20 +216,11 @@ async fn connect(target: &Target) -> Result<Box<dyn Io>, SinkError> {
     let found;
     let addr = match &target.sentinel {
         Some(s) => {
-            let info = s
-                .primary()
+            let (host, port) = s
+                .locate()
                 .await
                 .map_err(|e| SinkError::RedisReply(e.to_string()))?;
-            found = match info.addr() {
-                ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
-                    Addr::Tcp(host.clone(), *port)
-                }
-                other => {
-                    return Err(SinkError::RedisReply(format!(
-                        "Sentinel named {other}, not a TCP address"
-                    )))
-                }
-            };
+            found = Addr::Tcp(host, port);
             &found
         }
         None => &target.addr,
