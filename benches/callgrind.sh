@@ -20,7 +20,8 @@
 # how busy the machine is. Valgrind runs the gateway ~50x slower, so a run takes about a minute.
 #
 # Knobs (environment, or NAME=value arguments): DURATION (8s), SKIP_BUILD (0), TOLLGATE_BIN, RESULTS_DIR,
-# SERVER_EXTRA (more `server` settings for every gateway, e.g. SERVER_EXTRA="request_id: true")
+# SERVER_EXTRA (more `server` settings for every gateway, e.g. SERVER_EXTRA="request_id: true"),
+# TELEMETRY_SINK (stream, or file: the telemetry scenario's sink)
 # (target/load/callgrind-<UTC time>; keeps the callgrind.out files for callgrind_annotate).
 # Needs: valgrind, nginx, redis-server, redis-cli, wrk, curl.
 set -euo pipefail

@@ -269,7 +269,8 @@ CONF
 
 # two_route_gateway PORT TELEMETRY(0|1): the config of a metered_gateway with an unmetered
 # `/open` route and a metered `/` route; with TELEMETRY=1 also a spool in TMP and a redis_stream
-# sink on the store's Redis (callgrind.sh, wakeups.sh).
+# sink on the store's Redis (callgrind.sh, wakeups.sh), or with TELEMETRY_SINK=file (environment)
+# a file sink in TMP instead.
 two_route_gateway() {
   metered_gateway "$1"
   cat <<CONF
@@ -282,8 +283,12 @@ CONF
 telemetry:
   spool: $TMP/spool-$1
   sinks:
-    - { name: events, kind: redis_stream, url: "redis://127.0.0.1:$REDIS_PORT/0", stream: "tg:events:$1" }
 CONF
+    case ${TELEMETRY_SINK:-stream} in
+      stream) echo "    - { name: events, kind: redis_stream, url: \"redis://127.0.0.1:$REDIS_PORT/0\", stream: \"tg:events:$1\" }" ;;
+      file) echo "    - { name: events, kind: file, path: \"$TMP/events-$1.jsonl\" }" ;;
+      *) die "TELEMETRY_SINK must be stream or file" ;;
+    esac
   fi
 }
 

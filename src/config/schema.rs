@@ -466,7 +466,7 @@ fn telemetry() -> Value {
             ),
             (
                 "batch",
-                int("Most events one spool write or delivery carries.", 1),
+                int("Most events one sink delivery carries; with this many queued the spool writer writes at once.", 1),
             ),
             ("max_spool_mb", int("The spool's size bound, in MiB.", 1)),
             (

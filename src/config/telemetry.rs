@@ -23,7 +23,8 @@ pub struct Telemetry {
     pub instance: String,
     /// Events the request path may queue in memory before the spool writer takes them.
     pub queue: NonZeroUsize,
-    /// Most events one spool write or one sink delivery carries.
+    /// Most events one sink delivery carries; with this many queued, the spool writer writes at
+    /// once instead of waiting for `flush_interval`.
     pub batch: NonZeroUsize,
     /// The spool's size bound, in bytes.
     pub max_spool_bytes: u64,

@@ -91,7 +91,10 @@ impl Emitter {
             Err(Refusal::Full) => self.drop_event("queue_full", "the spool writer is behind"),
             Err(Refusal::Closed) => self.drop_event("closed", "the spool writer has stopped"),
             Err(Refusal::Encode(e)) => self.drop_event("encode_error", &e.to_string()),
-            Err(Refusal::TooLarge) => self.drop_event("encode_error", "the event exceeds 4 GiB"),
+            Err(Refusal::TooLarge) => self.drop_event(
+                "encode_error",
+                "the event is over the spool's 1 MiB record limit",
+            ),
         }
     }
 
@@ -258,9 +261,9 @@ mod tests {
         }
         let dropped = |reason: &str| metrics.events_dropped.with_label_values(&[reason]).get();
         assert_eq!(dropped("queue_full"), 1);
-        let queued = queue.take(&mut Vec::new());
+        let queued = queue.take(Vec::new());
         assert_eq!(queued.len(), 2);
-        for (bytes, path) in queued.iter().zip(["/1", "/2"]) {
+        for (bytes, path) in queued.payloads().zip(["/1", "/2"]) {
             let v: serde_json::Value = serde_json::from_slice(bytes).unwrap();
             assert_eq!(v["data"]["path"], path);
         }

@@ -1,7 +1,8 @@
 //! The bounded in-memory queue between the request path and the spool writer.
 //!
-//! Events are encoded straight into one shared buffer, each behind its length (`u32` LE); the
-//! spool writer swaps the buffer for an empty one once per batch and cuts it into records.
+//! Events are encoded straight into one shared buffer, already framed as the spool stores them
+//! ([`Frames`]); the spool writer swaps the buffer for an empty one once per batch and writes
+//! it as it is.
 //!
 //! Why not a channel of one allocation per event (`tokio::sync::mpsc`, as before): each event
 //! was then allocated on the proxy thread and freed on a telemetry thread, and the channel's
@@ -20,9 +21,7 @@
 
 use std::sync::{Condvar, Mutex, MutexGuard};
 
-use bytes::Bytes;
-
-use super::spool::KEEP_BUFFER;
+use super::spool::{FrameError, Frames};
 
 /// Why an event was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -33,7 +32,7 @@ pub enum Refusal<E> {
     Closed,
     /// The event could not be encoded; nothing of it was queued.
     Encode(E),
-    /// The encoded event is longer than a record may be (4 GiB); nothing of it was queued.
+    /// The encoded event is longer than a spool record may be (1 MiB); nothing of it was queued.
     TooLarge,
 }
 
@@ -47,16 +46,11 @@ pub struct EventQueue {
 
 #[derive(Default)]
 struct Pending {
-    /// Records laid end to end: `len: u32 LE | event`.
-    buf: Vec<u8>,
-    events: usize,
+    frames: Frames,
     closed: bool,
     /// The writer is blocked in [`EventQueue::wait`] and needs a signal.
     waiting: bool,
 }
-
-/// The length prefix of a record in the buffer.
-const LEN: usize = 4;
 
 impl EventQueue {
     /// A queue holding at most `capacity` events.
@@ -84,21 +78,14 @@ impl EventQueue {
         if p.closed {
             return Err(Refusal::Closed);
         }
-        if p.events >= self.capacity {
+        if p.frames.len() >= self.capacity {
             return Err(Refusal::Full);
         }
-        let start = p.buf.len();
-        p.buf.extend_from_slice(&[0; LEN]);
-        if let Err(e) = write(&mut p.buf) {
-            p.buf.truncate(start);
-            return Err(Refusal::Encode(e));
+        match p.frames.push_with(write) {
+            Ok(()) => {}
+            Err(FrameError::Write(e)) => return Err(Refusal::Encode(e)),
+            Err(FrameError::TooLarge) => return Err(Refusal::TooLarge),
         }
-        let Ok(len) = u32::try_from(p.buf.len() - start - LEN) else {
-            p.buf.truncate(start);
-            return Err(Refusal::TooLarge);
-        };
-        p.buf[start..start + LEN].copy_from_slice(&len.to_le_bytes());
-        p.events += 1;
         if p.waiting {
             p.waiting = false;
             drop(p);
@@ -109,7 +96,7 @@ impl EventQueue {
 
     /// Events queued now.
     pub fn len(&self) -> usize {
-        self.lock().events
+        self.lock().frames.len()
     }
 
     /// Whether no event is queued.
@@ -128,7 +115,7 @@ impl EventQueue {
     pub fn wait(&self) -> bool {
         let mut p = self.lock();
         loop {
-            if p.events > 0 {
+            if !p.frames.is_empty() {
                 return true;
             }
             if p.closed {
@@ -139,33 +126,11 @@ impl EventQueue {
         }
     }
 
-    /// Takes every queued event, oldest first. `spare` is an empty buffer that replaces the
-    /// queue's; it comes back empty, with the taken buffer's capacity, for the next call, so
-    /// the two buffers are reused rather than grown afresh each batch.
-    pub fn take(&self, spare: &mut Vec<u8>) -> Vec<Bytes> {
-        let events = {
-            let mut p = self.lock();
-            std::mem::swap(&mut p.buf, spare);
-            std::mem::take(&mut p.events)
-        };
-        // A copy of each record, not one copy of the batch shared by its records: a batch
-        // is hundreds of kilobytes, and a fresh allocation that size came from pages the
-        // allocator had handed back to the kernel, one page fault per 4 KiB (6% of the
-        // telemetry threads' CPU in `perf`). Records of a few hundred bytes reuse memory.
-        let mut out = Vec::with_capacity(events);
-        let mut rest = &spare[..];
-        while let Some((len, after)) = rest.split_first_chunk::<LEN>() {
-            let len = u32::from_le_bytes(*len) as usize;
-            let Some(event) = after.get(..len) else {
-                break; // unreachable: `push` writes whole records only
-            };
-            out.push(Bytes::copy_from_slice(event));
-            rest = &after[len..];
-        }
-        spare.clear();
-        // A burst (up to `queue` events, tens of megabytes) must not keep its buffer for good.
-        spare.shrink_to(KEEP_BUFFER);
-        out
+    /// Takes every queued event, oldest first. `spare` (emptied) becomes the queue's buffer for
+    /// the events after: pass a buffer of an earlier batch so that its capacity is reused.
+    pub fn take(&self, spare: Vec<u8>) -> Frames {
+        let fresh = Frames::new(spare);
+        std::mem::replace(&mut self.lock().frames, fresh)
     }
 }
 
@@ -173,6 +138,10 @@ impl EventQueue {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    fn payloads(f: &Frames) -> Vec<&[u8]> {
+        f.payloads().collect()
+    }
 
     fn push(q: &EventQueue, event: &[u8]) -> Result<(), Refusal<()>> {
         q.push(|buf| {
@@ -188,26 +157,38 @@ mod tests {
         push(&q, b"").unwrap();
         push(&q, b"{\"b\":2}").unwrap();
         assert_eq!(q.len(), 3);
-        let mut spare = Vec::new();
-        let events = q.take(&mut spare);
-        assert_eq!(events, vec![&b"{\"a\":1}"[..], b"", b"{\"b\":2}"]);
+        let events = q.take(Vec::new());
+        assert_eq!(
+            payloads(&events),
+            vec![&b"{\"a\":1}"[..], b"", b"{\"b\":2}"]
+        );
         assert!(q.is_empty());
-        assert!(spare.is_empty());
-        assert!(q.take(&mut spare).is_empty());
+        assert!(q.take(Vec::new()).is_empty());
         push(&q, b"next").unwrap();
-        assert_eq!(q.take(&mut spare), vec![&b"next"[..]]);
+        assert_eq!(payloads(&q.take(events.into_buffer())), vec![&b"next"[..]]);
     }
 
     #[test]
     fn a_burst_does_not_keep_its_buffer() {
+        let keep = crate::telemetry::spool::KEEP_BUFFER;
         let q = EventQueue::new(usize::MAX);
         let event = vec![b'x'; 64 * 1024];
-        for _ in 0..(2 * KEEP_BUFFER / event.len()) {
+        for _ in 0..(2 * keep / event.len()) {
             push(&q, &event).unwrap();
         }
-        let mut spare = Vec::new();
-        assert_eq!(q.take(&mut spare).len(), 2 * KEEP_BUFFER / event.len());
-        assert!(spare.capacity() <= KEEP_BUFFER, "{}", spare.capacity());
+        let taken = q.take(Vec::new());
+        assert_eq!(taken.len(), 2 * keep / event.len());
+        let spare = taken.into_buffer();
+        assert!(spare.capacity() <= keep, "{}", spare.capacity());
+    }
+
+    #[test]
+    fn an_event_too_large_for_the_spool_is_refused_whole() {
+        let q = EventQueue::new(10);
+        let big = vec![b'x'; (1 << 20) + 1];
+        assert_eq!(push(&q, &big), Err(Refusal::TooLarge));
+        push(&q, b"after").unwrap();
+        assert_eq!(payloads(&q.take(Vec::new())), vec![&b"after"[..]]);
     }
 
     #[test]
@@ -216,7 +197,7 @@ mod tests {
         push(&q, b"1").unwrap();
         push(&q, b"2").unwrap();
         assert_eq!(push(&q, b"3"), Err(Refusal::Full));
-        assert_eq!(q.take(&mut Vec::new()), vec![&b"1"[..], b"2"]);
+        assert_eq!(payloads(&q.take(Vec::new())), vec![&b"1"[..], b"2"]);
         push(&q, b"3").unwrap();
     }
 
@@ -230,7 +211,10 @@ mod tests {
         });
         assert_eq!(failed, Err(Refusal::Encode("no")));
         push(&q, b"after").unwrap();
-        assert_eq!(q.take(&mut Vec::new()), vec![&b"before"[..], b"after"]);
+        assert_eq!(
+            payloads(&q.take(Vec::new())),
+            vec![&b"before"[..], b"after"]
+        );
     }
 
     #[test]
@@ -241,7 +225,8 @@ mod tests {
             std::thread::spawn(move || {
                 let mut got = Vec::new();
                 while q.wait() {
-                    got.extend(q.take(&mut Vec::new()));
+                    let taken = q.take(Vec::new());
+                    got.extend(taken.payloads().map(<[u8]>::to_vec));
                 }
                 got
             })
@@ -253,6 +238,9 @@ mod tests {
         q.close();
         assert_eq!(push(&q, b"late"), Err(Refusal::Closed));
         let got = writer.join().unwrap();
-        assert_eq!(got, vec![&b"one"[..], b"two", b"three"]);
+        assert_eq!(
+            got,
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
     }
 }

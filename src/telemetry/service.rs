@@ -17,7 +17,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
-use bytes::Bytes;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::oneshot;
@@ -26,7 +25,7 @@ use super::emit::Emitter;
 use super::metrics::Metrics;
 use super::queue::EventQueue;
 use super::sinks::{self, backoff, Sink};
-use super::spool::{Limits, Reader, Spool};
+use super::spool::{Frames, Limits, Reader, Spool};
 use crate::config::Telemetry;
 
 /// The background half of telemetry; [`TelemetryService::new`] also returns the request path's
@@ -164,7 +163,6 @@ struct SpoolWriter {
 
 impl SpoolWriter {
     fn run(self) {
-        let mut spare = Vec::new();
         while self.queue.wait() {
             if self.queue.len() < self.batch && !self.stopping.load(Ordering::Relaxed) {
                 // Gather for a moment before writing: one fsync (and one delivery per sink)
@@ -172,20 +170,19 @@ impl SpoolWriter {
                 // on top of the batch being written.
                 std::thread::sleep(self.flush_interval);
             }
-            let mut events = self.queue.take(&mut spare);
-            while !events.is_empty() {
-                let rest = events.split_off(events.len().min(self.batch));
-                self.write(std::mem::replace(&mut events, rest));
-            }
+            // Everything queued is one write and one fsync, however many events it holds (the
+            // sinks still take at most `batch` at a time): behind a burst, fewer and larger
+            // writes catch up sooner.
+            self.write(self.queue.take(self.spool.buffer()));
         }
         tracing::info!("Usage event queue closed; every queued event is in the spool.");
     }
 
     /// Appends one batch to the spool and fsyncs it.
-    fn write(&self, events: Vec<Bytes>) {
+    fn write(&self, events: Frames) {
         let n = events.len() as u64;
         let m = &self.metrics;
-        match self.spool.append_batch(events) {
+        match self.spool.append_frames(events) {
             Ok(done) => {
                 m.events
                     .with_label_values(&["spool", "spooled"])

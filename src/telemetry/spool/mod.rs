@@ -29,13 +29,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use tokio::sync::watch;
 
+mod frames;
 mod position;
 mod reader;
 mod record;
 
+use frames::BufferPool;
+pub use frames::{FrameError, Frames};
 use position::PositionFile;
 pub use reader::{Batch, Reader};
-use record::{frame, recover};
+use record::{recover, stamp};
 
 use super::metrics::Metrics;
 use crate::config::OnFull;
@@ -123,8 +126,6 @@ pub(crate) const KEEP_BUFFER: usize = 4 << 20;
 
 struct Writer {
     file: Option<File>,
-    /// Frames of the batch being written.
-    buf: Vec<u8>,
 }
 
 /// The spool of one gateway process: one writer, one reader per sink.
@@ -137,6 +138,8 @@ pub struct Spool {
     positions: Mutex<BTreeMap<String, PositionFile>>,
     committed: watch::Sender<u64>,
     metrics: Arc<Metrics>,
+    /// The buffers of written batches, back from the sinks for the queue to fill again.
+    pool: Arc<BufferPool>,
 }
 
 // === impl Spool ===
@@ -201,13 +204,11 @@ impl Spool {
                 tail: VecDeque::new(),
                 tail_bytes: 0,
             }),
-            writer: Mutex::new(Writer {
-                file: None,
-                buf: Vec::new(),
-            }),
+            writer: Mutex::new(Writer { file: None }),
             positions: Mutex::new(positions),
             committed,
             metrics,
+            pool: Arc::new(BufferPool::default()),
         });
         let mut state = spool.lock_state();
         spool.collect(&mut state)?;
@@ -218,39 +219,64 @@ impl Spool {
 
     /// Appends `events` as one batch and fsyncs it; sinks see them once this returns.
     pub fn append(&self, events: &[Bytes]) -> Result<Appended, SpoolError> {
-        self.append_batch(events.to_vec())
+        let mut frames = Frames::new(self.buffer());
+        let mut too_large = 0;
+        for event in events {
+            if !frames.push(event) {
+                too_large += 1;
+            }
+        }
+        let mut out = self.append_frames(frames)?;
+        out.dropped += too_large;
+        Ok(out)
     }
 
-    /// [`Spool::append`], taking the events: the in-memory tail keeps them without copying.
-    pub fn append_batch(&self, mut events: Vec<Bytes>) -> Result<Appended, SpoolError> {
+    /// An empty buffer for the next [`Frames`], with the capacity of an earlier batch's when
+    /// the sinks are done with one.
+    pub fn buffer(&self) -> Vec<u8> {
+        self.pool.get()
+    }
+
+    /// Appends `frames` as one batch, written as they are after their headers are stamped, and
+    /// fsyncs it; sinks see them once this returns, as slices of the same buffer.
+    pub fn append_frames(&self, frames: Frames) -> Result<Appended, SpoolError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Appended::default();
-        let want = frame_len(&events);
+        let Frames { mut buf, count } = frames;
         let (mut seq, mut room) = {
             let mut state = self.lock_state();
-            let room = self.make_room(&mut state, &mut writer, want, &mut out)?;
+            let room = self.make_room(&mut state, &mut writer, buf.len() as u64, &mut out)?;
             (state.next_seq, room)
         };
-        // The frame buffer is kept between batches: a fresh one of this size cost a page fault
-        // per 4 KiB written.
-        let mut buf = std::mem::take(&mut writer.buf);
-        buf.clear();
-        buf.reserve(want as usize);
         let first = seq;
-        events.retain(|event| {
-            let len = (HEADER + event.len()) as u64;
-            if event.len() > MAX_RECORD || len > room {
-                out.dropped += 1;
-                return false;
+        // Stamp each record that fits with its sequence number and checksum; one that does not
+        // is dropped, and the records after it move down over it (only then is anything
+        // copied).
+        let mut kept = Vec::with_capacity(count);
+        let (mut read, mut write) = (0, 0);
+        while let Some(len) = buf.get(read..read + 4) {
+            let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            let size = HEADER + len;
+            if read + size > buf.len() {
+                break; // unreachable: `Frames` holds whole records only
             }
-            room -= len;
-            frame(&mut buf, seq, event);
+            read += size;
+            if len > MAX_RECORD || size as u64 > room {
+                out.dropped += 1;
+                continue;
+            }
+            room -= size as u64;
+            if write != read - size {
+                buf.copy_within(read - size..read, write);
+            }
+            stamp(&mut buf[write..write + size], seq);
+            kept.push(write + HEADER..write + size);
+            write += size;
             seq += 1;
-            true
-        });
-        let kept = events;
+        }
+        buf.truncate(write);
         if buf.is_empty() {
-            writer.buf = buf;
+            self.pool.put(buf);
             return Ok(out);
         }
         let path = self.segment_path(first);
@@ -281,15 +307,13 @@ impl Spool {
         file.write_all(&buf).map_err(io_err(&path))?;
         file.sync_data().map_err(io_err(&path))?;
         let written = buf.len();
-        // Kept for the next batch unless an unusual one (events near `MAX_RECORD`) made it big.
-        if buf.capacity() <= KEEP_BUFFER {
-            writer.buf = buf;
-        }
+        let shared = self.pool.share(buf);
+        let events: Arc<[Bytes]> = kept.into_iter().map(|r| shared.slice(r)).collect();
         out.written = seq - first;
         let mut state = self.lock_state();
         state.next_seq = seq;
         state.tail_bytes += written;
-        state.tail.push_back((first, kept.into()));
+        state.tail.push_back((first, events));
         while state.tail_bytes > TAIL_BYTES && state.tail.len() > 1 {
             if let Some((_, old)) = state.tail.pop_front() {
                 state.tail_bytes -= old.iter().map(|e| HEADER + e.len()).sum::<usize>();
@@ -481,8 +505,4 @@ fn first_base(state: &State) -> u64 {
         .front()
         .map_or(state.next_seq, |s| s.base)
         .min(state.next_seq)
-}
-
-fn frame_len(events: &[Bytes]) -> u64 {
-    events.iter().map(|e| (HEADER + e.len()) as u64).sum()
 }

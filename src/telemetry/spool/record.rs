@@ -15,11 +15,12 @@ pub(super) fn crc(seq: u64, payload: &[u8]) -> u32 {
     h.finalize()
 }
 
-pub(super) fn frame(buf: &mut Vec<u8>, seq: u64, payload: &[u8]) {
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc(seq, payload).to_le_bytes());
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(payload);
+/// Fills in the checksum and sequence number of `record`, a whole record whose length is
+/// already in place (as [`super::Frames`] lays it out).
+pub(super) fn stamp(record: &mut [u8], seq: u64) {
+    let sum = crc(seq, &record[HEADER..]);
+    record[4..8].copy_from_slice(&sum.to_le_bytes());
+    record[8..16].copy_from_slice(&seq.to_le_bytes());
 }
 
 /// One parsed frame.
