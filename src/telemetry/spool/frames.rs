@@ -121,9 +121,13 @@ pub struct BufferPool {
 const POOL_BYTES: usize = 2 * KEEP_BUFFER;
 
 impl BufferPool {
-    /// An empty buffer, with the capacity of an earlier batch when there is one.
-    pub fn get(&self) -> Vec<u8> {
-        self.lock().pop().unwrap_or_default()
+    /// An empty buffer of at least `room` bytes, an earlier batch's when there is one: sized
+    /// here, on the spool writer's thread, the queue's buffer does not grow (and copy itself)
+    /// under the queue's lock while the request path fills it.
+    pub fn get(&self, room: usize) -> Vec<u8> {
+        let mut buf = self.lock().pop().unwrap_or_default();
+        buf.reserve(room.min(KEEP_BUFFER));
+        buf
     }
 
     /// Takes `buf` back for a later batch (or frees it, when it is too big or the pool full).
@@ -201,7 +205,7 @@ mod tests {
     #[test]
     fn a_shared_buffer_returns_to_the_pool_with_its_last_slice() {
         let pool = Arc::new(BufferPool::default());
-        let mut buf = pool.get();
+        let mut buf = pool.get(0);
         buf.extend_from_slice(b"hello world");
         let cap = buf.capacity();
         let shared = pool.share(buf);
@@ -210,9 +214,11 @@ mod tests {
         assert!(pool.lock().is_empty(), "a slice still holds it");
         assert_eq!(hello, &b"hello"[..]);
         drop(hello);
-        let again = pool.get();
+        let again = pool.get(0);
         assert!(again.is_empty());
         assert_eq!(again.capacity(), cap);
+        pool.put(again);
+        assert!(pool.get(10 * cap).capacity() >= 10 * cap);
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -140,6 +141,8 @@ pub struct Spool {
     metrics: Arc<Metrics>,
     /// The buffers of written batches, back from the sinks for the queue to fill again.
     pool: Arc<BufferPool>,
+    /// The size of the last batch handed to [`Spool::append_frames`], to size the next buffer.
+    last_batch: AtomicUsize,
 }
 
 // === impl Spool ===
@@ -209,6 +212,7 @@ impl Spool {
             committed,
             metrics,
             pool: Arc::new(BufferPool::default()),
+            last_batch: AtomicUsize::new(0),
         });
         let mut state = spool.lock_state();
         spool.collect(&mut state)?;
@@ -231,10 +235,12 @@ impl Spool {
         Ok(out)
     }
 
-    /// An empty buffer for the next [`Frames`], with the capacity of an earlier batch's when
-    /// the sinks are done with one.
+    /// An empty buffer for the next [`Frames`], with room for a batch like the last one (an
+    /// earlier batch's buffer when the sinks are done with one).
     pub fn buffer(&self) -> Vec<u8> {
-        self.pool.get()
+        // A little over the last batch, so that a steady load does not grow it by a few bytes.
+        let last = self.last_batch.load(Ordering::Relaxed);
+        self.pool.get(last + last / 4)
     }
 
     /// Appends `frames` as one batch, written as they are after their headers are stamped, and
@@ -243,6 +249,7 @@ impl Spool {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Appended::default();
         let Frames { mut buf, count } = frames;
+        self.last_batch.store(buf.len(), Ordering::Relaxed);
         let (mut seq, mut room) = {
             let mut state = self.lock_state();
             let room = self.make_room(&mut state, &mut writer, buf.len() as u64, &mut out)?;
