@@ -16,6 +16,13 @@
 # compares the distinct event ids in the stream (and the file's lines) with the events the spool
 # took, and checks that none was dropped.
 #
+# TOGETHER=1 drives every gateway at the same time in each round instead of one after the other,
+# all still on CPU 0: the machine's swings (a shared VM's throughput can move by a fifth from one
+# second to the next) then fall on every gateway alike, and the ratio of gateway CPU per request
+# (all threads, telemetry's included, per call served) is what to read. The req/s of each is its
+# share of the core, not its throughput alone; on a core a gateway has to itself (the default
+# mode) throughput is the inverse of CPU per request.
+#
 # SINKS=stream,file (a comma) runs three gateways instead: telemetry off, on with the stream
 # sink only, and on with the file sink only, in rotating order, so the two sinks are compared
 # under the same minutes of a noisy machine; the table then has a row and a ratio for each.
@@ -24,7 +31,7 @@
 # STREAM_REDIS (store: the stream on
 # the store's Redis; own: on a Redis of its own), BATCH (512, `telemetry.batch`: events per
 # spool write and per delivery), DURATION (10s), ROUNDS (5),
-# CONNECTIONS (32), WARMUP (2s), PIN (1),
+# CONNECTIONS (32), WARMUP (2s), PIN (1), TOGETHER (0),
 # RESULTS_DIR (target/load/telemetry-<UTC time>), SKIP_BUILD (0), TOLLGATE_LOG (warn),
 # TOLLGATE_BIN (another build to measure, e.g. an earlier commit's, for a before/after run),
 # HALT_POLL_NS (unset; a KVM guest's halt polling for the run, see benches/lib.sh).
@@ -159,6 +166,39 @@ run() {
   echo "$rps $p50 $p99 $(us_per_req $((t1 - t0)) "$reqs") $(us_per_req $((p1 - p0)) "$reqs")"
 }
 
+# run_together ROUND: every gateway's warm-up at once, then every gateway's measured run at once
+# (TOGETHER=1); writes TMP/<which>.parsed as `run` prints.
+run_together() {
+  local r=$1 which pids=() t0 p0 t1 p1 parsed
+  declare -A T0 P0
+  for which in "${ALL[@]}"; do
+    timeout "$WARM_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$WARMUP" "${AUTH[@]}" \
+      "http://127.0.0.1:${PORT[$which]}/" >"$RESULTS_DIR/$which.$r.warmup.txt" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || die "wrk warm-up failed"
+  pids=()
+  for which in "${ALL[@]}"; do
+    T0[$which]=$(proc_ticks "${PID[$which]}")
+    P0[$which]=$(proxy_ticks "${PID[$which]}")
+  done
+  for which in "${ALL[@]}"; do
+    timeout "$WRK_BOUND" "${LOAD_PIN[@]}" wrk -t1 -c"$CONNECTIONS" -d"$DURATION" --latency \
+      "${AUTH[@]}" "http://127.0.0.1:${PORT[$which]}/" >"$RESULTS_DIR/$which.$r.txt" 2>&1 &
+    pids+=($!)
+  done
+  wait "${pids[@]}" || die "wrk failed"
+  for which in "${ALL[@]}"; do
+    t1=$(proc_ticks "${PID[$which]}")
+    p1=$(proxy_ticks "${PID[$which]}")
+    parsed=$(parse_wrk "$RESULTS_DIR/$which.$r.txt") || die "unreadable wrk output"
+    read -r rps p50 p99 reqs non2xx errs <<<"$parsed"
+    ((non2xx == 0 && errs == 0)) || log "warning: $which round $r: $non2xx non-2xx, $errs socket errors"
+    echo "$rps $p50 $p99 $(us_per_req $((t1 - T0[$which])) "$reqs") $(us_per_req $((p1 - P0[$which])) "$reqs")" \
+      >"$TMP/$which.parsed"
+  done
+}
+
 # rounds.txt, one line per round: the round, then for "off" and each "on" gateway in turn its
 # rps p50 p99 gw-us proxy-us, and after those, for each "on" gateway, the rps ratio and the
 # ratio of gateway CPU per request (on/off).
@@ -168,10 +208,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
   # Rotate which gateway goes first (with two: off, on in odd rounds, on, off in even ones).
   order=()
   for ((k = 0; k < ${#ALL[@]}; k++)); do order+=("${ALL[$(((k + r - 1) % ${#ALL[@]}))]}"); done
-  for which in "${order[@]}"; do
-    log "round $r/$ROUNDS: telemetry $which"
-    run "$which" "$r" >"$TMP/$which.parsed"
-  done
+  if [[ ${TOGETHER:-0} == 1 ]]; then
+    log "round $r/$ROUNDS: every gateway at once"
+    run_together "$r"
+  else
+    for which in "${order[@]}"; do
+      log "round $r/$ROUNDS: telemetry $which"
+      run "$which" "$r" >"$TMP/$which.parsed"
+    done
+  fi
   read -r a_rps _ _ a_us _ <"$TMP/off.parsed"
   line="$r $(cat "$TMP/off.parsed")"
   ratios=""
@@ -232,6 +277,8 @@ per_round() { awk -v c="$1" '{ printf "%s%.3f", (NR > 1 ? " " : ""), $c }' "$RES
   else
     echo "telemetry cost on the metered route — $STAMP, commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
   fi
+  [[ ${TOGETHER:-0} == 1 ]] && echo "TOGETHER=1: the gateways shared CPU 0 and were driven at the same time;" \
+    "compare the gateway CPU per request (req/s is each gateway's share of the core)"
   echo "loopback; wrk -t1 -c$CONNECTIONS -d$DURATION; server.threads: 1; flush_interval ${FLUSH_INTERVAL:-20ms};" \
     "$([[ ${#GW_PIN[@]} -gt 0 ]] && echo "gateways on CPU 0, wrk + nginx + redis on CPU 1" || echo "no CPU pinning")"
   echo "$HALT_POLL_NOTE"

@@ -163,6 +163,8 @@ struct SpoolWriter {
 
 impl SpoolWriter {
     fn run(self) {
+        // Two buffers take turns: the queue fills one while this thread writes the other.
+        let mut spare = Vec::new();
         while self.queue.wait() {
             if self.queue.len() < self.batch && !self.stopping.load(Ordering::Relaxed) {
                 // Gather for a moment before writing: one fsync (and one delivery per sink)
@@ -173,13 +175,15 @@ impl SpoolWriter {
             // Everything queued is one write and one fsync, however many events it holds (the
             // sinks still take at most `batch` at a time): behind a burst, fewer and larger
             // writes catch up sooner.
-            self.write(self.queue.take(self.spool.buffer()));
+            let mut events = self.queue.take(spare);
+            self.write(&mut events);
+            spare = events.into_buffer();
         }
         tracing::info!("Usage event queue closed; every queued event is in the spool.");
     }
 
     /// Appends one batch to the spool and fsyncs it.
-    fn write(&self, events: Frames) {
+    fn write(&self, events: &mut Frames) {
         let n = events.len() as u64;
         let m = &self.metrics;
         match self.spool.append_frames(events) {

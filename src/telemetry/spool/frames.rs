@@ -3,15 +3,16 @@
 //! The request path encodes each event behind a blank header (`len | crc | seq`, with only `len`
 //! filled in: the sequence number is the spool's to give, at write time); the spool writer takes
 //! the whole buffer, stamps each header in place and writes the buffer as it is. The sinks then
-//! read the events as slices of that same buffer, which goes back to a [`BufferPool`] once the
-//! last slice is gone.
+//! read the events as slices of one copy of that buffer, taken from a [`BufferPool`] and
+//! returned to it once the last slice is gone.
 //!
-//! Why: before, each event was copied four times between its encoding and the kernel (into
-//! the queue, out of it into an allocation of its own, into the spool's frame buffer, and into
-//! the file sink's line buffer), and every event was an allocation made on one thread and freed
-//! on another. Those copies, allocations and the page faults they brought were about 14% of
-//! the spool writer's CPU samples in `perf` (2026-12-06), and each pass over a batch's few hundred kilobytes pushed the request path's
-//! working set out of the cache of the core it shares with the writer.
+//! Before, each event was copied three times between its encoding and the kernel (out of the
+//! queue into an allocation of its own, into the spool's frame buffer, and into the file sink's
+//! line buffer), and every event was an allocation made on one thread and freed on another.
+//! Those copies, allocations and the page faults they brought were about 14% of the spool
+//! writer's CPU samples in `perf` (2026-12-06). Measured as a whole, though, the gateway's CPU
+//! per call with telemetry on did not move beyond the noise: the spool's and the sink's
+//! `fsync`s and the telemetry threads' wake-ups are most of what events cost.
 
 use std::sync::{Arc, Mutex};
 
@@ -110,8 +111,9 @@ impl Frames {
     }
 }
 
-/// Buffers of written batches, reused: a fresh buffer of a batch's size (hundreds of kilobytes)
-/// came from pages the allocator had handed back to the kernel, one page fault per 4 KiB.
+/// Buffers for the copies of written batches the sinks read, reused: a fresh buffer of a batch's
+/// size (hundreds of kilobytes) came from pages the allocator had handed back to the kernel, one
+/// page fault per 4 KiB.
 #[derive(Debug, Default)]
 pub struct BufferPool {
     free: Mutex<Vec<Vec<u8>>>,
@@ -121,9 +123,7 @@ pub struct BufferPool {
 const POOL_BYTES: usize = 2 * KEEP_BUFFER;
 
 impl BufferPool {
-    /// An empty buffer of at least `room` bytes, an earlier batch's when there is one: sized
-    /// here, on the spool writer's thread, the queue's buffer does not grow (and copy itself)
-    /// under the queue's lock while the request path fills it.
+    /// An empty buffer of at least `room` bytes, an earlier batch's when there is one.
     pub fn get(&self, room: usize) -> Vec<u8> {
         let mut buf = self.lock().pop().unwrap_or_default();
         buf.reserve(room.min(KEEP_BUFFER));
@@ -157,7 +157,7 @@ impl BufferPool {
     }
 }
 
-/// A written batch's buffer, owned by the [`Bytes`] its events are sliced from.
+/// A copy of a written batch, owned by the [`Bytes`] its events are sliced from.
 struct Pooled {
     buf: Vec<u8>,
     pool: Arc<BufferPool>,

@@ -24,7 +24,6 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -139,10 +138,8 @@ pub struct Spool {
     positions: Mutex<BTreeMap<String, PositionFile>>,
     committed: watch::Sender<u64>,
     metrics: Arc<Metrics>,
-    /// The buffers of written batches, back from the sinks for the queue to fill again.
+    /// Buffers for the in-memory tail's copies of written batches, back from the sinks.
     pool: Arc<BufferPool>,
-    /// The size of the last batch handed to [`Spool::append_frames`], to size the next buffer.
-    last_batch: AtomicUsize,
 }
 
 // === impl Spool ===
@@ -212,7 +209,6 @@ impl Spool {
             committed,
             metrics,
             pool: Arc::new(BufferPool::default()),
-            last_batch: AtomicUsize::new(0),
         });
         let mut state = spool.lock_state();
         spool.collect(&mut state)?;
@@ -223,33 +219,38 @@ impl Spool {
 
     /// Appends `events` as one batch and fsyncs it; sinks see them once this returns.
     pub fn append(&self, events: &[Bytes]) -> Result<Appended, SpoolError> {
-        let mut frames = Frames::new(self.buffer());
+        let mut frames = Frames::default();
         let mut too_large = 0;
         for event in events {
             if !frames.push(event) {
                 too_large += 1;
             }
         }
-        let mut out = self.append_frames(frames)?;
+        let mut out = self.append_frames(&mut frames)?;
         out.dropped += too_large;
         Ok(out)
     }
 
-    /// An empty buffer for the next [`Frames`], with room for a batch like the last one (an
-    /// earlier batch's buffer when the sinks are done with one).
-    pub fn buffer(&self) -> Vec<u8> {
-        // A little over the last batch, so that a steady load does not grow it by a few bytes.
-        let last = self.last_batch.load(Ordering::Relaxed);
-        self.pool.get(last + last / 4)
+    /// Appends `frames` as one batch, written as they are after their headers are stamped, and
+    /// fsyncs it; sinks see them once this returns. `frames` is left empty, its buffer's
+    /// capacity kept for the next batch.
+    ///
+    /// The sinks read the events from a copy of the written buffer, one `memcpy` of the batch,
+    /// so that the queue gets its own buffer back at once: the request path then writes into
+    /// memory it wrote 20 ms before, still in the cache. Sharing the written buffer itself with
+    /// the sinks, and giving the queue whichever buffer they had finished with, spared that copy
+    /// but made the proxy thread's part of telemetry dearer by more (about 1 µs per call, with
+    /// the gateways sharing one core; `benches/telemetry.sh` with `TOGETHER=1`, 2026-12-06).
+    pub fn append_frames(&self, frames: &mut Frames) -> Result<Appended, SpoolError> {
+        let written = self.write_frames(&mut frames.buf, frames.count);
+        frames.buf.clear();
+        frames.count = 0;
+        written
     }
 
-    /// Appends `frames` as one batch, written as they are after their headers are stamped, and
-    /// fsyncs it; sinks see them once this returns, as slices of the same buffer.
-    pub fn append_frames(&self, frames: Frames) -> Result<Appended, SpoolError> {
+    fn write_frames(&self, buf: &mut Vec<u8>, count: usize) -> Result<Appended, SpoolError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Appended::default();
-        let Frames { mut buf, count } = frames;
-        self.last_batch.store(buf.len(), Ordering::Relaxed);
         let (mut seq, mut room) = {
             let mut state = self.lock_state();
             let room = self.make_room(&mut state, &mut writer, buf.len() as u64, &mut out)?;
@@ -283,7 +284,6 @@ impl Spool {
         }
         buf.truncate(write);
         if buf.is_empty() {
-            self.pool.put(buf);
             return Ok(out);
         }
         let path = self.segment_path(first);
@@ -311,10 +311,12 @@ impl Spool {
             .segments
             .back()
             .map_or(path, |s| s.path.clone());
-        file.write_all(&buf).map_err(io_err(&path))?;
+        file.write_all(buf).map_err(io_err(&path))?;
         file.sync_data().map_err(io_err(&path))?;
         let written = buf.len();
-        let shared = self.pool.share(buf);
+        let mut copy = self.pool.get(written);
+        copy.extend_from_slice(buf);
+        let shared = self.pool.share(copy);
         let events: Arc<[Bytes]> = kept.into_iter().map(|r| shared.slice(r)).collect();
         out.written = seq - first;
         let mut state = self.lock_state();
