@@ -237,7 +237,7 @@ impl Spool {
     ///
     /// The sinks read the events from a copy of the written buffer, one `memcpy` of the batch,
     /// so that the queue gets its own buffer back at once: the request path then writes into
-    /// memory it wrote 20 ms before, still in the cache. Sharing the written buffer itself with
+    /// memory it filled one batch before, likely still in the cache. Sharing the written buffer itself with
     /// the sinks, and giving the queue whichever buffer they had finished with, spared that copy
     /// but made the proxy thread's part of telemetry dearer by more (about 1 µs per call, with
     /// the gateways sharing one core; `benches/telemetry.sh` with `TOGETHER=1`, 2026-12-06).
