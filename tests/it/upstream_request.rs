@@ -7,14 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{Stack, ACME_KEY};
+use crate::common::{Stack, ACME_KEY, STACK_HEAD};
 
+/// After [`STACK_HEAD`]: a second upstream under its `upstreams`, then the rest.
 const YAML: &str = r#"
-server: { listen: "{listen}", threads: 2 }
-admin: { listen: "{admin}" }
-store: { kind: redis, url: "{redis}", timeout: 2s }
-upstreams:
-  product: { targets: ["{upstream}"] }
   resold:
     targets: ["{upstream}"]
     request_headers: { Authorization: "Bearer upstream-secret", X-Upstream-Team: "billing" }
@@ -48,7 +44,7 @@ async fn echoed(stack: &Stack, path: &str, extra: &[(&str, &str)]) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_rewrites_the_prefix_it_matched_and_keeps_the_rest_and_the_query() {
-    let stack = Stack::start(YAML).await;
+    let stack = Stack::start(&format!("{STACK_HEAD}{YAML}")).await;
 
     for (called, sent) in [
         ("/billing/v1/items?x=1&y=2", "/v1/items?x=1&y=2"),
@@ -69,7 +65,7 @@ async fn a_route_rewrites_the_prefix_it_matched_and_keeps_the_rest_and_the_query
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstreams_headers_replace_the_callers_on_calls_and_probes_and_stay_secret() {
-    let stack = Stack::start(YAML).await;
+    let stack = Stack::start(&format!("{STACK_HEAD}{YAML}")).await;
 
     // The upstream's headers replace the caller's; a route's go over the upstream's.
     for (path, sent, expected) in [
