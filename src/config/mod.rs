@@ -306,4 +306,24 @@ mod tests {
         assert_eq!(c.auth.api_key_headers.len(), 2);
         assert_eq!(c.routes[0].auth, RouteAuth::Required);
     }
+
+    #[test]
+    fn sync_interval_defaults_to_100ms_or_flush_interval_if_longer() {
+        use std::time::Duration;
+        let base = "server: { listen: \"127.0.0.1:9999\" }\nstore: { kind: embedded }\nplans: { free: {} }\nroutes: [{ name: r, match: { path: / }, respond: { body: hi } }]\ntelemetry: { sinks: [{ kind: file, path: e.jsonl }]";
+        let telemetry = |extra: &str| {
+            let text = format!("{base}{extra} }}\n");
+            load_str("t.yaml", &text, &no_env)
+                .unwrap()
+                .telemetry
+                .unwrap()
+        };
+        let t = telemetry("");
+        assert_eq!(t.flush_interval, Duration::from_millis(20));
+        assert_eq!(t.sync_interval, Duration::from_millis(100));
+        let t = telemetry(", flush_interval: 500ms");
+        assert_eq!(t.sync_interval, Duration::from_millis(500));
+        let t = telemetry(", flush_interval: 5ms, sync_interval: 5ms");
+        assert_eq!(t.sync_interval, Duration::from_millis(5));
+    }
 }

@@ -482,7 +482,11 @@ fn telemetry() -> Value {
             ),
             (
                 "flush_interval",
-                duration("How long the spool writer gathers events before a partial batch."),
+                duration("How long the spool writer gathers events before writing a partial batch; what a crash of the process can lose."),
+            ),
+            (
+                "sync_interval",
+                duration("Longest time between a spool write and its fsync, after which the sinks see it; what a power cut can lose. At least flush_interval."),
             ),
             ("sinks", list("Where events are delivered.", sink)),
         ],

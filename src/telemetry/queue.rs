@@ -20,6 +20,7 @@
 //! that, encoding into a buffer per thread and only copying under the lock would shorten it.
 
 use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use super::spool::{FrameError, Frames};
 
@@ -113,6 +114,12 @@ impl EventQueue {
 
     /// Blocks until an event is queued (true) or the queue is closed and empty (false).
     pub fn wait(&self) -> bool {
+        self.wait_until(None)
+    }
+
+    /// Blocks until an event is queued or `deadline` has passed (true), or the queue is closed
+    /// and empty (false).
+    pub fn wait_until(&self, deadline: Option<Instant>) -> bool {
         let mut p = self.lock();
         loop {
             if !p.frames.is_empty() {
@@ -122,7 +129,19 @@ impl EventQueue {
                 return false;
             }
             p.waiting = true;
-            p = self.ready.wait(p).unwrap_or_else(|e| e.into_inner());
+            p = match deadline {
+                None => self.ready.wait(p).unwrap_or_else(|e| e.into_inner()),
+                Some(at) => {
+                    let Some(left) = at.checked_duration_since(Instant::now()) else {
+                        p.waiting = false;
+                        return true;
+                    };
+                    match self.ready.wait_timeout(p, left) {
+                        Ok((p, _)) => p,
+                        Err(e) => e.into_inner().0,
+                    }
+                }
+            };
         }
     }
 
@@ -242,5 +261,22 @@ mod tests {
             got,
             vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
         );
+    }
+
+    #[test]
+    fn a_wait_with_a_deadline_ends_at_it_or_at_close() {
+        let q = Arc::new(EventQueue::new(10));
+        let past = Instant::now();
+        assert!(q.wait_until(Some(past)), "a deadline passed: time to sync");
+        assert!(q.is_empty());
+        let soon = Instant::now() + std::time::Duration::from_millis(30);
+        assert!(q.wait_until(Some(soon)));
+        assert!(Instant::now() >= soon, "it waited for the deadline");
+        push(&q, b"one").unwrap();
+        let later = Instant::now() + std::time::Duration::from_secs(3600);
+        assert!(q.wait_until(Some(later)), "an event ends the wait");
+        q.take(Vec::new());
+        q.close();
+        assert!(!q.wait_until(Some(later)), "closed and empty");
     }
 }

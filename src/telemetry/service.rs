@@ -1,7 +1,7 @@
 //! The telemetry background service: the spool writer and one delivery loop per sink.
 //!
 //! ```text
-//! logging() --encode--> [bounded queue] --> writer: append batch, fsync --> spool segments
+//! logging() --encode--> [bounded queue] --> writer: write batches, fsync --> spool segments
 //!                                                                    |--> sink A loop (own position)
 //!                                                                    |--> sink B loop (own position)
 //! ```
@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use async_trait::async_trait;
@@ -25,7 +25,7 @@ use super::emit::Emitter;
 use super::metrics::Metrics;
 use super::queue::EventQueue;
 use super::sinks::{self, backoff, Sink};
-use super::spool::{Frames, Limits, Reader, Spool};
+use super::spool::{Appended, Failed, Limits, Reader, Spool};
 use crate::config::Telemetry;
 
 /// The background half of telemetry; [`TelemetryService::new`] also returns the request path's
@@ -37,6 +37,7 @@ pub struct TelemetryService {
     batch: usize,
     retry_max: Duration,
     flush_interval: Duration,
+    sync_interval: Duration,
     metrics: Arc<Metrics>,
 }
 
@@ -68,13 +69,14 @@ impl TelemetryService {
                 batch: config.batch.get(),
                 retry_max: config.retry_max,
                 flush_interval: config.flush_interval,
+                sync_interval: config.sync_interval,
                 metrics,
             },
         ))
     }
 
-    /// Spawns the spool writer's thread: it takes events from the queue, appends them in
-    /// batches with an fsync each, and stops when the queue is closed (the [`Emitter`] is gone)
+    /// Spawns the spool writer's thread: it takes events from the queue, writes them in
+    /// batches, fsyncs every few batches, and stops when the queue is closed (the [`Emitter`] is gone)
     /// and empty.
     ///
     /// A plain thread rather than a task: the writer blocks on `fdatasync` (milliseconds) and
@@ -92,6 +94,7 @@ impl TelemetryService {
             spool: self.spool.clone(),
             batch: self.batch,
             flush_interval: self.flush_interval,
+            sync_interval: self.sync_interval,
             metrics: self.metrics.clone(),
             stopping,
         };
@@ -156,56 +159,91 @@ struct SpoolWriter {
     spool: Arc<Spool>,
     batch: usize,
     flush_interval: Duration,
+    sync_interval: Duration,
     metrics: Arc<Metrics>,
     /// Set on SIGTERM: write what is queued at once instead of gathering a batch first.
     stopping: Arc<AtomicBool>,
 }
 
 impl SpoolWriter {
+    /// Writes what is queued every `flush_interval` (at once when `batch` events wait), and
+    /// fsyncs what it wrote at most `sync_interval` after the first of it was written, when
+    /// waiting for one more write would be later than that.
     fn run(self) {
         // Two buffers take turns: the queue fills one while this thread writes the other.
         let mut spare = Vec::new();
-        while self.queue.wait() {
-            if self.queue.len() < self.batch && !self.stopping.load(Ordering::Relaxed) {
-                // Gather for a moment before writing: one fsync (and one delivery per sink)
-                // then serves many calls instead of a few. The wait is what a crash can lose
-                // on top of the batch being written.
-                std::thread::sleep(self.flush_interval);
+        // When the oldest write not yet fsynced was made.
+        let mut unsynced_since: Option<Instant> = None;
+        while self
+            .queue
+            .wait_until(unsynced_since.map(|t| t + self.sync_interval))
+        {
+            let stopping = self.stopping.load(Ordering::Relaxed);
+            if !self.queue.is_empty() {
+                if self.queue.len() < self.batch && !stopping {
+                    // Gather for a moment before writing: one write then serves many calls
+                    // instead of a few. The wait is what a crash of the process can lose on
+                    // top of the batch being written.
+                    std::thread::sleep(self.flush_interval);
+                }
+                // Everything queued is one write, however many events it holds (the sinks
+                // still take at most `batch` at a time): behind a burst, fewer and larger
+                // writes catch up sooner.
+                let mut events = self.queue.take(spare);
+                let n = events.len() as u64;
+                let at = Instant::now();
+                let written = self.spool.write(&mut events);
+                spare = events.into_buffer();
+                let unsynced = self.count(n, written);
+                unsynced_since = match unsynced {
+                    0 => None,
+                    _ => unsynced_since.or(Some(at)),
+                };
             }
-            // Everything queued is one write and one fsync, however many events it holds (the
-            // sinks still take at most `batch` at a time): behind a burst, fewer and larger
-            // writes catch up sooner.
-            let mut events = self.queue.take(spare);
-            self.write(&mut events);
-            spare = events.into_buffer();
+            let due = unsynced_since.is_some_and(|t| {
+                stopping || t.elapsed() + self.flush_interval >= self.sync_interval
+            });
+            if due {
+                let synced = self.spool.sync();
+                self.count(0, synced);
+                unsynced_since = None;
+            }
+        }
+        if unsynced_since.is_some() {
+            let synced = self.spool.sync();
+            self.count(0, synced);
         }
         tracing::info!("Usage event queue closed; every queued event is in the spool.");
     }
 
-    /// Appends one batch to the spool and fsyncs it.
-    fn write(&self, events: &mut Frames) {
-        let n = events.len() as u64;
+    /// Counts what a write of `n` events or a sync (`n` = 0) did; returns how many records
+    /// are written but not yet fsynced.
+    fn count(&self, n: u64, result: Result<Appended, Failed>) -> u64 {
         let m = &self.metrics;
-        match self.spool.append_frames(events) {
-            Ok(done) => {
-                m.events
-                    .with_label_values(&["spool", "spooled"])
-                    .inc_by(done.written);
-                if done.dropped > 0 {
-                    m.events_dropped
-                        .with_label_values(&["spool_full"])
-                        .inc_by(done.dropped);
-                    tracing::warn!(
-                        dropped = done.dropped,
-                        "Telemetry spool is full; events dropped per `telemetry.on_full`."
-                    );
-                }
-            }
-            Err(e) => {
+        let done = match &result {
+            Ok(done) => *done,
+            Err(f) => f.done,
+        };
+        m.events
+            .with_label_values(&["spool", "spooled"])
+            .inc_by(done.written);
+        if done.dropped > 0 {
+            m.events_dropped
+                .with_label_values(&["spool_full"])
+                .inc_by(done.dropped);
+            tracing::warn!(
+                dropped = done.dropped,
+                "Telemetry spool is full; events dropped per `telemetry.on_full`."
+            );
+        }
+        match result {
+            Ok(done) => done.unsynced,
+            Err(f) => {
                 m.events_dropped
                     .with_label_values(&["spool_error"])
-                    .inc_by(n);
-                tracing::error!(error = %e, events = n, "Could not write usage events to the spool; they are lost.");
+                    .inc_by(f.lost);
+                tracing::error!(error = %f.error, events = f.lost, batch = n, "Could not write usage events to the spool; they are lost.");
+                f.done.unsynced
             }
         }
     }

@@ -1,5 +1,5 @@
-//! The disk spool on its own: a property test against a simple model (append, deliver, ack,
-//! crash, reopen, torn tail), and the two `on_full` policies.
+//! The disk spool on its own: a property test against a simple model (append, write without
+//! fsync, sync, deliver, ack, crash, reopen, torn tail), and the two `on_full` policies.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use tollgate::config::OnFull;
 use tollgate::telemetry::metrics::Metrics;
-use tollgate::telemetry::spool::{Limits, Reader, Spool};
+use tollgate::telemetry::spool::{Frames, Limits, Reader, Spool};
 
 const SINKS: [&str; 2] = ["a", "b"];
 
@@ -39,8 +39,13 @@ fn event(n: u64, size: usize) -> Bytes {
 
 #[derive(Debug, Clone)]
 enum Op {
-    /// Append events of these padding sizes as one batch.
+    /// Append events of these padding sizes as one batch (written and fsynced).
     Append(Vec<usize>),
+    /// Write events of these padding sizes without an fsync: the sinks see them after a sync
+    /// (which the write makes itself when it fills the segment) or after a restart.
+    Write(Vec<usize>),
+    /// Fsync what was written.
+    Sync,
     /// Sink `sink` reads up to `max` events, and acknowledges them if `ack`.
     Deliver { sink: usize, max: usize, ack: bool },
     /// The process dies (nothing in memory survives) and starts again.
@@ -51,7 +56,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => prop::collection::vec(0usize..120, 1..12).prop_map(Op::Append),
+        3 => prop::collection::vec(0usize..120, 1..12).prop_map(Op::Append),
+        3 => prop::collection::vec(0usize..120, 1..6).prop_map(Op::Write),
+        1 => Just(Op::Sync),
         4 => (0..SINKS.len(), 1usize..20, prop::bool::weighted(0.8))
             .prop_map(|(sink, max, ack)| Op::Deliver { sink, max, ack }),
         1 => Just(Op::Reopen),
@@ -61,9 +68,23 @@ fn op() -> impl Strategy<Value = Op> {
 
 /// What the spool must behave like: one list of events, one acknowledged position per sink.
 struct Model {
+    /// Fsynced: what the sinks may read.
     events: Vec<Bytes>,
+    /// Written after those, not yet fsynced.
+    unsynced: Vec<Bytes>,
     acked: [u64; 2],
     read: [u64; 2],
+}
+
+impl Model {
+    /// The events after every one written so far, padded to `sizes`.
+    fn next_events(&self, sizes: &[usize]) -> Vec<Bytes> {
+        let first = (self.events.len() + self.unsynced.len()) as u64;
+        (first..)
+            .zip(sizes)
+            .map(|(n, size)| event(n, *size))
+            .collect()
+    }
 }
 
 fn readers(spool: &Arc<Spool>) -> Vec<Reader> {
@@ -98,20 +119,39 @@ fn run(ops: Vec<Op>) {
     let mut rs = readers(&spool);
     let mut m = Model {
         events: Vec::new(),
+        unsynced: Vec::new(),
         acked: [0; 2],
         read: [0; 2],
     };
     for op in ops {
         match op {
             Op::Append(sizes) => {
-                let first = m.events.len() as u64;
-                let batch: Vec<Bytes> = (first..)
-                    .zip(&sizes)
-                    .map(|(n, size)| event(n, *size))
-                    .collect();
+                let batch = m.next_events(&sizes);
                 let done = spool.append(&batch).unwrap();
-                assert_eq!(done.written, batch.len() as u64);
+                assert_eq!(done.written, (m.unsynced.len() + batch.len()) as u64);
+                assert_eq!(done.unsynced, 0);
+                m.events.append(&mut m.unsynced);
                 m.events.extend(batch);
+            }
+            Op::Write(sizes) => {
+                let batch = m.next_events(&sizes);
+                let mut frames = Frames::default();
+                for e in &batch {
+                    assert!(frames.push(e));
+                }
+                let done = spool.write(&mut frames).unwrap();
+                m.unsynced.extend(batch);
+                assert_eq!(done.dropped, 0);
+                assert_eq!(done.written + done.unsynced, m.unsynced.len() as u64);
+                // A write that filled its segment fsynced it: everything written is visible.
+                assert!(done.written == 0 || done.unsynced == 0, "{done:?}");
+                m.events.extend(m.unsynced.drain(..done.written as usize));
+            }
+            Op::Sync => {
+                let done = spool.sync().unwrap();
+                assert_eq!(done.written, m.unsynced.len() as u64);
+                assert_eq!(done.unsynced, 0);
+                m.events.append(&mut m.unsynced);
             }
             Op::Deliver { sink, max, ack } => {
                 let batch = rs[sink].next_batch(max).unwrap();
@@ -138,8 +178,10 @@ fn run(ops: Vec<Op>) {
                 let (reopened, metrics) = open(dir.path(), small());
                 spool = reopened;
                 rs = readers(&spool);
-                // Unacknowledged events are delivered again after a restart.
+                // Unacknowledged events are delivered again after a restart, and what was
+                // written but not fsynced survives the process in the page cache.
                 m.read = m.acked;
+                m.events.append(&mut m.unsynced);
                 // A torn tail is cut off and counted, once, when there was a segment to tear.
                 assert!(metrics.events_corrupt.get() <= 1);
             }
@@ -218,4 +260,72 @@ fn drop_oldest_makes_room_and_readers_skip_ahead() {
         "the newest events are kept"
     );
     assert_eq!(spool.lag("a"), 40 - dropped);
+}
+
+/// Writes without an fsync count against the size bound like fsynced ones: a write that needs
+/// room fsyncs what is written first, and then either policy weighs whole fsynced segments.
+#[test]
+fn unsynced_writes_respect_the_size_bound_under_both_policies() {
+    for on_full in [OnFull::DropNewest, OnFull::DropOldest] {
+        let (_dir, spool) = tiny(on_full);
+        let (mut written, mut dropped, mut unsynced) = (0, 0, 0);
+        for n in 0..40 {
+            let mut frames = Frames::default();
+            assert!(frames.push(&event(n, 50)));
+            let done = spool.write(&mut frames).unwrap();
+            written += done.written;
+            dropped += done.dropped;
+            unsynced = done.unsynced;
+        }
+        let done = spool.sync().unwrap();
+        assert_eq!(done.written, unsynced, "{on_full:?}");
+        written += done.written;
+        assert!(dropped > 0, "{on_full:?}: the bound was reached");
+        match on_full {
+            OnFull::DropNewest => assert_eq!(written + dropped, 40, "{on_full:?}"),
+            // Dropped old records were written (and counted) before.
+            OnFull::DropOldest => assert_eq!(written, 40, "{on_full:?}"),
+        }
+        let batch = spool.reader("a").next_batch(100).unwrap();
+        assert_eq!(batch.events.len() as u64, 40 - dropped, "{on_full:?}");
+        let kept = match on_full {
+            OnFull::DropNewest => (event(0, 50), batch.events.first()),
+            OnFull::DropOldest => (event(39, 50), batch.events.last()),
+        };
+        assert_eq!(Some(&kept.0), kept.1, "{on_full:?}");
+        assert_eq!(spool.lag("a"), 40 - dropped, "{on_full:?}");
+    }
+}
+
+/// The sinks see written events only once they are fsynced.
+#[test]
+fn readers_see_written_events_only_after_the_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spool, _) = open(dir.path(), Limits::new(1 << 30, OnFull::DropNewest));
+    let mut reader = spool.reader("a");
+    let mut frames = Frames::default();
+    for n in 0..3 {
+        assert!(frames.push(&event(n, 10)));
+    }
+    let done = spool.write(&mut frames).unwrap();
+    assert_eq!((done.written, done.unsynced), (0, 3));
+    assert!(reader.next_batch(10).unwrap().events.is_empty());
+    assert_eq!(spool.lag("a"), 0, "lag counts what the sink could read");
+    assert!(frames.push(&event(3, 10)));
+    let done = spool.write(&mut frames).unwrap();
+    assert_eq!((done.written, done.unsynced), (0, 4));
+    let done = spool.sync().unwrap();
+    assert_eq!((done.written, done.unsynced), (4, 0));
+    let batch = reader.next_batch(10).unwrap();
+    let expected: Vec<Bytes> = (0..4).map(|n| event(n, 10)).collect();
+    assert_eq!(
+        *batch.events,
+        expected[..],
+        "both writes, in order, as one batch"
+    );
+    assert_eq!(
+        spool.sync().unwrap(),
+        Default::default(),
+        "nothing left to sync"
+    );
 }

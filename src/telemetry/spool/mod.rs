@@ -9,12 +9,16 @@
 //! Every record carries its own sequence number, so a corrupted record can be skipped without
 //! renumbering the records after it, and positions stay meaningful across restarts.
 //!
-//! Durability: one writer appends a whole batch, then `fsync`s, and only then makes the records
-//! visible to the sinks. A crash can therefore lose only what was not yet fsynced: the events
-//! still in the in-memory queue plus those the writer took and is writing (at most twice `queue`,
-//! normally the calls of the last `flush_interval` and one fsync). A crash after a sink delivered
-//! but before its position was saved makes that sink deliver the batch again: delivery is
-//! at least once, and every event carries a stable `id` to deduplicate on.
+//! Durability: one writer appends batches to the file as they come ([`Spool::write`]) and
+//! `fsync`s them together ([`Spool::sync`]); only then are the records visible to the sinks. A
+//! crash of the process loses only what was not yet written: a written record is in the
+//! kernel's page cache, and the next start finds it (and `fsync`s it before any sink reads it).
+//! A crash of the machine (a power cut, a kernel panic) can also lose what was written but not
+//! yet fsynced. So the writer writes often (`flush_interval`, what a process crash can lose) and
+//! fsyncs less often (`sync_interval`, what a power cut can lose): an fsync, and the delivery to
+//! every sink that follows it, cost the same for ten events as for a thousand. A crash after a
+//! sink delivered but before its position was saved makes that sink deliver the batch again:
+//! delivery is at least once, and every event carries a stable `id` to deduplicate on.
 //!
 //! On open, each segment is checked record by record. A record whose checksum fails but whose
 //! length fits is skipped; a torn record at the end (a crash mid-write) is cut off. Both are
@@ -88,14 +92,30 @@ impl Limits {
     }
 }
 
-/// What one append did.
+/// What one write or sync did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Appended {
-    /// Records written and fsynced.
+    /// Records fsynced and made visible to the sinks by this call (written by it or before).
     pub written: u64,
     /// Records dropped to respect the size bound: new ones (`drop_newest`, or too big) or old
     /// unacknowledged ones (`drop_oldest`).
     pub dropped: u64,
+    /// Records written but not yet fsynced when the call returned: the next [`Spool::sync`]
+    /// makes them visible.
+    pub unsynced: u64,
+}
+
+/// A write or fsync that failed: the records it held are lost to this run (their sequence
+/// numbers are not used again; any that reached the disk whole are delivered after a restart).
+#[derive(Debug, thiserror::Error)]
+#[error("{error} ({lost} usage events not spooled)")]
+pub struct Failed {
+    /// What failed.
+    pub error: SpoolError,
+    /// Records given up.
+    pub lost: u64,
+    /// What the call did before it failed (a sync it needed first, records it dropped).
+    pub done: Appended,
 }
 
 struct Segment {
@@ -126,6 +146,16 @@ pub(crate) const KEEP_BUFFER: usize = 4 << 20;
 
 struct Writer {
     file: Option<File>,
+    /// Written to the active segment, not yet fsynced: no sink sees these yet.
+    unsynced: Unsynced,
+}
+
+#[derive(Default)]
+struct Unsynced {
+    records: u64,
+    bytes: u64,
+    /// Their payloads, by first sequence number, for the in-memory tail once fsynced.
+    batches: Vec<(u64, Arc<[Bytes]>)>,
 }
 
 /// The spool of one gateway process: one writer, one reader per sink.
@@ -176,6 +206,8 @@ impl Spool {
         let mut segments = VecDeque::new();
         let mut next_seq = acks.values().copied().max().unwrap_or(0);
         for (base, path) in bases {
+            // Fsynced here, since a crash of the process may have left records written and not
+            // yet fsynced (in the page cache): none is delivered before it is on disk.
             let (end, bytes, corrupt) = recover(&path, base)?;
             if corrupt > 0 {
                 metrics.events_corrupt.inc_by(corrupt);
@@ -204,7 +236,10 @@ impl Spool {
                 tail: VecDeque::new(),
                 tail_bytes: 0,
             }),
-            writer: Mutex::new(Writer { file: None }),
+            writer: Mutex::new(Writer {
+                file: None,
+                unsynced: Unsynced::default(),
+            }),
             positions: Mutex::new(positions),
             committed,
             metrics,
@@ -231,9 +266,21 @@ impl Spool {
         Ok(out)
     }
 
-    /// Appends `frames` as one batch, written as they are after their headers are stamped, and
-    /// fsyncs it; sinks see them once this returns. `frames` is left empty, its buffer's
-    /// capacity kept for the next batch.
+    /// [`Spool::write`] and then [`Spool::sync`]: sinks see `frames` once this returns.
+    pub fn append_frames(&self, frames: &mut Frames) -> Result<Appended, SpoolError> {
+        let mut out = self.write(frames).map_err(|f| f.error)?;
+        let synced = self.sync().map_err(|f| f.error)?;
+        out.written += synced.written;
+        out.unsynced = synced.unsynced;
+        Ok(out)
+    }
+
+    /// Appends `frames` to the active segment, written as they are after their headers are
+    /// stamped, without an fsync: the sinks see them after the next [`Spool::sync`]. The write
+    /// syncs by itself when the segment is full (a segment is closed fsynced) and, before
+    /// making room under the size bound, what is already written (so that `drop_oldest` and
+    /// `drop_newest` only weigh fsynced segments). `frames` is left empty, its buffer's capacity
+    /// kept for the next batch.
     ///
     /// The sinks read the events from a copy of the written buffer, one `memcpy` of the batch,
     /// so that the queue gets its own buffer back at once: the request path then writes into
@@ -241,20 +288,56 @@ impl Spool {
     /// the sinks, and giving the queue whichever buffer they had finished with, spared that copy
     /// but made the proxy thread's part of telemetry dearer by more (about 1 µs per call, with
     /// the gateways sharing one core; `benches/telemetry.sh` with `TOGETHER=1`, 2026-12-06).
-    pub fn append_frames(&self, frames: &mut Frames) -> Result<Appended, SpoolError> {
-        let written = self.write_frames(&mut frames.buf, frames.count);
-        frames.buf.clear();
-        frames.count = 0;
-        written
-    }
-
-    fn write_frames(&self, buf: &mut Vec<u8>, count: usize) -> Result<Appended, SpoolError> {
+    pub fn write(&self, frames: &mut Frames) -> Result<Appended, Failed> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Appended::default();
+        let result = self.write_frames(&mut writer, &mut frames.buf, frames.count, &mut out);
+        frames.buf.clear();
+        frames.count = 0;
+        out.unsynced = writer.unsynced.records;
+        result.map(|()| out).map_err(|mut f| {
+            f.done.unsynced = out.unsynced;
+            f
+        })
+    }
+
+    /// Fsyncs what [`Spool::write`] wrote and makes it visible to the sinks.
+    pub fn sync(&self) -> Result<Appended, Failed> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Appended::default();
+        self.sync_locked(&mut writer, &mut out, 0)?;
+        Ok(out)
+    }
+
+    fn write_frames(
+        &self,
+        writer: &mut Writer,
+        buf: &mut Vec<u8>,
+        count: usize,
+        out: &mut Appended,
+    ) -> Result<(), Failed> {
+        let want = buf.len() as u64;
+        if writer.unsynced.records > 0 {
+            let state = self.lock_state();
+            let full = used(&state) + writer.unsynced.bytes + want > self.limits.max_bytes;
+            drop(state);
+            if full {
+                self.sync_locked(writer, out, count as u64)?;
+            }
+        }
         let (mut seq, mut room) = {
             let mut state = self.lock_state();
-            let room = self.make_room(&mut state, &mut writer, buf.len() as u64, &mut out)?;
-            (state.next_seq, room)
+            let room = self
+                .make_room(&mut state, writer, want, out)
+                .map_err(|error| Failed {
+                    error,
+                    lost: count as u64,
+                    done: *out,
+                })?;
+            (
+                state.next_seq + writer.unsynced.records,
+                room.saturating_sub(writer.unsynced.bytes),
+            )
         };
         let first = seq;
         // Stamp each record that fits with its sequence number and checksum; one that does not
@@ -284,44 +367,87 @@ impl Spool {
         }
         buf.truncate(write);
         if buf.is_empty() {
-            return Ok(out);
+            return Ok(());
         }
-        let path = self.segment_path(first);
+        let records = seq - first;
         if writer.file.is_none() {
+            // A new segment starts here; nothing is unsynced (closing one syncs it first).
+            let path = self.segment_path(first);
             let f = OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&path)
-                .map_err(io_err(&path))?;
+                .map_err(|e| Failed {
+                    error: io_err(&path)(e),
+                    lost: records,
+                    done: *out,
+                })?;
             let mut state = self.lock_state();
             state.segments.push_back(Segment {
                 base: first,
                 end: first,
                 bytes: 0,
-                path: path.clone(),
+                path,
             });
             state.active = Some(first);
             writer.file = Some(f);
         }
-        let Some(file) = writer.file.as_mut() else {
-            return Ok(out);
-        };
-        let path = self
-            .lock_state()
-            .segments
-            .back()
-            .map_or(path, |s| s.path.clone());
-        file.write_all(buf).map_err(io_err(&path))?;
-        file.sync_data().map_err(io_err(&path))?;
+        if let Some(file) = writer.file.as_mut() {
+            if let Err(e) = file.write_all(buf) {
+                return Err(self.abandon(writer, e, records, *out));
+            }
+        }
         let written = buf.len();
         let mut copy = self.pool.get(written);
         copy.extend_from_slice(buf);
         let shared = self.pool.share(copy);
         let events: Arc<[Bytes]> = kept.into_iter().map(|r| shared.slice(r)).collect();
-        out.written = seq - first;
+        let u = &mut writer.unsynced;
+        u.records += records;
+        u.bytes += written as u64;
+        u.batches.push((first, events));
+        let full = {
+            let state = self.lock_state();
+            state
+                .segments
+                .back()
+                .is_none_or(|s| s.bytes + u.bytes >= self.limits.segment_bytes)
+        };
+        if full {
+            self.sync_locked(writer, out, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Fsyncs the active segment and makes what was written to it visible; closes it when it
+    /// is full. On failure, `also_lost` more records (a batch not yet written) count as lost.
+    fn sync_locked(
+        &self,
+        writer: &mut Writer,
+        out: &mut Appended,
+        also_lost: u64,
+    ) -> Result<(), Failed> {
+        if writer.unsynced.records == 0 {
+            return Ok(());
+        }
+        if let Some(file) = writer.file.as_ref() {
+            if let Err(e) = file.sync_data() {
+                let mut failed = self.abandon(writer, e, 0, *out);
+                failed.lost += also_lost;
+                return Err(failed);
+            }
+        }
+        let unsynced = std::mem::take(&mut writer.unsynced);
+        // Sinks that keep up read everything one sync made visible as one batch.
+        let events: Arc<[Bytes]> = match <[_; 1]>::try_from(unsynced.batches) {
+            Ok([(_, one)]) => one,
+            Err(many) => many.iter().flat_map(|(_, b)| b.iter().cloned()).collect(),
+        };
         let mut state = self.lock_state();
-        state.next_seq = seq;
-        state.tail_bytes += written;
+        let first = state.next_seq;
+        state.next_seq += unsynced.records;
+        let seq = state.next_seq;
+        state.tail_bytes += unsynced.bytes as usize;
         state.tail.push_back((first, events));
         while state.tail_bytes > TAIL_BYTES && state.tail.len() > 1 {
             if let Some((_, old)) = state.tail.pop_front() {
@@ -331,20 +457,65 @@ impl Spool {
         let rotate = match state.segments.back_mut() {
             Some(seg) => {
                 seg.end = seq;
-                seg.bytes += written as u64;
+                seg.bytes += unsynced.bytes;
                 seg.bytes >= self.limits.segment_bytes
             }
             None => true,
         };
-        if rotate {
+        out.written += unsynced.records;
+        let collected = if rotate {
             writer.file = None;
             state.active = None;
-            self.collect(&mut state)?;
-        }
+            self.collect(&mut state)
+        } else {
+            Ok(())
+        };
         self.refresh_gauges(&state);
         drop(state);
         self.committed.send_replace(seq);
-        Ok(out)
+        collected.map_err(|error| Failed {
+            error,
+            lost: also_lost,
+            done: *out,
+        })
+    }
+
+    /// Gives up the active segment after a failed write or fsync: it is closed where it was
+    /// last fsynced, and what was written after that (with `batch`, the records of a write
+    /// that failed) is lost to this run. Their sequence numbers are skipped rather than used
+    /// again, since some of those records may have reached the disk whole and come back after
+    /// a restart.
+    fn abandon(
+        &self,
+        writer: &mut Writer,
+        e: std::io::Error,
+        batch: u64,
+        done: Appended,
+    ) -> Failed {
+        let lost = std::mem::take(&mut writer.unsynced).records + batch;
+        writer.file = None;
+        let mut state = self.lock_state();
+        let path = state
+            .segments
+            .back()
+            .map_or_else(|| self.dir.clone(), |s| s.path.clone());
+        state.next_seq += lost;
+        let seq = state.next_seq;
+        if let Some(seg) = state.segments.back_mut() {
+            seg.end = seq;
+        }
+        state.active = None;
+        // The tail's batches must follow on from each other; readers go to the disk instead.
+        state.tail.clear();
+        state.tail_bytes = 0;
+        self.refresh_gauges(&state);
+        drop(state);
+        self.committed.send_replace(seq);
+        Failed {
+            error: io_err(&path)(e),
+            lost,
+            done,
+        }
     }
 
     /// Records that `sink` has delivered everything before `upto`, durably; deletes segments
@@ -444,7 +615,6 @@ impl Spool {
         want: u64,
         out: &mut Appended,
     ) -> Result<u64, SpoolError> {
-        let used = |s: &State| s.segments.iter().map(|g| g.bytes).sum::<u64>();
         if self.limits.on_full == OnFull::DropOldest {
             while used(state) + want > self.limits.max_bytes && !state.segments.is_empty() {
                 if state.segments.len() == 1 && state.active.is_some() {
@@ -496,6 +666,11 @@ impl Spool {
                 .set((state.next_seq - (*ack).max(first)) as i64);
         }
     }
+}
+
+/// Bytes of every segment, as far as fsynced.
+fn used(state: &State) -> u64 {
+    state.segments.iter().map(|g| g.bytes).sum()
 }
 
 fn min_ack(state: &State) -> u64 {

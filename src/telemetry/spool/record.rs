@@ -53,10 +53,15 @@ pub(super) fn parse(buf: &[u8]) -> Frame<'_> {
     Frame::Record(seq, payload, HEADER + len)
 }
 
-/// Checks a segment after a restart: skips corrupt records, cuts a torn tail off.
-/// Returns (one past the last sound sequence number, sound length in bytes, records lost).
+/// Checks a segment after a restart: skips corrupt records, cuts a torn tail off, and fsyncs
+/// it. Returns (one past the last sound sequence number, sound length in bytes, records lost).
 pub(super) fn recover(path: &Path, base: u64) -> Result<(u64, u64, u64), SpoolError> {
     let buf = fs::read(path).map_err(io_err(path))?;
+    if !buf.is_empty() {
+        fs::File::open(path)
+            .and_then(|f| f.sync_data())
+            .map_err(io_err(path))?;
+    }
     let (mut at, mut end, mut corrupt) = (0usize, base, 0u64);
     while at < buf.len() {
         match parse(&buf[at..]) {
