@@ -304,7 +304,7 @@ impl Delivery {
         let name = self.reader.sink().to_string();
         let mut failures = 0u32;
         loop {
-            let batch = match self.reader.next_batch(self.batch) {
+            let batch = match self.reader.next_batch(self.sink.max_batch(self.batch)) {
                 Ok(b) => b,
                 Err(e) => {
                     tracing::error!(sink = %name, error = %e, "Could not read the telemetry spool; retrying.");

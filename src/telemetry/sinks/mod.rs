@@ -54,6 +54,12 @@ pub trait Sink: Send {
     /// Sends `batch` (encoded events, in spool order). Must be safe to call again with the same
     /// batch after an error: the delivery loop does exactly that.
     async fn deliver(&mut self, batch: &[Bytes]) -> Result<(), SinkError>;
+
+    /// The most events one delivery carries, given `telemetry.batch`: that, for a sink whose
+    /// receiver wants bounded requests.
+    fn max_batch(&self, configured: usize) -> usize {
+        configured
+    }
 }
 
 /// The sink a config entry describes. Connections are opened on first delivery, on the
