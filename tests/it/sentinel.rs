@@ -193,13 +193,19 @@ async fn calls_until_admitted(
 }
 
 /// Over TLS: the Sentinel and both servers speak TLS only (besides the test's own unix
-/// sockets), and the gateway trusts them through one `ca_file`.
+/// sockets), and the gateway trusts them through one `ca_file`, for the store and for the
+/// usage events' stream alike.
 const TLS_YAML: &str = r#"
 server: { listen: "{listen}", threads: 2 }
 admin: { listen: "{admin}" }
 store: { kind: redis-sentinel, url: "rediss://{name}/0", sentinels: ["{sentinel}"], ca_file: "{ca}", timeout: 500ms, on_outage: fail_closed }
 upstreams:
   product: { targets: ["{upstream}"] }
+telemetry:
+  spool: "{dir}/spool"
+  retry_max: 200ms
+  sinks:
+    - { name: events, kind: redis_stream, url: "rediss://{name}/0", sentinels: ["{sentinel}"], ca_file: "{ca}", stream: "tg:events" }
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -235,4 +241,12 @@ async fn over_tls_sentinels_and_servers_are_trusted_through_the_ca_file_and_foll
     assert!(refused <= 2, "{refused} calls refused\n{}", logs());
     served_then_refunded(&client, &gateway, 2).await;
     assert_eq!(b.get_int(&counter).await, 3 + 3, "{}", logs());
+    // Every call's event reached the stream over TLS, before the failover on a (and so on b,
+    // its replica) and after it on b: 4 calls, the refused ones, 1 admitted, 3.
+    let total = 4 + refused + 1 + 3;
+    until("every event on b", 15, logs, || async {
+        ids(&stream_events(&b, "tg:events").await).len() >= total
+    })
+    .await;
+    assert_eq!(ids(&stream_events(&b, "tg:events").await).len(), total);
 }

@@ -692,3 +692,67 @@ fn first_base(state: &State) -> u64 {
         .map_or(state.next_seq, |s| s.base)
         .min(state.next_seq)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Arc<Spool> {
+        let metrics = Arc::new(Metrics::unregistered().unwrap());
+        let limits = Limits::new(1 << 30, OnFull::DropNewest);
+        Spool::open(dir, &["a".to_string()], limits, metrics).unwrap()
+    }
+
+    fn event(n: u64) -> String {
+        format!("{{\"n\":{n}}}")
+    }
+
+    fn frames(ns: std::ops::Range<u64>) -> Frames {
+        let mut f = Frames::default();
+        for n in ns {
+            assert!(f.push(event(n).as_bytes()));
+        }
+        f
+    }
+
+    fn read_all(spool: &Arc<Spool>) -> Vec<String> {
+        let batch = spool.reader("a").next_batch(100).unwrap();
+        batch
+            .events
+            .iter()
+            .map(|e| String::from_utf8(e.to_vec()).unwrap())
+            .collect()
+    }
+
+    /// A write that fails loses its batch and whatever was written unsynced before it; the
+    /// segment closes where it was last fsynced, and later records go to a new segment whose
+    /// sequence numbers come after the lost ones, so that records of the failed segment that
+    /// did reach the disk come back after a restart without two records sharing a number.
+    #[test]
+    fn a_failed_write_closes_the_segment_and_skips_the_lost_sequence_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path());
+        assert_eq!(spool.append_frames(&mut frames(0..3)).unwrap().written, 3);
+        assert_eq!(spool.write(&mut frames(3..5)).unwrap().unsynced, 2);
+        // The next write fails: the writer's handle on the segment becomes a read-only one.
+        {
+            let path = spool.lock_state().segments.back().unwrap().path.clone();
+            let mut writer = spool.writer.lock().unwrap();
+            writer.file = Some(File::open(path).unwrap());
+        }
+        let failed = spool.write(&mut frames(5..9)).unwrap_err();
+        assert_eq!(failed.lost, 2 + 4, "{failed}");
+        assert_eq!(failed.done.unsynced, 0);
+        assert_eq!(spool.append_frames(&mut frames(9..11)).unwrap().written, 2);
+        assert_eq!(spool.segment_count(), 2, "a new segment after the failure");
+        let expected: Vec<String> = [0, 1, 2, 9, 10].into_iter().map(event).collect();
+        assert_eq!(read_all(&spool), expected, "the lost records are skipped");
+        drop(spool);
+
+        // The two records written before the failure are in the file whole: after a restart
+        // they are delivered, in order, and nothing is numbered twice.
+        let spool = open(dir.path());
+        let expected: Vec<String> = [0, 1, 2, 3, 4, 9, 10].into_iter().map(event).collect();
+        assert_eq!(read_all(&spool), expected);
+    }
+}
