@@ -8,6 +8,9 @@
 //!   written into the queue's buffer (drained by the bench, as the spool writer would).
 //! - `spool_append`: the writer alone (append + fsync), with the reader acknowledging so the
 //!   spool stays small: the ceiling of what the gateway can accept durably.
+//! - `spool_5_writes_5_fsyncs` against `spool_5_writes_1_fsync`: the same 510 events written
+//!   as five batches of 102 (what 20 ms of calls make at 5,000 a second), each fsynced (before
+//!   `telemetry.sync_interval`) or all five by one fsync (with it, the default).
 //! - `file_direct`: baseline, no spool: the file sink writing and fsyncing the batch.
 //! - `spool_to_file`: the whole path to the file sink.
 //! - `spool_to_redis_stream`: the whole path to a private `redis-server` (unix socket), one
@@ -34,7 +37,7 @@ use tollgate::telemetry::queue::EventQueue;
 use tollgate::telemetry::sinks::file::FileSink;
 use tollgate::telemetry::sinks::redis_stream::RedisStreamSink;
 use tollgate::telemetry::sinks::Sink;
-use tollgate::telemetry::spool::{Limits, Reader, Spool};
+use tollgate::telemetry::spool::{Frames, Limits, Reader, Spool};
 
 const BATCH: usize = 512;
 
@@ -204,6 +207,37 @@ fn bench(c: &mut Criterion) {
             s.ack("sink", end).unwrap();
         })
     });
+
+    // Five small batches, each laid out as the queue lays them out.
+    let small: Vec<&[Bytes]> = batch.chunks(102).take(5).collect();
+    let frames = |events: &[Bytes]| {
+        let mut f = Frames::default();
+        for e in events {
+            f.push(e);
+        }
+        f
+    };
+    g.throughput(Throughput::Elements(5 * 102));
+    g.bench_function("spool_5_writes_5_fsyncs", |b| {
+        b.iter(|| {
+            for events in &small {
+                s.append_frames(&mut frames(events)).unwrap();
+            }
+            let end = reader.next_batch(BATCH).unwrap().end;
+            s.ack("sink", end).unwrap();
+        })
+    });
+    g.bench_function("spool_5_writes_1_fsync", |b| {
+        b.iter(|| {
+            for events in &small {
+                s.write(&mut frames(events)).unwrap();
+            }
+            s.sync().unwrap();
+            let end = reader.next_batch(BATCH).unwrap().end;
+            s.ack("sink", end).unwrap();
+        })
+    });
+    g.throughput(Throughput::Elements(BATCH as u64));
 
     let mut direct = FileSink::new(dir.path().join("direct.jsonl"));
     g.bench_function("file_direct", |b| {

@@ -186,9 +186,9 @@ impl SpoolWriter {
                     // top of the batch being written.
                     std::thread::sleep(self.flush_interval);
                 }
-                // Everything queued is one write, however many events it holds (the sinks
-                // still take at most `batch` at a time): behind a burst, fewer and larger
-                // writes catch up sooner.
+                // Everything queued is one write, however many events it holds (each sink
+                // still takes at most its own batch at a time): behind a burst, fewer and
+                // larger writes catch up sooner.
                 let mut events = self.queue.take(spare);
                 let n = events.len() as u64;
                 let at = Instant::now();
