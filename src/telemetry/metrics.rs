@@ -2,7 +2,8 @@
 //! series count stays bounded by the config (routes × plans × outcomes).
 
 use prometheus::{
-    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// `tollgate_requests_total{route,plan,outcome}`
@@ -43,6 +44,9 @@ pub const EVENTS_TOTAL: &str = "tollgate_events_total";
 pub const EVENTS_SPOOLED: &str = "tollgate_events_spooled";
 /// `tollgate_events_lag{sink}`: events in the spool the sink has not acknowledged yet.
 pub const EVENTS_LAG: &str = "tollgate_events_lag";
+/// `tollgate_events_lag_seconds{sink}`: how long ago the oldest event the sink has not
+/// acknowledged was spooled; 0 when it has every event.
+pub const EVENTS_LAG_SECONDS: &str = "tollgate_events_lag_seconds";
 /// `tollgate_events_dropped_total{reason}`: events given up (`queue_full`, `spool_full`,
 /// `spool_error`, `encode_error`, `closed`).
 pub const EVENTS_DROPPED: &str = "tollgate_events_dropped_total";
@@ -101,6 +105,8 @@ pub struct Metrics {
     pub events_spooled: IntGauge,
     /// Events each sink has yet to acknowledge.
     pub events_lag: IntGaugeVec,
+    /// Age of the oldest event each sink has yet to acknowledge.
+    pub events_lag_seconds: GaugeVec,
     /// Events given up, by reason.
     pub events_dropped: IntCounterVec,
     /// Spool records lost to corruption.
@@ -213,6 +219,13 @@ impl Metrics {
                 Opts::new(EVENTS_LAG, "Usage events the sink has not acknowledged yet."),
                 &["sink"],
             )?,
+            events_lag_seconds: GaugeVec::new(
+                Opts::new(
+                    EVENTS_LAG_SECONDS,
+                    "Seconds since the oldest usage event the sink has not acknowledged was spooled (0: it has them all).",
+                ),
+                &["sink"],
+            )?,
             events_dropped: IntCounterVec::new(
                 Opts::new(EVENTS_DROPPED, "Usage events given up, by reason."),
                 &["reason"],
@@ -248,6 +261,7 @@ impl Metrics {
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.events_spooled.clone()))?;
         registry.register(Box::new(m.events_lag.clone()))?;
+        registry.register(Box::new(m.events_lag_seconds.clone()))?;
         registry.register(Box::new(m.events_dropped.clone()))?;
         registry.register(Box::new(m.events_corrupt.clone()))?;
         Ok(m)

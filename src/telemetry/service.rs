@@ -153,6 +153,9 @@ impl BackgroundService for TelemetryService {
     }
 }
 
+/// How often the spool writer refreshes the spool's gauges when nothing else does.
+const GAUGE_REFRESH: Duration = Duration::from_secs(1);
+
 /// The spool writer: queue → batches → spool, on a thread of its own.
 struct SpoolWriter {
     queue: Arc<EventQueue>,
@@ -174,10 +177,21 @@ impl SpoolWriter {
         let mut spare = Vec::new();
         // When the oldest write not yet fsynced was made.
         let mut unsynced_since: Option<Instant> = None;
-        while self
-            .queue
-            .wait_until(unsynced_since.map(|t| t + self.sync_interval))
-        {
+        // Syncs and acknowledgements refresh the spool's gauges; when neither happens (no
+        // calls, a sink down), this keeps `tollgate_events_lag_seconds` growing.
+        let mut refreshed = Instant::now();
+        loop {
+            let deadline = match unsynced_since {
+                Some(t) => (t + self.sync_interval).min(refreshed + GAUGE_REFRESH),
+                None => refreshed + GAUGE_REFRESH,
+            };
+            if !self.queue.wait_until(Some(deadline)) {
+                break;
+            }
+            if refreshed.elapsed() >= GAUGE_REFRESH {
+                self.spool.refresh();
+                refreshed = Instant::now();
+            }
             let stopping = self.stopping.load(Ordering::Relaxed);
             if !self.queue.is_empty() {
                 if self.queue.len() < self.batch && !stopping {

@@ -438,6 +438,26 @@ async fn a_sink_down_under_load_loses_nothing_and_fails_no_call() {
         metric(&metrics(&t.gateway).await, "tollgate_events_spooled", &[]),
         600.0
     );
+    // How long the stream has been waiting keeps growing while no call comes in; the file sink
+    // has every event.
+    wait_for(
+        "the stream's lag in seconds to pass 1",
+        Duration::from_secs(10),
+        || async {
+            let text = metrics(&t.gateway).await;
+            metric(
+                &text,
+                "tollgate_events_lag_seconds",
+                &[("sink", "redis_stream")],
+            ) >= 1.0
+        },
+    )
+    .await;
+    let text = metrics(&t.gateway).await;
+    assert_eq!(
+        metric(&text, "tollgate_events_lag_seconds", &[("sink", "file")]),
+        0.0
+    );
 
     t.events.restart().await;
 
@@ -445,6 +465,16 @@ async fn a_sink_down_under_load_loses_nothing_and_fails_no_call() {
     let from_stream = stream_events(&t.events, "tollgate:events").await;
     assert_eq!(ids(&from_stream), unique_ids(&t.file_events()));
     t.wait_for_spooled(0.0).await;
+    let text = metrics(&t.gateway).await;
+    assert_eq!(
+        metric(
+            &text,
+            "tollgate_events_lag_seconds",
+            &[("sink", "redis_stream")]
+        ),
+        0.0,
+        "caught up"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

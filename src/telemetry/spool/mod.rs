@@ -29,6 +29,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -137,7 +138,17 @@ struct State {
     /// from here instead of from disk (no read, no copy).
     tail: VecDeque<(u64, Arc<[Bytes]>)>,
     tail_bytes: usize,
+    /// When records were spooled: (first sequence number of a sync, when its first record was
+    /// written), oldest first, from the oldest record some sink still needs; for
+    /// `tollgate_events_lag_seconds`. At most [`MAX_MARKS`]: past that every other one goes,
+    /// so a long outage's oldest ages are known to the spacing of the marks that are left.
+    marks: VecDeque<(u64, SystemTime)>,
 }
+
+/// Sync marks kept at most: a day of syncs every 100 ms is 864,000; past this many the marks
+/// are thinned, so a sink's lag in seconds stays exact while it is short and within a few
+/// minutes when it is days.
+const MAX_MARKS: usize = 8192;
 
 /// How much of the newest spooled data stays in memory for sinks that keep up: a few syncs'
 /// worth on a busy gateway (25k calls a second make about 1.2 MB per 100 ms `sync_interval`),
@@ -156,6 +167,8 @@ struct Writer {
 struct Unsynced {
     records: u64,
     bytes: u64,
+    /// When the first of them was written.
+    since: Option<SystemTime>,
     /// Their payloads, by first sequence number, for the in-memory tail once fsynced.
     batches: Vec<(u64, Arc<[Bytes]>)>,
 }
@@ -206,6 +219,7 @@ impl Spool {
         }
         bases.sort();
         let mut segments = VecDeque::new();
+        let mut marks = VecDeque::new();
         let mut next_seq = acks.values().copied().max().unwrap_or(0);
         for (base, path) in bases {
             // Fsynced here, since a crash of the process may have left records written and not
@@ -219,6 +233,11 @@ impl Spool {
                 continue;
             }
             next_seq = next_seq.max(end);
+            // The segment's file was created with its first record.
+            let born = fs::metadata(&path)
+                .and_then(|m| m.created().or_else(|_| m.modified()))
+                .unwrap_or_else(|_| SystemTime::now());
+            marks.push_back((base, born));
             segments.push_back(Segment {
                 base,
                 end,
@@ -237,6 +256,7 @@ impl Spool {
                 active: None,
                 tail: VecDeque::new(),
                 tail_bytes: 0,
+                marks,
             }),
             writer: Mutex::new(Writer {
                 file: None,
@@ -249,7 +269,7 @@ impl Spool {
         });
         let mut state = spool.lock_state();
         spool.collect(&mut state)?;
-        spool.refresh_gauges(&state);
+        spool.refresh_gauges(&mut state);
         drop(state);
         Ok(spool)
     }
@@ -405,6 +425,7 @@ impl Spool {
         let shared = self.pool.share(copy);
         let events: Arc<[Bytes]> = kept.into_iter().map(|r| shared.slice(r)).collect();
         let u = &mut writer.unsynced;
+        u.since.get_or_insert_with(SystemTime::now);
         u.records += records;
         u.bytes += written as u64;
         u.batches.push((first, events));
@@ -447,6 +468,12 @@ impl Spool {
         };
         let mut state = self.lock_state();
         let first = state.next_seq;
+        state
+            .marks
+            .push_back((first, unsynced.since.unwrap_or_else(SystemTime::now)));
+        if state.marks.len() > MAX_MARKS {
+            state.marks = thin(std::mem::take(&mut state.marks));
+        }
         state.next_seq += unsynced.records;
         let seq = state.next_seq;
         state.tail_bytes += unsynced.bytes as usize;
@@ -472,7 +499,7 @@ impl Spool {
         } else {
             Ok(())
         };
-        self.refresh_gauges(&state);
+        self.refresh_gauges(&mut state);
         drop(state);
         self.committed.send_replace(seq);
         collected.map_err(|error| Failed {
@@ -510,7 +537,7 @@ impl Spool {
         // The tail's batches must follow on from each other; readers go to the disk instead.
         state.tail.clear();
         state.tail_bytes = 0;
-        self.refresh_gauges(&state);
+        self.refresh_gauges(&mut state);
         drop(state);
         self.committed.send_replace(seq);
         Failed {
@@ -538,7 +565,7 @@ impl Spool {
             *pos = (*pos).max(upto);
         }
         self.collect(&mut state)?;
-        self.refresh_gauges(&state);
+        self.refresh_gauges(&mut state);
         Ok(())
     }
 
@@ -656,18 +683,56 @@ impl Spool {
         Ok(())
     }
 
-    fn refresh_gauges(&self, state: &State) {
+    /// Brings the gauges up to date, `tollgate_events_lag_seconds` included (the spool writer
+    /// calls this every second when nothing else does, so that a sink's lag keeps growing
+    /// while no event arrives).
+    pub fn refresh(&self) {
+        let mut state = self.lock_state();
+        self.refresh_gauges(&mut state);
+    }
+
+    fn refresh_gauges(&self, state: &mut State) {
         let first = first_base(state);
+        let min = min_ack(state).max(first);
+        // Marks before the one holding the oldest record any sink needs are of no more use.
+        while state.marks.get(1).is_some_and(|(seq, _)| *seq <= min) {
+            state.marks.pop_front();
+        }
         self.metrics
             .events_spooled
-            .set((state.next_seq - min_ack(state).max(first)) as i64);
+            .set((state.next_seq - min) as i64);
+        let now = SystemTime::now();
         for (sink, ack) in &state.acks {
+            let pos = (*ack).max(first);
             self.metrics
                 .events_lag
                 .with_label_values(&[sink])
-                .set((state.next_seq - (*ack).max(first)) as i64);
+                .set((state.next_seq - pos) as i64);
+            let age = match state.marks.partition_point(|(seq, _)| *seq <= pos) {
+                _ if pos >= state.next_seq => 0.0,
+                0 => 0.0,
+                i => now
+                    .duration_since(state.marks[i - 1].1)
+                    .map_or(0.0, |d| d.as_secs_f64()),
+            };
+            self.metrics
+                .events_lag_seconds
+                .with_label_values(&[sink])
+                .set(age);
         }
     }
+}
+
+/// Every other mark, and the first and the last: the oldest record's age never reads younger
+/// than it is, and the newest sync keeps its own mark.
+fn thin(marks: VecDeque<(u64, SystemTime)>) -> VecDeque<(u64, SystemTime)> {
+    let last = marks.len().saturating_sub(1);
+    marks
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 0 || *i == last)
+        .map(|(_, m)| m)
+        .collect()
 }
 
 /// Bytes of every segment, as far as fsynced.
@@ -754,5 +819,50 @@ mod tests {
         let spool = open(dir.path());
         let expected: Vec<String> = [0, 1, 2, 3, 4, 9, 10].into_iter().map(event).collect();
         assert_eq!(read_all(&spool), expected);
+    }
+
+    #[test]
+    fn thinning_keeps_the_first_and_the_last_mark() {
+        let t = SystemTime::UNIX_EPOCH;
+        let marks: VecDeque<_> = (0..7).map(|i| (i * 10, t)).collect();
+        let seqs: Vec<u64> = thin(marks).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(seqs, [0, 20, 40, 60]);
+        let marks: VecDeque<_> = (0..6).map(|i| (i * 10, t)).collect();
+        let seqs: Vec<u64> = thin(marks).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(seqs, [0, 20, 40, 50]);
+    }
+
+    #[test]
+    fn lag_in_seconds_is_zero_once_a_sink_has_every_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = open(dir.path());
+        let lag = || {
+            spool
+                .metrics
+                .events_lag_seconds
+                .with_label_values(&["a"])
+                .get()
+        };
+        assert_eq!(lag(), 0.0, "nothing spooled");
+        spool.append_frames(&mut frames(0..3)).unwrap();
+        spool.write(&mut frames(3..5)).unwrap();
+        spool.refresh();
+        let waiting = lag();
+        assert!((0.0..5.0).contains(&waiting), "{waiting}");
+        spool.ack("a", 3).unwrap();
+        assert_eq!(
+            lag(),
+            0.0,
+            "the unsynced records are not yet the sink's to read"
+        );
+        spool.sync().unwrap();
+        spool.refresh();
+        assert!(lag() >= 0.0 && spool.lag("a") == 2);
+        spool.ack("a", 5).unwrap();
+        assert_eq!(lag(), 0.0);
+        assert!(
+            spool.lock_state().marks.len() <= 1,
+            "marks of acknowledged records are dropped"
+        );
     }
 }
